@@ -1,0 +1,3 @@
+from mlan.cli import main
+
+main()

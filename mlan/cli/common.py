@@ -1,0 +1,36 @@
+"""Options and helpers shared by several commands (one definition, the same help everywhere)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, TypeVar
+
+import typer
+
+Overrides = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        "-o",
+        metavar="FIELD.PATH=VALUE",
+        help="Override one config field, e.g. -o training.learning_rate=1e-5 (repeatable).",
+    ),
+]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace the output folder if it exists.")]
+
+M = TypeVar("M")
+
+
+def load(path: str | Path, kind: str, model: type[M], overrides: list[str] | None = None) -> M:
+    """Resolve a config path (or a shipped name) and load it as `model`, with overrides."""
+    from mlan.config import load_config
+    from mlan.paths import resolve_config
+
+    return load_config(resolve_config(path, kind), model, overrides or ())
+
+
+def console():
+    """A rich console on stdout for summaries (tables, paths)."""
+    from rich.console import Console
+
+    return Console(highlight=False)

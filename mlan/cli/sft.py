@@ -1,0 +1,8 @@
+"""Placeholder: this command's stage is being built in this change (replaced before landing)."""
+
+from mlan.errors import MlanError
+
+
+def sft() -> None:
+    """Not available yet."""
+    raise MlanError("this command is not available yet")

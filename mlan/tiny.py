@@ -1,0 +1,212 @@
+"""A real, tiny LLaVA model built offline: Llama text model + CLIP vision tower + projector,
+with a byte-level BPE tokenizer trained locally on the bundled data and a Vicuna-v1 chat
+template. Tests, the quickstart and benchmarks use it so that nothing ever reaches a hub.
+
+Why hand-built: no hub is reachable here and transformers ships no ready-made tiny LLaVA
+with a processor; every piece below is a stock transformers/tokenizers class, only sized down.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from mlan.errors import MlanError
+from mlan.io import atomic_dir
+from mlan.paths import BUNDLED_DATA_DIR
+
+log = logging.getLogger(__name__)
+
+IMAGE_TOKEN = "<image>"
+SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", IMAGE_TOKEN]
+VICUNA_SYSTEM = (
+    "A chat between a curious user and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the user's questions."
+)
+
+# Vicuna-v1 ("USER: ... ASSISTANT: ...</s>"), the format MLAN trains and evaluates in. Content
+# may be a string or a list of parts ({"type": "image"} / {"type": "text"}); an image part
+# renders as "<image>\n" ahead of the text. The assistant reply and its end-of-turn token sit
+# inside {% generation %} so that assistant-only loss masks everything else.
+CHAT_TEMPLATE = (
+    "{%- macro render(content) -%}"
+    "{%- if content is string -%}{{ content }}"
+    "{%- else -%}{%- for part in content -%}"
+    "{%- if part['type'] == 'image' -%}{{ '<image>\n' }}"
+    "{%- elif part['type'] == 'text' -%}{{ part['text'] }}{%- endif -%}"
+    "{%- endfor -%}{%- endif -%}"
+    "{%- endmacro -%}"
+    "{%- if messages[0]['role'] == 'system' -%}"
+    "{%- set system = render(messages[0]['content']) -%}{%- set loop_messages = messages[1:] -%}"
+    "{%- else -%}"
+    "{%- set system = '" + VICUNA_SYSTEM.replace("'", "\\'") + "' -%}{%- set loop_messages = messages -%}"
+    "{%- endif -%}"
+    "{{ system }}"
+    "{%- for message in loop_messages -%}"
+    "{%- if message['role'] == 'user' -%}{{ ' USER: ' }}{{ render(message['content']) }}"
+    "{%- elif message['role'] == 'assistant' -%}{{ ' ASSISTANT:' }}"
+    "{% generation %}{{ ' ' }}{{ render(message['content']) }}{{ eos_token }}{% endgeneration %}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ ' ASSISTANT:' }}{%- endif -%}"
+)
+
+
+@dataclass(frozen=True)
+class TinySize:
+    """Shape of one tiny model size."""
+
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    intermediate: int
+    vision_hidden: int
+    vision_layers: int
+    vision_heads: int
+    image_size: int = 32
+    patch_size: int = 8
+
+
+SIZES: dict[str, TinySize] = {
+    # ~0.3M parameters: unit tests, seconds per training step on one CPU core.
+    "tiny": TinySize(hidden=64, layers=2, heads=4, kv_heads=2, intermediate=128, vision_hidden=32, vision_layers=2, vision_heads=2),
+    # ~3M parameters: the quickstart and benchmarks, still CPU-friendly.
+    "small": TinySize(hidden=192, layers=4, heads=6, kv_heads=2, intermediate=512, vision_hidden=64, vision_layers=2, vision_heads=4),
+    # ~20M parameters: closer to real shapes for throughput and merge measurements.
+    "base": TinySize(hidden=512, layers=6, heads=8, kv_heads=4, intermediate=1408, vision_hidden=128, vision_layers=4, vision_heads=4),
+}
+VOCAB_SIZE = 2048
+
+
+def _corpus() -> list[str]:
+    """Text for training the tokenizer: the bundled data slices, in a fixed file order."""
+    texts = [VICUNA_SYSTEM, "USER: ASSISTANT: The best answer is A B C D E yes no"]
+    for f in sorted(BUNDLED_DATA_DIR.glob("*/*.jsonl")):
+        for line in f.read_text(encoding="utf-8").splitlines():
+            texts.extend(_strings(json.loads(line)))
+    return texts
+
+
+def _strings(obj) -> list[str]:
+    if isinstance(obj, str):
+        return [obj]
+    if isinstance(obj, dict):
+        return [s for v in obj.values() for s in _strings(v)]
+    if isinstance(obj, list):
+        return [s for v in obj for s in _strings(v)]
+    return []
+
+
+def build_tokenizer(vocab_size: int = VOCAB_SIZE):
+    """A byte-level BPE tokenizer trained on the bundled text (deterministic), Llama-style:
+    `<s>` is prepended on encoding, `<image>` is a special token."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_corpus(), trainer)
+    bos_id = tok.token_to_id("<s>")
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos_id)]
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        extra_special_tokens={"image_token": IMAGE_TOKEN},
+        padding_side="left",
+        model_max_length=2048,
+        chat_template=CHAT_TEMPLATE,
+    )
+    return fast
+
+
+def build_tiny_llava(size: str = "tiny", seed: int = 0):
+    """Build (model, processor) in memory: a real LlavaForConditionalGeneration and LlavaProcessor."""
+    import torch
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
+
+    if size not in SIZES:
+        raise MlanError(f"--size {size!r}: expected one of {', '.join(SIZES)}")
+    s = SIZES[size]
+    tokenizer = build_tokenizer()
+    image_processor = CLIPImageProcessor(
+        size={"shortest_edge": s.image_size},
+        crop_size={"height": s.image_size, "width": s.image_size},
+    )
+    processor = LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=s.patch_size,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,  # CLIP's CLS token, dropped by the "default" strategy
+        chat_template=CHAT_TEMPLATE,
+    )
+    text_config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=s.hidden,
+        intermediate_size=s.intermediate,
+        num_hidden_layers=s.layers,
+        num_attention_heads=s.heads,
+        num_key_value_heads=s.kv_heads,
+        max_position_embeddings=2048,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+    )
+    vision_config = CLIPVisionConfig(
+        hidden_size=s.vision_hidden,
+        intermediate_size=s.vision_hidden * 4,
+        num_hidden_layers=s.vision_layers,
+        num_attention_heads=s.vision_heads,
+        image_size=s.image_size,
+        patch_size=s.patch_size,
+        projection_dim=s.vision_hidden,
+    )
+    config = LlavaConfig(
+        text_config=text_config,
+        vision_config=vision_config,
+        image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-2,
+        projector_hidden_act="gelu",
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(config).eval()
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.bos_token_id = tokenizer.bos_token_id
+    return model, processor
+
+
+def save_tiny_llava(out: str | Path, size: str = "tiny", seed: int = 0, overwrite: bool = False) -> Path:
+    """Build a tiny LLaVA and save it as an ordinary Hugging Face folder (model + processor)."""
+    model, processor = build_tiny_llava(size, seed)
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+    n = sum(p.numel() for p in model.parameters())
+    log.info("tiny LLaVA (%s, %d parameters) written to %s", size, n, out)
+    return Path(out)

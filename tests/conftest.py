@@ -1,0 +1,51 @@
+"""Shared fixtures: a tiny LLaVA built once per session, the real data slices, a CLI runner.
+
+Everything is offline: models are built from config, data comes from `../shared/data`
+(real public slices beside the repository) or from the slices bundled in the package.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+# CI clones the repository with shared/ beside it; fall back to the bundled copies.
+_SHARED = REPO.parent / "shared" / "data"
+SHARED_DATA = _SHARED if _SHARED.is_dir() else REPO / "mlan" / "assets" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The real public data slices (Hugging Face schemas), one folder per dataset."""
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_llava_dir(tmp_path_factory) -> Path:
+    """A tiny LLaVA folder (model + processor), built once; treat it as read-only."""
+    from mlan.tiny import save_tiny_llava
+
+    return save_tiny_llava(tmp_path_factory.mktemp("models") / "tiny-llava", size="tiny", seed=0)
+
+
+@pytest.fixture
+def cli():
+    """Run `mlan ...` in process; returns click's Result (exit_code, output, stderr)."""
+    from typer.testing import CliRunner
+
+    from mlan.cli import app
+
+    runner = CliRunner()
+
+    def run(*args: str, **kwargs):
+        return runner.invoke(app, [str(a) for a in args], catch_exceptions=False, **kwargs)
+
+    return run
