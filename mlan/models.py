@@ -1,0 +1,242 @@
+"""Loading models the way every stage needs them: a LLaVA folder or a plain causal LM, by path or hub id.
+
+Shared by evaluation, merging and training. The two kinds of model a user compares are a
+LLaVA-style multimodal model (`LlavaForConditionalGeneration` + processor) and the original
+text-only LLM (`AutoModelForCausalLM` + tokenizer). `extract_language_model` turns the first
+into the second (the LLaVA's own language model and head, sharing the tensors), so both are
+measured the same way on text.
+
+All checks that a user can fail (missing folder, no weights, no processor) happen before
+any weights are read and raise `MlanError` with one line.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mlan.errors import MlanError
+
+log = logging.getLogger(__name__)
+
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json")
+MIXTURE_MANIFEST = "mixture_manifest.json"
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for inference, with what is needed to feed it.
+
+    `model` is a `LlavaForConditionalGeneration` when `multimodal` is true, otherwise a causal LM.
+    `processor` is the LLaVA processor (None for a text-only model); `tokenizer` is always set.
+    """
+
+    name: str
+    model: Any
+    tokenizer: Any
+    processor: Any | None = None
+    multimodal: bool = False
+    path: Path | None = None
+    manifest: dict = field(default_factory=dict)
+
+    @property
+    def device(self):
+        """The device of the model's first parameter."""
+        return next(self.model.parameters()).device
+
+
+def read_model_config(name_or_path: str | Path) -> dict:
+    """The model's `config.json` as a dict (a local folder, or a hub id when online)."""
+    p = Path(name_or_path).expanduser()
+    if p.is_dir():
+        cfg = p / "config.json"
+        if not cfg.is_file():
+            raise MlanError(f"{p}: not a model folder (no config.json)")
+        return json.loads(cfg.read_text(encoding="utf-8"))
+    if p.exists():
+        raise MlanError(f"{p}: expected a model folder, got a file")
+    if _looks_like_path(str(name_or_path)):
+        raise MlanError(f"{name_or_path}: model folder not found")
+    try:
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(str(name_or_path)).to_dict()
+    except OSError as e:
+        raise MlanError(
+            f"{name_or_path}: no model folder or reachable hub model of that name ({_first_line(e)})"
+        ) from None
+
+
+def is_llava_config(config: dict) -> bool:
+    """True for a LLaVA-style config (a `text_config` and a `vision_config` around a language model)."""
+    archs = config.get("architectures") or []
+    return (
+        config.get("model_type") in ("llava", "llava_next", "llava_onevision")
+        or any("Llava" in a for a in archs)
+        or ("text_config" in config and "vision_config" in config)
+    )
+
+
+def is_llava(name_or_path: str | Path) -> bool:
+    """True when the folder (or hub id) holds a LLaVA-style multimodal model."""
+    return is_llava_config(read_model_config(name_or_path))
+
+
+def check_model_dir(path: str | Path, *, need_processor: bool | None = None) -> None:
+    """Fail with one line if a local model folder lacks weights, tokenizer or (for LLaVA) image processor.
+
+    Hub ids are not checked here (loading reports what is missing). `need_processor=None`
+    requires an image processor exactly when the config is LLaVA-style.
+    """
+    p = Path(path).expanduser()
+    if not p.is_dir():
+        return
+    config = read_model_config(p)
+    if not any((p / f).is_file() for f in WEIGHT_FILES):
+        raise MlanError(f"{p}: no model weights (expected model.safetensors or pytorch_model.bin)")
+    if not any((p / f).is_file() for f in TOKENIZER_FILES):
+        raise MlanError(f"{p}: no tokenizer files (expected tokenizer.json or tokenizer_config.json)")
+    if need_processor is None:
+        need_processor = is_llava_config(config)
+    if need_processor and not any((p / f).is_file() for f in ("preprocessor_config.json", "processor_config.json")):
+        raise MlanError(
+            f"{p}: LLaVA folder without an image processor (no preprocessor_config.json); save the processor beside the model"
+        )
+
+
+def read_mixture_manifest(path: str | Path) -> dict:
+    """The copy of the training mixture's manifest in a model folder, or {} if there is none."""
+    f = Path(path).expanduser() / MIXTURE_MANIFEST
+    if not f.is_file():
+        return {}
+    try:
+        return json.loads(f.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise MlanError(f"{f}: invalid JSON ({e})") from None
+
+
+def resolve_dtype(dtype: str | None, device: str):
+    """A torch dtype from a name; "auto" keeps the checkpoint's own, except fp16 on CPU (slow, unsafe) -> fp32.
+
+    Evaluating a bf16 checkpoint in fp16 changes its answers (a defect of the public MLAN
+    scripts), so "auto" never converts between the two half types.
+    """
+    import torch
+
+    if dtype in (None, "auto"):
+        return "auto"
+    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+    names |= {"float16": torch.float16, "fp16": torch.float16}
+    if dtype not in names:
+        raise MlanError(f"dtype {dtype!r}: expected one of auto, {', '.join(names)}")
+    return names[dtype]
+
+
+def default_device() -> str:
+    """cuda when a GPU is visible, else cpu."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_model(
+    name_or_path: str | Path,
+    *,
+    device: str | None = None,
+    dtype: str | None = "auto",
+    text_only: bool = False,
+) -> LoadedModel:
+    """Load a LLaVA folder (model + processor) or a plain causal LM (model + tokenizer), in eval mode.
+
+    With `text_only=True` a LLaVA model is reduced to its language model
+    (`extract_language_model`), whose text logits equal the LLaVA's.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoProcessor, AutoTokenizer, LlavaForConditionalGeneration
+
+    device = device or default_device()
+    check_model_dir(name_or_path)
+    config = read_model_config(name_or_path)
+    src = str(Path(name_or_path).expanduser()) if Path(name_or_path).expanduser().is_dir() else str(name_or_path)
+    torch_dtype = resolve_dtype(dtype, device)
+    multimodal = is_llava_config(config)
+    log.info("loading %s (%s) on %s", name_or_path, "LLaVA" if multimodal else "causal LM", device)
+    if multimodal:
+        model = LlavaForConditionalGeneration.from_pretrained(src, dtype=torch_dtype)
+        processor = AutoProcessor.from_pretrained(src)
+        tokenizer = processor.tokenizer
+    else:
+        model = AutoModelForCausalLM.from_pretrained(src, dtype=torch_dtype)
+        processor = None
+        tokenizer = AutoTokenizer.from_pretrained(src)
+    if device == "cpu" and model.dtype == torch.float16:
+        model = model.float()
+    model = model.to(device).eval()
+    if tokenizer.pad_token is None:
+        # Batched generation needs a pad token; Llama tokenizers ship none.
+        tokenizer.pad_token = tokenizer.eos_token
+    loaded = LoadedModel(
+        name=str(name_or_path),
+        model=model,
+        tokenizer=tokenizer,
+        processor=processor,
+        multimodal=multimodal,
+        path=Path(src) if Path(src).is_dir() else None,
+        manifest=read_mixture_manifest(src) if Path(src).is_dir() else {},
+    )
+    if multimodal and text_only:
+        loaded.model = extract_language_model(model)
+        loaded.processor = None
+        loaded.multimodal = False
+    return loaded
+
+
+def extract_language_model(llava) -> Any:
+    """The language model of a `LlavaForConditionalGeneration` as a causal LM (e.g. `LlamaForCausalLM`).
+
+    The returned model shares its tensors with `llava` (no copy): its decoder is the LLaVA's
+    `model.language_model` and its head the LLaVA's `lm_head`, so on text its logits equal
+    the LLaVA's exactly. Save it with `save_pretrained` to get an ordinary LLM folder.
+    """
+    from transformers import AutoModelForCausalLM
+
+    text_config = llava.config.text_config
+    # Building on the meta device avoids allocating (and randomly initialising) weights that
+    # are replaced at once by the LLaVA's own modules.
+    import torch
+
+    with torch.device("meta"):
+        lm = AutoModelForCausalLM.from_config(text_config)
+    lm.model = llava.model.language_model
+    lm.lm_head = llava.lm_head
+    lm.generation_config = llava.generation_config
+    lm.to(dtype=llava.dtype)
+    return lm.eval()
+
+
+def save_language_model(llava_dir: str | Path, out: str | Path, *, overwrite: bool = False) -> Path:
+    """Write the language model of a LLaVA folder as a plain causal-LM folder (weights + tokenizer)."""
+    from mlan.io import atomic_dir
+
+    loaded = load_model(llava_dir, device="cpu", text_only=True)
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        loaded.model.save_pretrained(tmp)
+        loaded.tokenizer.save_pretrained(tmp)
+    return Path(out)
+
+
+def _looks_like_path(s: str) -> bool:
+    return s.startswith((".", "/", "~")) or s.count("/") > 1 or "\\" in s
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
