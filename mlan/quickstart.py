@@ -58,7 +58,12 @@ def run_quickstart(out: str | Path, overwrite: bool = False, size: str = "tiny")
     t0 = time.perf_counter()
     model_dir = save_tiny_llava(out / "base-model", size=size, seed=0)
     s = SIZES[size]
-    stage("tiny-model", model_dir, f"LLaVA {size}: Llama {s.layers}x{s.hidden} + CLIP {s.vision_layers}x{s.vision_hidden}", t0)
+    stage(
+        "tiny-model",
+        model_dir,
+        f"LLaVA {size}: Llama {s.layers}x{s.hidden} + CLIP {s.vision_layers}x{s.vision_hidden}",
+        t0,
+    )
 
     atomic_write_json(out / "summary.json", [vars(r) for r in result.stages])
     return result

@@ -72,11 +72,17 @@ class TinySize:
 
 SIZES: dict[str, TinySize] = {
     # ~0.3M parameters: unit tests, seconds per training step on one CPU core.
-    "tiny": TinySize(hidden=64, layers=2, heads=4, kv_heads=2, intermediate=128, vision_hidden=32, vision_layers=2, vision_heads=2),
+    "tiny": TinySize(
+        hidden=64, layers=2, heads=4, kv_heads=2, intermediate=128, vision_hidden=32, vision_layers=2, vision_heads=2
+    ),
     # ~3M parameters: the quickstart and benchmarks, still CPU-friendly.
-    "small": TinySize(hidden=192, layers=4, heads=6, kv_heads=2, intermediate=512, vision_hidden=64, vision_layers=2, vision_heads=4),
+    "small": TinySize(
+        hidden=192, layers=4, heads=6, kv_heads=2, intermediate=512, vision_hidden=64, vision_layers=2, vision_heads=4
+    ),
     # ~20M parameters: closer to real shapes for throughput and merge measurements.
-    "base": TinySize(hidden=512, layers=6, heads=8, kv_heads=4, intermediate=1408, vision_hidden=128, vision_layers=4, vision_heads=4),
+    "base": TinySize(
+        hidden=512, layers=6, heads=8, kv_heads=4, intermediate=1408, vision_hidden=128, vision_layers=4, vision_heads=4
+    ),
 }
 VOCAB_SIZE = 2048
 

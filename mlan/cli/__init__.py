@@ -65,7 +65,7 @@ def _main(
 
 
 def _register() -> None:
-    from mlan.cli import evaluate, merge, mixture, quickstart, sft, tiny
+    from mlan.cli import evaluate, merge, mixture, quickstart, sft, tiny, validate
 
     app.command("build-mixture")(mixture.build_mixture)
     app.command("sft")(sft.sft)
@@ -73,6 +73,7 @@ def _register() -> None:
     app.command("merge")(merge.merge)
     app.command("quickstart")(quickstart.quickstart)
     app.command("tiny-model")(tiny.tiny_model)
+    app.command("validate")(validate.validate)
 
 
 _register()

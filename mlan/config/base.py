@@ -88,8 +88,16 @@ def apply_overrides(data: dict[str, Any], overrides: Iterable[str], source: str 
 
 def load_config(path: str | Path, model: type[M], overrides: Iterable[str] = ()) -> M:
     """Read, override and validate one YAML config file as `model`."""
+    overrides = list(overrides)
     data = apply_overrides(read_yaml(path), overrides)
-    return validate_config(data, model, source=str(path))
+    try:
+        return validate_config(data, model, source=str(path))
+    except MlanError as e:
+        # Name the override when the bad field came from the command line, not the file.
+        culprit = next((o for o in overrides if f": {o.partition('=')[0].strip()}:" in str(e)), None)
+        if culprit:
+            raise MlanError(f"{e} (from -o {culprit})") from None
+        raise
 
 
 def validate_config(data: dict[str, Any], model: type[M], source: str) -> M:
