@@ -1,8 +1,122 @@
-"""Placeholder: this command's stage is being built in this change (replaced before landing)."""
+"""`mlan merge`: merge the original LLM back into a LLaVA model's language model (or sweep alpha)."""
 
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from mlan.cli.common import Overrides, Overwrite, console
 from mlan.errors import MlanError
 
 
-def merge() -> None:
-    """Not available yet."""
-    raise MlanError("this command is not available yet")
+def _numbers(option: str, value: str) -> float | list[float]:
+    try:
+        values = [float(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise MlanError(f"{option} {value!r}: expected a number or comma-separated numbers, e.g. 0,0.1,0.2") from None
+    if not values:
+        raise MlanError(f"{option} {value!r}: expected a number or comma-separated numbers, e.g. 0,0.1,0.2")
+    return values[0] if len(values) == 1 else values
+
+
+def merge(
+    config: Annotated[
+        Path | None, typer.Argument(help="Merge YAML (fields of MergeConfig); options below override it.")
+    ] = None,
+    multimodal: Annotated[str | None, typer.Option("--multimodal", help="LLaVA model folder (or hub id).")] = None,
+    original: Annotated[str | None, typer.Option("--original", help="Original LLM folder (or hub id).")] = None,
+    method: Annotated[
+        str | None, typer.Option(help="linear, task_arithmetic (default), ties, dare_linear or dare_ties.")
+    ] = None,
+    alpha: Annotated[
+        str | None, typer.Option(help="Weight of the original LLM in [0, 1]; a comma list sweeps (0,0.05,0.1).")
+    ] = None,
+    density: Annotated[
+        str | None, typer.Option(help="Kept fraction of the task vector in (0, 1] (ties/dare); a comma list sweeps.")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of DARE's random masks.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Output folder.")] = None,
+    suite: Annotated[
+        list[str] | None, typer.Option("--suite", help="Sweep: evaluation suite to run on each point (repeatable).")
+    ] = None,
+    criterion: Annotated[
+        str | None, typer.Option(help="Sweep: best point by mean, language, vision or a task name.")
+    ] = None,
+    keep_merged: Annotated[bool, typer.Option("--keep-merged", help="Sweep: keep every merged model.")] = False,
+    overrides: Overrides = None,
+    overwrite: Overwrite = False,
+) -> None:
+    """Merge the original LLM back into a multimodal model's language model, training-free:
+    merged = theta_vlm + alpha * sparsify_density(theta_llm - theta_vlm). Vision tower and projector
+    are copied unchanged; the output is a complete LLaVA folder.
+
+    Example: mlan merge --multimodal runs/sft --original lmsys/vicuna-7b-v1.5 --method task_arithmetic --alpha 0.1 --out runs/merged
+    """
+    from mlan.config.base import apply_overrides, read_yaml, validate_config
+    from mlan.config.merge import MergeConfig
+
+    data: dict[str, Any] = read_yaml(config) if config is not None else {}
+    source = str(config) if config is not None else "merge options"
+    options = {"multimodal": multimodal, "original": original, "method": method, "seed": seed}
+    options |= {"alpha": _numbers("--alpha", alpha) if alpha else None}
+    options |= {"density": _numbers("--density", density) if density else None}
+    options |= {"out": str(out) if out is not None else None}
+    data |= {k: v for k, v in options.items() if v is not None}
+    sweep = dict(data.get("sweep") or {})
+    if suite:
+        sweep["suites"] = list(suite)
+    if criterion:
+        sweep["criterion"] = criterion
+    if keep_merged:
+        sweep["keep_merged"] = True
+    if sweep:
+        data["sweep"] = sweep
+    data = apply_overrides(data, overrides or (), source=source)
+    for need, flag in (("multimodal", "--multimodal"), ("original", "--original"), ("out", "--out")):
+        if not data.get(need):
+            raise MlanError(f"{source}: {need}: required (pass {flag})")
+    cfg = validate_config(data, MergeConfig, source=source)
+
+    if cfg.is_sweep:
+        from mlan.merge.sweep import sweep_merge
+
+        report = sweep_merge(cfg, overwrite=overwrite)
+        _print_sweep(report)
+        return
+
+    from mlan.merge import merge_models
+
+    result = merge_models(cfg, overwrite=overwrite)
+    c = console()
+    c.print(
+        f"merged {result.merged_tensors} language-model tensors ({result.method}, alpha {result.alpha:g}, "
+        f"density {result.density:g}); copied {result.copied_tensors} vision/projector tensors unchanged"
+    )
+    if result.kept_vocab_rows:
+        c.print(f"kept {result.kept_vocab_rows} vocabulary rows the original LLM lacks from the multimodal model")
+    c.print(
+        f"{result.layout} key layout, {result.shards} shard(s), {result.bytes_written / 1e6:.1f} MB, {result.seconds:.1f} s"
+    )
+    c.print(f"written to [bold]{result.out}[/bold]")
+
+
+def _print_sweep(report) -> None:
+    from rich.table import Table
+
+    c = console()
+    table = Table(title=f"merge sweep ({report.method}), best by {report.criterion}")
+    for col in ("alpha", "density", *report.columns, "score"):
+        table.add_column(col, justify="right")
+    for row in report.rows:
+        mark = " *" if row is report.best else ""
+        table.add_row(
+            f"{row.alpha:g}",
+            f"{row.density:g}",
+            *[f"{row.scores.get(k, float('nan')):.3f}" for k in report.columns],
+            f"{row.score:.3f}{mark}",
+        )
+    c.print(table)
+    c.print(f"best: alpha {report.best.alpha:g}, density {report.best.density:g} (score {report.best.score:.3f})")
+    c.print(f"report: [bold]{report.out}[/bold] (sweep.json, sweep.md, sweep.png)")

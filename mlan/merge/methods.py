@@ -1,0 +1,121 @@
+"""The tensor maths of merging the original LLM back into a multimodal model's language model.
+
+Every method has the paper's task-vector form with the multimodal model's weights as the base
+and the original LLM as the one model added (Ratzlaff et al., arXiv 2412.03467):
+
+    merged = theta_vlm + alpha * sparsify_K(theta_llm - theta_vlm)
+
+- ``linear``: no sparsification; computed as ``(1 - alpha) * theta_vlm + alpha * theta_llm``, which
+  equals the form above and is exact at both ends (alpha 1 gives the original LLM bit for bit).
+- ``task_arithmetic``: no sparsification (density must be 1).
+- ``ties``: keep the fraction K of the task vector with the largest magnitude (TIES' trim step).
+  TIES' sign election chooses between the signs of several task vectors; with one added model
+  every kept entry agrees with itself, so the election changes nothing and is not run.
+- ``dare_linear`` / ``dare_ties``: drop each entry with probability 1 - K and rescale the kept ones
+  by 1/K (DARE), so the expected task vector is unchanged. With one added model the two coincide
+  for the same reason as above; both names are accepted because users know them from mergekit.
+
+Why not call mergekit here (its formulas are the reference the tests compare against):
+- it is not a runtime dependency of mlan (only of the benchmark), and pulls many packages;
+- its TIES defaults to ``normalize=True``, which with a single added model divides the weighted
+  task vector by its own weight and silently cancels alpha;
+- its DARE draws masks from torch's global generator, so a tensor's mask depends on the order
+  tensors are merged in; here each tensor has its own generator seeded from (seed, tensor name),
+  so a merge is reproducible whatever the streaming order;
+- its DARE rescales to the L1 norm of the dense task vector; DARE's 1/K keeps the expectation
+  exactly, which is what the tests check;
+- its magnitude trim argsorts the whole tensor (8-byte indices for every entry); a k-th value
+  threshold needs far less memory on embedding-sized tensors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    import torch
+
+MergeMethod = Literal["linear", "task_arithmetic", "ties", "dare_ties", "dare_linear"]
+METHODS: tuple[str, ...] = ("linear", "task_arithmetic", "ties", "dare_ties", "dare_linear")
+SPARSE_METHODS: tuple[str, ...] = ("ties", "dare_ties", "dare_linear")
+RANDOM_METHODS: tuple[str, ...] = ("dare_ties", "dare_linear")
+
+
+def tensor_seed(seed: int, name: str) -> int:
+    """A per-tensor seed from the merge seed and the tensor's name (stable across runs and orders)."""
+    digest = hashlib.sha256(f"{seed}:{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def magnitude_trim(delta: torch.Tensor, density: float) -> torch.Tensor:
+    """Zero all but the ``max(1, int(density * n))`` entries of largest magnitude, in place.
+
+    The count is mergekit's; ties at the threshold are broken by position (first ones kept), so
+    exactly that many entries survive.
+    """
+    import torch
+
+    n = delta.numel()
+    if density >= 1 or n == 0:
+        return delta
+    k = max(1, int(density * n))
+    flat = delta.view(-1)
+    mag = flat.abs()
+    threshold = torch.kthvalue(mag, n - k + 1).values
+    keep = mag > threshold
+    missing = k - int(keep.sum())
+    if missing > 0:
+        tied = (mag == threshold).nonzero().view(-1)[:missing]
+        keep[tied] = True
+    del mag
+    flat.mul_(keep)
+    return delta
+
+
+def random_drop(delta: torch.Tensor, density: float, generator: torch.Generator) -> torch.Tensor:
+    """DARE: keep each entry with probability ``density`` and rescale kept ones by 1/density, in place."""
+    import torch
+
+    if density >= 1 or delta.numel() == 0:
+        return delta
+    keep = torch.rand(delta.shape, generator=generator, dtype=torch.float32) < density
+    return delta.mul_(keep).div_(density)
+
+
+def merge_tensor(
+    base: torch.Tensor,
+    other: torch.Tensor,
+    method: str,
+    alpha: float,
+    density: float = 1.0,
+    seed: int = 0,
+    name: str = "",
+) -> torch.Tensor:
+    """Merge one tensor: ``base + alpha * sparsify_density(other - base)`` in the base's dtype.
+
+    ``base`` is the multimodal model's tensor (theta_vlm), ``other`` the original LLM's
+    (theta_llm), of the same shape. Arithmetic runs in float32 (float64 stays float64), so half
+    precision checkpoints are not rounded twice. ``seed`` and ``name`` seed DARE's mask. Inputs are
+    never modified.
+    """
+    import torch
+
+    if method not in METHODS:
+        raise ValueError(f"unknown merge method {method!r} (expected one of {', '.join(METHODS)})")
+    if base.shape != other.shape:
+        raise ValueError(f"{name}: shapes differ: {tuple(base.shape)} vs {tuple(other.shape)}")
+    work = torch.float64 if base.dtype == torch.float64 else torch.float32
+    b = base.to(work)
+    if method == "linear":
+        # (1 - alpha) * b + alpha * o, written so that alpha 0 and alpha 1 are exact.
+        out = torch.mul(other.to(work), alpha).add_(b, alpha=1.0 - alpha)
+        return out.to(base.dtype)
+    delta = torch.sub(other.to(work), b)
+    if method == "ties":
+        magnitude_trim(delta, density)
+    elif method in RANDOM_METHODS:
+        gen = torch.Generator().manual_seed(tensor_seed(seed, name))
+        random_drop(delta, density, gen)
+    # delta becomes the result in place: one full-size buffer fewer at the peak.
+    return delta.mul_(alpha).add_(b).to(base.dtype)

@@ -1,0 +1,362 @@
+"""Merging tensor by tensor: read one tensor of each model, merge, append it to the output shard.
+
+Peak memory stays near the few largest tensors (the multimodal tensor, the original's, the task
+vector), not the size of one model, let alone two. The output mirrors the multimodal model's
+sharding and key layout, so `from_pretrained` loads it exactly as it loads the input.
+
+The output safetensors files are written by hand (8-byte header length, JSON header, then each
+tensor's bytes) because `safetensors.torch.save_file` needs every tensor of a file in memory at
+once; all shapes and dtypes are known before the first byte is written, so the header can go first
+and the data can stream after it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import struct
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mlan.errors import MlanError
+from mlan.io import atomic_dir, atomic_write_json, check_output_dir
+from mlan.merge.layout import (
+    SAFETENSORS_DTYPES,
+    Checkpoint,
+    TensorInfo,
+    causal_lm_names,
+    check_architectures,
+    detect_layout,
+    is_llava,
+    is_vocab_tensor,
+    llm_ties_embeddings,
+    lm_name,
+    open_checkpoint,
+    resolve_model_dir,
+)
+from mlan.merge.methods import merge_tensor
+
+if TYPE_CHECKING:
+    from mlan.config.merge import MergeConfig
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "merge_manifest.json"
+
+
+@dataclass
+class MergeResult:
+    """What one merge wrote and did."""
+
+    out: Path
+    method: str
+    alpha: float
+    density: float
+    seed: int
+    layout: str
+    merged_tensors: int
+    copied_tensors: int
+    kept_vocab_rows: int
+    shards: int
+    bytes_written: int
+    seconds: float
+    merged_names: list[str] = field(default_factory=list, repr=False)
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready summary (without the per-tensor list)."""
+        d = asdict(self)
+        d.pop("merged_names")
+        d["out"] = str(self.out)
+        return d
+
+
+@dataclass
+class _Plan:
+    """One output tensor: where it comes from and how it is made."""
+
+    key: str  # key in the multimodal model and in the output
+    mm: TensorInfo
+    llm: TensorInfo | None = None  # None: copied from the multimodal model bit for bit
+    name: str = ""  # the original LLM's (causal-LM) name, for messages and DARE seeds
+    shared_rows: int | None = None  # vocabulary tensors: rows shared with the original LLM
+
+
+class SafetensorsWriter:
+    """Writes one safetensors file whose tensors are declared up front and then streamed in order."""
+
+    def __init__(self, path: Path, entries: list[tuple[str, str, tuple[int, ...], int]]):
+        header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+        offset = 0
+        for key, dtype, shape, nbytes in entries:
+            header[key] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+            offset += nbytes
+        raw = json.dumps(header, separators=(",", ":")).encode()
+        raw += b" " * (-len(raw) % 8)  # the data starts 8-byte aligned, as safetensors writes it
+        self.path = path
+        self.expected = [(key, nbytes) for key, _, _, nbytes in entries]
+        self.total = offset
+        self._i = 0
+        self._f = open(path, "wb")  # noqa: SIM115 (closed in close(), after every tensor is streamed)
+        self._f.write(struct.pack("<Q", len(raw)))
+        self._f.write(raw)
+
+    def write(self, key: str, chunks) -> None:
+        """Append the next declared tensor from an iterable of byte chunks."""
+        want_key, want = self.expected[self._i]
+        if key != want_key:
+            raise RuntimeError(f"{self.path}: expected tensor {want_key}, got {key}")
+        n = 0
+        for chunk in chunks:
+            self._f.write(chunk)
+            n += len(chunk)
+        if n != want:
+            raise RuntimeError(f"{self.path}: tensor {key}: wrote {n} bytes, declared {want}")
+        self._i += 1
+
+    def close(self) -> None:
+        """Finish the file; every declared tensor must have been written."""
+        self._f.close()
+        if self._i != len(self.expected):
+            raise RuntimeError(f"{self.path}: {len(self.expected) - self._i} declared tensors not written")
+
+
+def _tensor_bytes(t) -> list[memoryview]:
+    import torch
+
+    t = t.contiguous().view(-1)
+    return [memoryview(t.view(torch.uint8).numpy())] if t.numel() else []
+
+
+def plan_merge(mm: Checkpoint, llm: Checkpoint) -> tuple[str, list[_Plan], list[str]]:
+    """Pair every language-model tensor of the multimodal model with the original LLM's.
+
+    Returns the multimodal model's key layout, one plan per multimodal tensor (sorted by key) and
+    the original LLM's tensors left unused. Raises `MlanError` naming the first tensor that has no
+    counterpart or whose shape does not correspond.
+    """
+    layout = detect_layout(mm.tensors)
+    if layout is None:
+        raise MlanError(
+            f"{mm.path}: no language-model tensors found (expected language_model.model.* or "
+            "model.language_model.* keys); is this a LLaVA checkpoint?"
+        )
+    names = causal_lm_names(llm.tensors)
+    used: set[str] = set()
+    plans: list[_Plan] = []
+    for key in sorted(mm.tensors):
+        info = mm.tensors[key]
+        name = lm_name(key, layout)
+        if name is None:
+            plans.append(_Plan(key=key, mm=info))
+            continue
+        if not info.is_float:
+            log.warning("%s: %s tensor, not merged (kept from the multimodal model)", key, info.dtype)
+            plans.append(_Plan(key=key, mm=info, name=name))
+            continue
+        source = names.get(name)
+        if source is None and name == "lm_head.weight" and llm_ties_embeddings(llm):
+            # A tied original LLM stores no head: its output layer is its input embedding.
+            source = names.get("model.embed_tokens.weight")
+        if source is None:
+            raise MlanError(
+                f"tensor {name}: the multimodal model has it ({key}) but the original LLM {llm.path} does not; "
+                "the models do not correspond"
+            )
+        other = llm.tensors[source]
+        used.add(source)
+        shared = None
+        if info.shape != other.shape:
+            vocab_ok = (
+                is_vocab_tensor(name)
+                and len(info.shape) == len(other.shape)
+                and info.shape[1:] == other.shape[1:]
+                and other.shape[0] < info.shape[0]
+            )
+            if not vocab_ok:
+                raise MlanError(
+                    f"tensor {name}: shape {list(info.shape)} in the multimodal model ({key}) but "
+                    f"{list(other.shape)} in the original LLM ({source}); the models do not correspond"
+                )
+            shared = other.shape[0]
+        if not other.is_float:
+            raise MlanError(f"tensor {name}: {other.dtype} in the original LLM ({source}), expected floating point")
+        plans.append(_Plan(key=key, mm=info, llm=other, name=name, shared_rows=shared))
+    unused = sorted(k for k in llm.tensors if k not in used and not k.endswith("rotary_emb.inv_freq"))
+    return layout, plans, unused
+
+
+def _merged_chunks(plan: _Plan, method: str, alpha: float, density: float, seed: int) -> list[memoryview]:
+    import torch
+
+    base = plan.mm.file.read(plan.mm.key)
+    other = plan.llm.file.read(plan.llm.key)
+    if plan.shared_rows is None:
+        out = merge_tensor(base, other, method, alpha, density, seed, plan.name)
+    else:
+        # Rows the original LLM lacks (added tokens such as <image>) stay the multimodal model's.
+        n = plan.shared_rows
+        out = base.clone()
+        out[:n] = merge_tensor(base[:n], other, method, alpha, density, seed, plan.name)
+    del base, other
+    if out.dtype != getattr(torch, SAFETENSORS_DTYPES[plan.mm.dtype]):
+        raise RuntimeError(f"{plan.key}: merged dtype {out.dtype} differs from the input's {plan.mm.dtype}")
+    return _tensor_bytes(out)
+
+
+def _output_shards(mm: Checkpoint, plans: list[_Plan]) -> list[tuple[str, list[_Plan]]]:
+    """One output shard per input weight file, named as transformers names safetensors shards."""
+    by_file: dict[Path, list[_Plan]] = {f.path: [] for f in mm.files}
+    for p in plans:
+        by_file[p.mm.file.path].append(p)
+    groups = [g for g in by_file.values() if g]
+    if len(groups) == 1:
+        return [("model.safetensors", groups[0])]
+    n = len(groups)
+    return [(f"model-{i + 1:05d}-of-{n:05d}.safetensors", g) for i, g in enumerate(groups)]
+
+
+def _copy_side_files(mm: Checkpoint, out: Path) -> list[str]:
+    """Config, processor, tokenizer, chat template, mixture manifest...: every top-level non-weight file."""
+    copied = []
+    for f in sorted(mm.path.iterdir()):
+        if not f.is_file() or f.name in mm.weight_names or f.name == MANIFEST:
+            continue
+        if f.suffix in (".safetensors", ".bin", ".pt", ".pth") or f.name.startswith("."):
+            continue  # other weights or training state: not part of the merged model
+        shutil.copy2(f, out / f.name)
+        copied.append(f.name)
+    return copied
+
+
+def _verify_output(out: Path, plans: list[_Plan], merged: set[str]) -> None:
+    """Re-read the written headers: every tensor present with its shape and dtype, every LM tensor merged."""
+    from mlan.merge.layout import open_checkpoint as _open
+
+    written = _open(out, "merged model").tensors
+    expected = {p.key: p.mm for p in plans}
+    if set(written) != set(expected):
+        missing = sorted(set(expected) - set(written))[:3]
+        extra = sorted(set(written) - set(expected))[:3]
+        raise RuntimeError(f"merged model keys differ from the multimodal model's: missing {missing}, extra {extra}")
+    for key, info in written.items():
+        if (info.dtype, info.shape) != (expected[key].dtype, expected[key].shape):
+            raise RuntimeError(f"{key}: written as {info.dtype}{list(info.shape)}, expected {expected[key].dtype}")
+    should = {p.key for p in plans if p.llm is not None}
+    if not should or should != merged:
+        raise RuntimeError(
+            f"{len(should - merged)} language-model tensors were not merged "
+            f"(e.g. {sorted(should - merged)[:3]}); refusing to leave a partial merge"
+        )
+
+
+def prepare(config: MergeConfig) -> tuple[Checkpoint, Checkpoint, str, list[_Plan], list[str]]:
+    """Resolve and check both models and pair their tensors; reads headers only, writes nothing."""
+    mm_dir = resolve_model_dir(config.multimodal, "multimodal model")
+    llm_dir = resolve_model_dir(config.original, "original LLM")
+    mm = open_checkpoint(mm_dir, "multimodal model")
+    if not is_llava(mm.config):
+        raise MlanError(
+            f"multimodal model {mm_dir}: not a LLaVA model (model_type {mm.config.get('model_type')!r}); "
+            "merge needs a LLaVA checkpoint (llava or llava_next)"
+        )
+    llm = open_checkpoint(llm_dir, "original LLM")
+    if is_llava(llm.config) or "vision_config" in llm.config:
+        raise MlanError(f"original LLM {llm_dir}: is a multimodal model; pass the text-only LLM it was built from")
+    check_architectures(mm, llm)
+    layout, plans, unused = plan_merge(mm, llm)
+    return mm, llm, layout, plans, unused
+
+
+def merge_models(config: MergeConfig, overwrite: bool = False) -> MergeResult:
+    """Merge `config.original` into the language model of `config.multimodal` and write a LLaVA folder.
+
+    Only language-model tensors are merged (`merged = theta_vlm + alpha * sparsify(theta_llm -
+    theta_vlm)`); vision tower and projector are copied bit for bit, as are vocabulary rows the
+    original LLM lacks. The output (at `config.out`) keeps the multimodal model's key layout and
+    sharding, its config, processor, tokenizer, chat template and mixture manifest, plus
+    `merge_manifest.json`. All user errors are raised as `MlanError` before anything is written.
+    """
+    if config.is_sweep:
+        raise MlanError("merge: alpha and density must be single values for one merge (lists make a sweep)")
+    if not config.out:
+        raise MlanError("merge: no output folder (pass --out DIR or set out: in the config)")
+    out = Path(config.out)
+    check_output_dir(out, overwrite)
+    alpha, density = config.alphas[0], config.densities[0]
+    t0 = time.perf_counter()
+    mm, _llm, layout, plans, unused = prepare(config)
+    if unused:
+        log.warning("%d tensors of the original LLM are not used (e.g. %s)", len(unused), ", ".join(unused[:3]))
+    shards = _output_shards(mm, plans)
+    to_merge = sum(p.llm is not None for p in plans)
+    log.info(
+        "merging %d language-model tensors (%s, alpha %g, density %g), copying %d others, %d shard(s), %s layout",
+        to_merge,
+        config.method,
+        alpha,
+        density,
+        len(plans) - to_merge,
+        len(shards),
+        layout,
+    )
+    merged: set[str] = set()
+    kept_rows = 0
+    written = 0
+    weight_map: dict[str, str] = {}
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        side = _copy_side_files(mm, tmp)
+        for i, (fname, group) in enumerate(shards):
+            entries = [(p.key, p.mm.dtype, p.mm.shape, p.mm.nbytes) for p in group]
+            writer = SafetensorsWriter(tmp / fname, entries)
+            try:
+                for p in group:
+                    if p.llm is None:
+                        writer.write(p.key, p.mm.file.raw_chunks(p.key))
+                    else:
+                        writer.write(p.key, _merged_chunks(p, config.method, alpha, density, config.seed))
+                        merged.add(p.key)
+                        if p.shared_rows is not None:
+                            kept_rows = max(kept_rows, p.mm.shape[0] - p.shared_rows)
+                    weight_map[p.key] = fname
+            finally:
+                writer.close()
+            written += writer.total
+            log.info("shard %d/%d written: %s (%.1f MB)", i + 1, len(shards), fname, writer.total / 1e6)
+        if len(shards) > 1:
+            atomic_write_json(
+                tmp / "model.safetensors.index.json",
+                {"metadata": {"total_size": written}, "weight_map": dict(sorted(weight_map.items()))},
+            )
+        _verify_output(tmp, plans, merged)
+        result = MergeResult(
+            out=out,
+            method=config.method,
+            alpha=alpha,
+            density=density,
+            seed=config.seed,
+            layout=layout,
+            merged_tensors=len(merged),
+            copied_tensors=len(plans) - len(merged),
+            kept_vocab_rows=kept_rows,
+            shards=len(shards),
+            bytes_written=written,
+            seconds=0.0,
+            merged_names=sorted(p.name for p in plans if p.key in merged),
+        )
+        result.seconds = round(time.perf_counter() - t0, 3)
+        atomic_write_json(
+            tmp / MANIFEST,
+            {
+                **{k: v for k, v in result.summary().items() if k not in ("seconds", "out")},
+                "multimodal": str(config.multimodal),
+                "original": str(config.original),
+                "unused_original_tensors": unused,
+                "copied_files": side,
+                "formula": "merged = theta_vlm + alpha * sparsify_density(theta_llm - theta_vlm)",
+            },
+        )
+    log.info("merged model written to %s in %.1f s", out, result.seconds)
+    return result
