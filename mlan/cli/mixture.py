@@ -1,8 +1,59 @@
-"""Placeholder: this command's stage is being built in this change (replaced before landing)."""
+"""`mlan build-mixture`: a seeded, audited instruction mixture from a spec."""
 
-from mlan.errors import MlanError
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from mlan.cli.common import Overrides, Overwrite, console, load
 
 
-def build_mixture() -> None:
-    """Not available yet."""
-    raise MlanError("this command is not available yet")
+def build_mixture(
+    spec: Annotated[str, typer.Argument(help="Mixture spec: a YAML file or a shipped name (mlan, quickstart, ...).")],
+    out: Annotated[Path | None, typer.Option("--out", help="Output folder (default: runs/mixtures/<name>).")] = None,
+    overrides: Overrides = None,
+    overwrite: Overwrite = False,
+) -> None:
+    """Build an instruction mixture (train + validation Arrow dataset and manifest.json) from
+    real datasets: sample each source with the spec's seed, render instructions from templates,
+    remove duplicates, check contamination against evaluation data.
+
+    Example: mlan build-mixture data_mixtures/quickstart.yaml --out runs/mixtures/quickstart
+    """
+    from rich.table import Table
+
+    from mlan.config.mixture import MixtureSpec
+    from mlan.data.mixture import build_mixture as build
+    from mlan.runs import mixture_dir
+
+    cfg = load(spec, "data_mixtures", MixtureSpec, overrides)
+    result = build(cfg, out or mixture_dir(cfg.name), overwrite=overwrite)
+    m = result.manifest
+    table = Table(title=f"mixture {m['name']} (seed {m['seed']})")
+    for col in ("source", "modality", "train", "validation", "bad", "dups", "text tokens", "image tokens"):
+        table.add_column(col, justify="left" if col in ("source", "modality") else "right")
+    for name, s in m["sources"].items():
+        table.add_row(
+            name,
+            s["modality"],
+            str(s["train"]),
+            str(s["validation"]),
+            str(s["bad_rows"]),
+            str(s["exact_duplicates"] + s["near_duplicates"]),
+            f"{s['text_tokens']:,}",
+            f"{s['image_tokens']:,}",
+        )
+    c = console()
+    c.print(table)
+    r = m["ratios"]
+    share = lambda x: "n/a" if x is None else f"{100 * x:.1f}%"  # noqa: E731
+    c.print(f"language share: {share(r['examples_language_share'])} of examples, {share(r['tokens_language_share'])} of tokens")
+    cont = m["contamination"]
+    if cont["checked"]:
+        hits = {t: v["exact"] + v["ngram"] for t, v in cont["tasks"].items() if v["exact"] + v["ngram"]}
+        c.print("contamination: " + (", ".join(f"{t} {n} rows" for t, n in hits.items()) or "none found"))
+    if m["covers_eval_tasks"]:
+        c.print(f"covers evaluation tasks: {', '.join(m['covers_eval_tasks'])}")
+    c.print(f"content hash {result.content_hash[:16]}  ->  [bold]{result.out}[/bold]")

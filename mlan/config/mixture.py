@@ -1,0 +1,235 @@
+"""The mixture spec (`data_mixtures/*.yaml`): which datasets, how many rows of each, how they
+become instructions, and which evaluation data to check the result against."""
+
+from __future__ import annotations
+
+import difflib
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from mlan.config.base import StrictModel
+
+# Adapter name -> the modality of the rows it produces (None: decided by the source's columns).
+ADAPTERS: dict[str, Literal["language", "vision"] | None] = {
+    "squad": "language",
+    "strategyqa": "language",
+    "commonsense_qa": "language",
+    "cosmos_qa": "language",
+    "arc": "language",
+    "vqav2": "vision",
+    "aokvqa": "vision",
+    "chat": None,
+    "qa": None,
+}
+
+# Canonical evaluation dataset names a mixture can declare it covers (the evaluation contract).
+EVAL_TASKS = (
+    "gsm8k",
+    "commonsense_qa",
+    "arc_easy",
+    "arc_challenge",
+    "race_high",
+    "hellaswag",
+    "mmlu",
+    "openbookqa",
+    "boolq",
+    "realworldqa",
+    "ai2d",
+    "pope",
+    "gqa",
+    "scienceqa",
+)
+
+
+class Columns(StrictModel):
+    """Column names for the generic adapters (`qa` and `chat`); dotted names reach into structs."""
+
+    question: str = "question"
+    """Column holding the question text (`qa`)."""
+    answer: str = "answer"
+    """Column holding the answer: text, a bool (yes/no), or for choices a letter, an index or the choice text (`qa`)."""
+    choices: str | None = None
+    """Column holding the list of options; set it to make the rows multiple-choice (`qa`)."""
+    context: str | None = None
+    """Column holding a passage shown before the question (`qa`)."""
+    image: str | None = None
+    """Column holding an image (path relative to `image_root`, or an image feature); makes rows vision rows (`qa`)."""
+    rationale: str | None = None
+    """Column holding a rationale, used by the chain-of-thought form (`qa`)."""
+    id: str | None = None
+    """Column holding a row id; the row number is used when absent (`qa`, `chat`)."""
+    messages: str = "messages"
+    """Column holding the conversation, a list of {role, content} (`chat`)."""
+    images: str | None = None
+    """Column holding the list of images of a conversation (`chat`); none for text-only data."""
+
+
+class SourceSpec(StrictModel):
+    """One dataset feeding the mixture."""
+
+    name: str
+    """Unique name of the source, recorded in every row's `source` column and in the manifest."""
+    dataset: str
+    """A hub dataset id (`rajpurkar/squad`), a local JSONL/JSON/Parquet file, a `save_to_disk` folder, or `bundled:<path>`."""
+    config: str | None = None
+    """Hub dataset configuration (subset), e.g. `ARC-Easy`."""
+    split: str = "train"
+    """Split to read (hub datasets and `save_to_disk` dataset dicts; a local file is one split)."""
+    revision: str | None = None
+    """Hub revision (branch, tag or commit) of the dataset."""
+    adapter: str
+    """How rows become instructions: one of squad, strategyqa, commonsense_qa, cosmos_qa, arc, vqav2, aokvqa, chat, qa."""
+    columns: Columns = Field(default_factory=Columns)
+    """Column names for the generic `qa` and `chat` adapters."""
+    image_root: str | None = None
+    """Folder that relative image paths of a local source are resolved against (default: the data file's folder)."""
+    count: int | None = Field(default=None, ge=0)
+    """Number of training rows to take from this source (exactly one of count/fraction unless a modality split is given)."""
+    fraction: float | None = Field(default=None, gt=0, le=1)
+    """Share of this source's rows to take for training, in (0, 1]."""
+    weight: float | None = Field(default=None, gt=0)
+    """With a modality split: relative weight of this source within its modality (default: its number of rows)."""
+    chain_of_thought: float = Field(default=0.0, ge=0, le=1)
+    """Share of rows with a rationale rendered in the chain-of-thought form (rationale, then the answer)."""
+    bad_rows: Literal["fail", "skip"] = "fail"
+    """What to do with a row lacking a required field or holding an unreadable image: stop, or skip and count it."""
+    covers: list[str] | None = None
+    """Evaluation tasks this source's data comes from (default: derived from the adapter and dataset name)."""
+
+    @field_validator("adapter")
+    @classmethod
+    def _known_adapter(cls, v: str) -> str:
+        if v not in ADAPTERS:
+            close = difflib.get_close_matches(v, list(ADAPTERS), n=1, cutoff=0.5)
+            hint = f"did you mean {close[0]!r}?" if close else f"valid: {', '.join(ADAPTERS)}"
+            raise ValueError(f"unknown adapter {v!r} ({hint})")
+        return v
+
+    @field_validator("covers")
+    @classmethod
+    def _known_tasks(cls, v: list[str] | None) -> list[str] | None:
+        for task in v or []:
+            if task not in EVAL_TASKS:
+                raise ValueError(f"unknown evaluation task {task!r} (valid: {', '.join(EVAL_TASKS)})")
+        return v
+
+    @property
+    def modality(self) -> Literal["language", "vision"]:
+        """`vision` when the rows carry images."""
+        fixed = ADAPTERS[self.adapter]
+        if fixed:
+            return fixed
+        col = self.columns.image if self.adapter == "qa" else self.columns.images
+        return "vision" if col else "language"
+
+    def covered_tasks(self) -> list[str]:
+        """The evaluation tasks this source overlaps (explicit `covers`, else from the adapter)."""
+        if self.covers is not None:
+            return list(self.covers)
+        if self.adapter == "commonsense_qa":
+            return ["commonsense_qa"]
+        if self.adapter == "arc":
+            where = f"{self.config or ''} {self.dataset}".lower()
+            easy, challenge = "easy" in where, "challenge" in where
+            # Unknown which half: mark both, since marking a task unseen when it was seen is the worse error.
+            return [t for t, hit in (("arc_easy", easy), ("arc_challenge", challenge)) if hit or not (easy or challenge)]
+        return []
+
+
+class ModalitySplit(StrictModel):
+    """Training rows per modality, spread over the sources of each modality."""
+
+    language: int = Field(default=0, ge=0)
+    """Language-only training rows."""
+    vision: int = Field(default=0, ge=0)
+    """Vision (image + text) training rows."""
+
+
+class EvalData(StrictModel):
+    """One evaluation dataset to check the mixture against."""
+
+    task: str
+    """Evaluation task name, as reported (e.g. boolq, commonsense_qa)."""
+    dataset: str
+    """A hub dataset id, a local JSONL/JSON/Parquet file, a `save_to_disk` folder, or `bundled:<path>`."""
+    config: str | None = None
+    """Hub dataset configuration (subset)."""
+    split: str = "test"
+    """Split holding the evaluation questions."""
+    revision: str | None = None
+    """Hub revision of the dataset."""
+    question_fields: list[str] = Field(default_factory=lambda: ["question"], min_length=1)
+    """Columns joined (with a space) into the question text compared against the mixture's questions."""
+
+
+class Contamination(StrictModel):
+    """Overlap check of the mixture's questions against evaluation data."""
+
+    evals: list[EvalData] = Field(default_factory=list)
+    """Evaluation datasets to compare with; empty disables the check."""
+    ngram: int = Field(default=8, ge=3)
+    """Word n-gram length of the overlap test."""
+    ngram_threshold: float = Field(default=0.5, gt=0, le=1)
+    """A row overlaps when at least this share of its question's n-grams occur in an evaluation question."""
+    drop: bool = False
+    """Drop overlapping rows (and draw replacements from the same source) instead of only reporting them."""
+
+
+class MixtureSpec(StrictModel):
+    """A seeded, audited instruction mixture: sources, sizes, templates and hygiene."""
+
+    name: str
+    """Name of the mixture (default output folder `runs/mixtures/<name>`)."""
+    description: str = ""
+    """Free text recorded in the manifest."""
+    seed: int = 42
+    """Seed of every random choice: sampling, template choice, chain-of-thought choice, shuffling."""
+    size: int | None = Field(default=None, ge=1)
+    """Total training rows; when given it must equal the sum of the sources' counts or the modality split."""
+    modality_split: ModalitySplit | None = None
+    """Training rows per modality, spread over each modality's sources by weight (default: their sizes)."""
+    validation: int | float = Field(default=0.01, ge=0)
+    """Validation rows drawn beside the training rows (disjoint): a count, or a share of the training rows if < 1."""
+    sources: list[SourceSpec] = Field(min_length=1)
+    """The datasets feeding the mixture."""
+    tokenizer: str | None = None
+    """Tokenizer for the token counts (folder or hub id); default: mlan's tiny BPE tokenizer (recorded in the manifest)."""
+    image_tokens: int | str = 576
+    """Tokens per image: a number (576 for LLaVA-1.5 at 336 px), or a processor folder / hub id to measure it with."""
+    dedup: bool = True
+    """Remove exact and near-duplicate rows inside the mixture (replacements are drawn from the same source)."""
+    contamination: Contamination = Field(default_factory=Contamination)
+    """Overlap check against evaluation data."""
+
+    @model_validator(mode="after")
+    def _check_sizes(self) -> MixtureSpec:
+        names = [s.name for s in self.sources]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"sources: duplicate source name {dup[0]!r} (names must be unique)")
+        if self.modality_split is not None:
+            for i, s in enumerate(self.sources):
+                if s.count is not None or s.fraction is not None:
+                    raise ValueError(
+                        f"sources.{i}.{'count' if s.count is not None else 'fraction'}: not allowed with "
+                        "modality_split (use `weight` to skew a source within its modality)"
+                    )
+            for modality in ("language", "vision"):
+                wanted = getattr(self.modality_split, modality)
+                if wanted and not any(s.modality == modality for s in self.sources):
+                    raise ValueError(f"modality_split.{modality}: {wanted} rows asked but no {modality} source given")
+            total = self.modality_split.language + self.modality_split.vision
+            if self.size is not None and self.size != total:
+                raise ValueError(f"size: {self.size} differs from modality_split's total {total}")
+        else:
+            for i, s in enumerate(self.sources):
+                if (s.count is None) == (s.fraction is None):
+                    raise ValueError(f"sources.{i}: give exactly one of count or fraction (or a top-level modality_split)")
+                if s.weight is not None:
+                    raise ValueError(f"sources.{i}.weight: only used with modality_split")
+            if self.size is not None and all(s.count is not None for s in self.sources):
+                total = sum(s.count or 0 for s in self.sources)
+                if total != self.size:
+                    raise ValueError(f"size: {self.size} differs from the sum of the sources' counts {total}")
+        return self

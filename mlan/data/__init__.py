@@ -1,0 +1,1 @@
+"""Mixture building: sources, adapters, templates, hygiene, manifest."""

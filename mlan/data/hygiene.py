@@ -1,0 +1,148 @@
+"""Hygiene: duplicate removal inside a mixture and a contamination check against evaluation data.
+
+Duplicates. Two rows are exact duplicates when their normalised question, context, options,
+answer and image bytes agree. They are near duplicates when they agree after also ignoring the
+answer and the order of the options, with the question compared as a bag of words: the same
+question re-punctuated, re-cased, re-worded in order or with shuffled options. A row is compared
+only with rows of the same context and images, so "What colour is the bus?" on two different
+images, or two different questions on one SQuAD passage, are not duplicates. Keys are 16-byte
+digests, so memory grows by a few dozen bytes per row.
+
+Contamination. An evaluation question matches a mixture question when their normalised texts
+are equal (exact), or when at least `threshold` of the mixture question's word n-grams occur in
+the evaluation set (n-gram overlap, in the spirit of the 13-gram test of GPT-3, with a shorter
+n for short questions).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import unicodedata
+from dataclasses import dataclass, field
+
+from mlan.data.templates import Item
+
+_NON_WORD = re.compile(r"[^0-9a-z]+")
+
+
+def normalize(text: str) -> str:
+    """Lowercase, unicode-folded, punctuation removed, whitespace collapsed."""
+    text = unicodedata.normalize("NFKC", text).lower()
+    return _NON_WORD.sub(" ", text).strip()
+
+
+def _digest(*parts: str) -> bytes:
+    h = hashlib.blake2b(digest_size=16)
+    for p in parts:
+        h.update(p.encode("utf-8"))
+        h.update(b"\x1f")
+    return h.digest()
+
+
+class Deduplicator:
+    """Remembers the rows accepted so far and tells whether a new one repeats one of them."""
+
+    def __init__(self) -> None:
+        self._exact: set[bytes] = set()
+        self._near: set[bytes] = set()
+        self.exact = 0
+        self.near = 0
+
+    def seen(self, item: Item, image_digests: list[str]) -> str | None:
+        """`exact`, `near` or None (then the row is remembered)."""
+        if item.kind == "chat":
+            convo = "\x1e".join(f"{m['role']}:{normalize(m['content'])}" for m in item.messages)
+            group, exact, near = _digest(*image_digests), convo, normalize(item.question)
+        else:
+            group = _digest(normalize(item.context or ""), *image_digests)
+            choices = [normalize(c) for c in item.choices or []]
+            exact = "\x1e".join([normalize(item.question), *choices, normalize(item.target())])
+            near = "\x1e".join([" ".join(sorted(normalize(item.question).split())), *sorted(choices)])
+        ek, nk = _digest("e", exact) + group, _digest("n", near) + group
+        if ek in self._exact:
+            self.exact += 1
+            return "exact"
+        if nk in self._near:
+            self.near += 1
+            return "near"
+        self._exact.add(ek)
+        self._near.add(nk)
+        return None
+
+
+def ngrams(words: list[str], n: int) -> list[str]:
+    """Word n-grams as strings (a text shorter than n gives itself)."""
+    if len(words) < n:
+        return [" ".join(words)] if words else []
+    return [" ".join(words[i : i + n]) for i in range(len(words) - n + 1)]
+
+
+@dataclass
+class EvalIndex:
+    """The normalised questions of one evaluation task and their n-grams."""
+
+    task: str
+    rows: int = 0
+    exact: set[str] = field(default_factory=set)
+    grams: set[str] = field(default_factory=set)
+
+
+@dataclass
+class TaskReport:
+    """Overlaps of the mixture with one evaluation task."""
+
+    eval_rows: int
+    exact: int = 0
+    ngram: int = 0
+    dropped: int = 0
+    by_source: dict[str, int] = field(default_factory=dict)
+    examples: list[str] = field(default_factory=list)
+
+
+class ContaminationChecker:
+    """Matches mixture questions against the questions of several evaluation tasks."""
+
+    def __init__(self, n: int, threshold: float) -> None:
+        self.n = n
+        self.threshold = threshold
+        self.indexes: list[EvalIndex] = []
+        self.reports: dict[str, TaskReport] = {}
+
+    def add_task(self, task: str, questions) -> None:
+        """Index an iterable of evaluation question strings."""
+        idx = EvalIndex(task)
+        for q in questions:
+            words = normalize(q).split()
+            if not words:
+                continue
+            idx.rows += 1
+            idx.exact.add(" ".join(words))
+            idx.grams.update(ngrams(words, self.n))
+        self.indexes.append(idx)
+        self.reports[task] = TaskReport(eval_rows=idx.rows)
+
+    def check(self, question: str) -> list[tuple[str, str]]:
+        """[(task, "exact" | "ngram")] for every task the question overlaps."""
+        words = normalize(question).split()
+        if not words:
+            return []
+        text = " ".join(words)
+        grams = ngrams(words, self.n)
+        hits = []
+        for idx in self.indexes:
+            if text in idx.exact:
+                hits.append((idx.task, "exact"))
+            elif grams and sum(g in idx.grams for g in grams) / len(grams) >= self.threshold:
+                hits.append((idx.task, "ngram"))
+        return hits
+
+    def record(self, hits: list[tuple[str, str]], source: str, row_id: str, dropped: bool) -> None:
+        """Count one overlapping mixture row in the per-task reports."""
+        for task, how in hits:
+            r = self.reports[task]
+            setattr(r, how, getattr(r, how) + 1)
+            r.dropped += int(dropped)
+            r.by_source[source] = r.by_source.get(source, 0) + 1
+            if len(r.examples) < 5:
+                r.examples.append(f"{source}:{row_id}")

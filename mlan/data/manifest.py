@@ -1,0 +1,117 @@
+"""The mixture manifest: what went in, in what proportions (examples AND tokens), how it was
+rendered, what was removed, and which evaluation tasks it overlaps. Training copies it next to
+the model (`mixture_manifest.json`) and evaluation reads `covers_eval_tasks` to mark tasks seen."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from typing import Any
+
+import mlan
+from mlan.config.mixture import MixtureSpec
+from mlan.data.templates import template_text
+
+MODALITIES = ("language", "vision")
+
+
+def config_hash(spec: MixtureSpec) -> str:
+    """SHA-256 of the resolved spec (defaults filled in, keys sorted)."""
+    return hashlib.sha256(json.dumps(spec.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+
+
+def _share(a: int, b: int) -> float | None:
+    return round(a / (a + b), 6) if a + b else None
+
+
+def build_manifest(
+    spec: MixtureSpec,
+    stats: list,
+    *,
+    splits: dict[str, int],
+    content_hash: str,
+    tokenizer: str,
+    image_tokens: tuple[int, str],
+    dedup,
+    checker,
+    seconds: float,
+) -> dict[str, Any]:
+    """The manifest as a JSON-ready dict (counts and tokens describe the train split)."""
+    per_modality: dict[str, dict[str, int]] = {
+        m: {"examples": 0, "text_tokens": 0, "image_tokens": 0, "tokens": 0, "images": 0} for m in MODALITIES
+    }
+    templates: Counter = Counter()
+    sources = {}
+    for st in stats:
+        pm = per_modality[st.modality]
+        pm["examples"] += st.train
+        pm["text_tokens"] += st.text_tokens
+        pm["image_tokens"] += st.image_tokens
+        pm["tokens"] += st.text_tokens + st.image_tokens
+        pm["images"] += st.images
+        templates.update(st.templates)
+        sources[st.name] = {
+            "dataset": st.dataset,
+            "adapter": st.adapter,
+            "modality": st.modality,
+            "rows_in_source": st.rows_in_source,
+            "train": st.train,
+            "validation": st.validation,
+            "rows_examined": st.examined,
+            "bad_rows": st.bad_rows,
+            "bad_row_examples": st.bad_row_examples,
+            "exact_duplicates": st.exact_duplicates,
+            "near_duplicates": st.near_duplicates,
+            "contaminated_dropped": st.contaminated_dropped,
+            "text_tokens": st.text_tokens,
+            "image_tokens": st.image_tokens,
+            "images": st.images,
+            "covers": st.covers,
+        }
+    lang, vis = per_modality["language"], per_modality["vision"]
+    contamination: dict[str, Any] = {"checked": checker is not None}
+    if checker is not None:
+        contamination.update(
+            method=f"normalised exact match, or >= {checker.threshold:g} of the question's word {checker.n}-grams "
+            "found in the evaluation questions",
+            drop=spec.contamination.drop,
+            tasks={task: vars(r) for task, r in sorted(checker.reports.items())},
+        )
+    return {
+        "name": spec.name,
+        "description": spec.description,
+        "mlan_version": mlan.__version__,
+        "seed": spec.seed,
+        "config_hash": config_hash(spec),
+        "content_hash": content_hash,
+        "splits": splits,
+        "sources": sources,
+        "modalities": per_modality,
+        "ratios": {
+            "examples_language_share": _share(lang["examples"], vis["examples"]),
+            "tokens_language_share": _share(lang["tokens"], vis["tokens"]),
+            "examples_language_to_vision": round(lang["examples"] / vis["examples"], 6) if vis["examples"] else None,
+            "tokens_language_to_vision": round(lang["tokens"] / vis["tokens"], 6) if vis["tokens"] else None,
+        },
+        "tokens": {
+            "tokenizer": tokenizer,
+            "image_tokens_per_image": image_tokens[0],
+            "image_tokens_from": image_tokens[1],
+            "text_tokens": "content of every message, without special tokens or chat template",
+        },
+        "templates": {
+            "used": dict(sorted(templates.items())),
+            "texts": {t: template_text(t) for t in sorted(templates)},
+        },
+        "hygiene": {
+            "dedup": dedup is not None,
+            "exact_duplicates": dedup.exact if dedup else 0,
+            "near_duplicates": dedup.near if dedup else 0,
+            "bad_rows": sum(st.bad_rows for st in stats),
+        },
+        "contamination": contamination,
+        "covers_eval_tasks": sorted({t for st in stats if st.train + st.validation for t in st.covers}),
+        "spec": spec.model_dump(mode="json"),
+        "build_seconds": round(seconds, 2),
+    }

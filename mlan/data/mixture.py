@@ -1,0 +1,419 @@
+"""Building a mixture: sample each source (seeded), turn rows into instructions, remove duplicates,
+check contamination, write a shuffled `DatasetDict` (train + validation) and its manifest.
+
+Everything a user can get wrong (missing file, unknown adapter, missing column, too few rows,
+bad rows under the `fail` policy) raises one `MlanError` line; all checks that need no row
+data run before any row is converted, and the output appears only when complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mlan.config.mixture import MixtureSpec, SourceSpec
+from mlan.data.adapters import ADAPTER_FUNCS, BadRow, required_columns
+from mlan.data.hygiene import ContaminationChecker, Deduplicator
+from mlan.data.manifest import build_manifest
+from mlan.data.sources import base_folder, load_image_bytes, open_dataset
+from mlan.data.templates import render
+from mlan.errors import MlanError
+from mlan.io import atomic_dir, atomic_write_json, check_output_dir
+from mlan.paths import resolve_data_path
+
+log = logging.getLogger(__name__)
+
+WRITE_BATCH = 512
+MAX_BAD_EXAMPLES = 5
+
+
+def features():
+    """The mixture's columns (the cross-stage contract)."""
+    from datasets import Features, Image, List, Value
+
+    return Features(
+        {
+            "messages": List({"role": Value("string"), "content": Value("string")}),
+            "images": List(Image()),
+            "modality": Value("string"),
+            "source": Value("string"),
+            "id": Value("string"),
+        }
+    )
+
+
+@dataclass
+class SourceStats:
+    """What happened to one source while building (recorded in the manifest)."""
+
+    name: str
+    dataset: str
+    adapter: str
+    modality: str
+    rows_in_source: int
+    train: int
+    validation: int
+    covers: list[str]
+    examined: int = 0
+    bad_rows: int = 0
+    bad_row_examples: list[str] = field(default_factory=list)
+    exact_duplicates: int = 0
+    near_duplicates: int = 0
+    contaminated_dropped: int = 0
+    text_tokens: int = 0
+    image_tokens: int = 0
+    images: int = 0
+    templates: Counter = field(default_factory=Counter)
+
+
+@dataclass
+class MixtureResult:
+    """A built mixture: where it is, its manifest, and its content hash."""
+
+    out: Path
+    manifest: dict[str, Any]
+    content_hash: str
+    train_rows: int
+    validation_rows: int
+
+
+def apportion(total: int, weights: list[float]) -> list[int]:
+    """Split `total` into integers proportional to `weights` (largest remainder, ties by position)."""
+    wsum = float(sum(weights))
+    if total == 0 or wsum <= 0:
+        return [0] * len(weights)
+    exact = [total * w / wsum for w in weights]
+    out = [int(x) for x in exact]
+    order = sorted(range(len(weights)), key=lambda i: (-(exact[i] - out[i]), i))
+    for i in order[: total - sum(out)]:
+        out[i] += 1
+    return out
+
+
+def _stable_int(text: str) -> int:
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
+
+
+def _label(src: SourceSpec) -> str:
+    return f"source {src.name!r} ({src.dataset})"
+
+
+def plan_counts(spec: MixtureSpec, sizes: list[int]) -> tuple[list[int], list[int]]:
+    """Training and validation rows per source, from counts, fractions or the modality split."""
+    if spec.modality_split is not None:
+        train = [0] * len(spec.sources)
+        for modality in ("language", "vision"):
+            idx = [i for i, s in enumerate(spec.sources) if s.modality == modality]
+            weights = [spec.sources[i].weight or sizes[i] for i in idx]
+            for i, n in zip(idx, apportion(getattr(spec.modality_split, modality), weights), strict=True):
+                train[i] = n
+    else:
+        train = [s.count if s.count is not None else round(s.fraction * n) for s, n in zip(spec.sources, sizes, strict=True)]
+    total = sum(train)
+    if spec.size is not None and total != spec.size:
+        raise MlanError(f"size: {spec.size} differs from the {total} training rows the sources' fractions give")
+    n_val = int(spec.validation) if spec.validation >= 1 else round(spec.validation * total)
+    val = apportion(n_val, train)
+    for src, t, v, n in zip(spec.sources, train, val, sizes, strict=True):
+        if t + v > n:
+            raise MlanError(
+                f"{_label(src)}: asks for {t + v} rows ({t} train + {v} validation) but holds only {n}; "
+                "lower its count/fraction or the validation size"
+            )
+    return train, val
+
+
+def _tokenizer(spec: MixtureSpec):
+    """(tokenizer, name recorded in the manifest)."""
+    if spec.tokenizer is None:
+        return _tiny_tokenizer(), "mlan.tiny.build_tokenizer (byte-level BPE, 2048 tokens)"
+    from transformers import AutoTokenizer
+
+    from mlan.hub import require_hub
+    from mlan.paths import resolve_data_path
+
+    ref = str(resolve_data_path(spec.tokenizer)) if Path(spec.tokenizer).expanduser().exists() else spec.tokenizer
+    require_hub(ref, "tokenizer", "give a local tokenizer folder in `tokenizer`", model=True)
+    try:
+        return AutoTokenizer.from_pretrained(ref), spec.tokenizer
+    except Exception as e:  # not a tokenizer folder / unknown id: one line
+        raise MlanError(f"tokenizer: cannot load {spec.tokenizer!r}: {str(e).strip().splitlines()[0]}") from None
+
+
+_TINY = None
+
+
+def _tiny_tokenizer():
+    # Training the tiny BPE takes about a second; reuse it within one process.
+    global _TINY
+    if _TINY is None:
+        from mlan.tiny import build_tokenizer
+
+        _TINY = build_tokenizer()
+    return _TINY
+
+
+def image_tokens_per_image(value: int | str) -> tuple[int, str]:
+    """(tokens per image, where the number came from): a given number, or measured by running a
+    processor on one blank image and counting the image tokens in its output."""
+    if isinstance(value, int):
+        return value, "given" if value != 576 else "default (LLaVA-1.5, CLIP ViT-L/14 at 336 px)"
+    from PIL import Image
+    from transformers import AutoProcessor
+
+    from mlan.hub import require_hub
+
+    require_hub(value, "image_tokens processor", "give a number or a local processor folder", model=True)
+    try:
+        proc = AutoProcessor.from_pretrained(value)
+        token = getattr(proc, "image_token", None) or "<image>"
+        token_id = proc.tokenizer.convert_tokens_to_ids(token)
+        enc = proc(text=token, images=Image.new("RGB", (336, 336)), return_tensors="np")
+    except Exception as e:  # not a multimodal processor: one line
+        raise MlanError(f"image_tokens: cannot measure with processor {value!r}: {str(e).strip().splitlines()[0]}") from None
+    n = int((enc["input_ids"][0] == token_id).sum())
+    if n == 0:
+        raise MlanError(f"image_tokens: processor {value!r} produced no {token!r} tokens for an image")
+    return n, f"processor {value}"
+
+
+def _contamination(spec: MixtureSpec) -> ContaminationChecker | None:
+    cfg = spec.contamination
+    if not cfg.evals:
+        return None
+    checker = ContaminationChecker(cfg.ngram, cfg.ngram_threshold)
+    for ev in cfg.evals:
+        what = f"contamination eval {ev.task!r} ({ev.dataset})"
+        ds = open_dataset(ev.dataset, config=ev.config, split=ev.split, revision=ev.revision, what=what)
+        tops = [f.split(".")[0] for f in ev.question_fields]
+        missing = [t for t in tops if t not in ds.column_names]
+        if missing:
+            raise MlanError(f"{what}: no column {missing[0]!r} (columns: {', '.join(ds.column_names)})")
+        ds = ds.select_columns(sorted(set(tops)))
+
+        def questions(ds=ds, fields=ev.question_fields):
+            for batch in ds.iter(batch_size=1000):
+                n = len(next(iter(batch.values())))
+                for i in range(n):
+                    parts = []
+                    for f in fields:
+                        head, *rest = f.split(".")
+                        v = batch[head][i]
+                        for r in rest:
+                            v = v.get(r) if isinstance(v, dict) else None
+                        if v:
+                            parts.append(str(v))
+                    yield " ".join(parts)
+
+        checker.add_task(ev.task, questions())
+        log.info("contamination: indexed %d questions of %s", checker.reports[ev.task].eval_rows, ev.task)
+    return checker
+
+
+class _SplitWriter:
+    """Streams encoded rows into one Arrow file, counting tokens per source on the way."""
+
+    def __init__(self, path: Path, tokenizer, count_tokens: bool):
+        from datasets.arrow_writer import ArrowWriter
+
+        self.path = path
+        self.features = features()
+        self.writer = ArrowWriter(features=self.features, path=str(path))
+        self.tokenizer = tokenizer
+        self.count_tokens = count_tokens
+        self.pending: list[tuple[dict, SourceStats]] = []
+        self.digests: list[bytes] = []
+
+    def add(self, row: dict, digest: bytes, stats: SourceStats) -> None:
+        self.pending.append((row, stats))
+        self.digests.append(digest)
+        if len(self.pending) >= WRITE_BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        if self.count_tokens:
+            texts = ["\n".join(m["content"] for m in row["messages"]) for row, _ in self.pending]
+            lengths = [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+            for (_, stats), n in zip(self.pending, lengths, strict=True):
+                stats.text_tokens += n
+        for row, _ in self.pending:
+            self.writer.write(self.features.encode_example(row))
+        self.pending.clear()
+
+    def close(self):
+        from datasets import Dataset
+
+        self.flush()
+        self.writer.finalize()
+        self.writer.close()
+        return Dataset.from_file(str(self.path))
+
+
+def _open_sources(spec: MixtureSpec) -> list:
+    """Open every source and check its columns before any row is converted."""
+    opened = []
+    for src in spec.sources:
+        ds = open_dataset(src.dataset, config=src.config, split=src.split, revision=src.revision, what=_label(src))
+        cols = set(ds.column_names)
+        missing = [c for c in required_columns(src) if c not in cols]
+        if src.adapter == "vqav2" and not cols & {"answers", "multiple_choice_answer"}:
+            missing.append("answers")
+        if missing:
+            raise MlanError(
+                f"{_label(src)}: missing column {missing[0]!r} required by adapter {src.adapter!r} "
+                f"(columns: {', '.join(sorted(cols))})"
+            )
+        opened.append(ds)
+    return opened
+
+
+def _fill_source(
+    src: SourceSpec,
+    ds,
+    stats: SourceStats,
+    spec: MixtureSpec,
+    dedup: Deduplicator | None,
+    checker: ContaminationChecker | None,
+    writers: tuple[_SplitWriter, _SplitWriter],
+    image_tokens: int,
+) -> None:
+    """Walk a seeded permutation of the source until its train + validation rows are accepted."""
+    import numpy as np
+
+    need = stats.train + stats.validation
+    if need == 0:
+        return
+    n = len(ds)
+    perm = np.random.default_rng([spec.seed, _stable_int(src.name)]).permutation(n)
+    rng = random.Random(f"{spec.seed}/{src.name}")
+    adapter = ADAPTER_FUNCS[src.adapter]
+    root = resolve_data_path(src.image_root) if src.image_root else base_folder(src.dataset)
+    is_jsonl = src.dataset.endswith((".jsonl", ".json"))
+    accepted, pos, t0 = 0, 0, time.perf_counter()
+    while accepted < need:
+        if pos >= n:
+            raise MlanError(
+                f"{_label(src)}: only {accepted} usable rows of {n} ({stats.bad_rows} bad, "
+                f"{stats.exact_duplicates + stats.near_duplicates} duplicates, {stats.contaminated_dropped} "
+                f"contaminated) but {need} needed; lower its count/fraction"
+            )
+        # Over-read a little so skipped rows rarely need a second pass.
+        take = perm[pos : pos + min(n - pos, need - accepted + (need - accepted) // 10 + 16)]
+        pos += len(take)
+        for idx, row in zip(take.tolist(), ds.select(take), strict=True):
+            stats.examined += 1
+            try:
+                item = adapter(row, src)
+                blobs = [load_image_bytes(v, root) for v in item.images or []]
+            except (BadRow, ValueError) as e:
+                where = f"row {idx}" + (f" (line {idx + 1})" if is_jsonl else "")
+                if src.bad_rows == "fail":
+                    raise MlanError(f"{_label(src)}: {where}: {e} (set bad_rows: skip to skip such rows)") from None
+                stats.bad_rows += 1
+                if len(stats.bad_row_examples) < MAX_BAD_EXAMPLES:
+                    stats.bad_row_examples.append(f"{where}: {e}")
+                continue
+            image_digests = [hashlib.sha256(b).hexdigest() for b, _ in blobs]
+            if dedup is not None:
+                dup = dedup.seen(item, image_digests)
+                if dup:
+                    setattr(stats, f"{dup}_duplicates", getattr(stats, f"{dup}_duplicates") + 1)
+                    continue
+            row_id = f"{src.name}:{item.id or idx}"
+            hits = checker.check(item.question) if checker is not None else []
+            if hits:
+                checker.record(hits, src.name, row_id, dropped=spec.contamination.drop)
+                if spec.contamination.drop:
+                    stats.contaminated_dropped += 1
+                    continue
+            messages, template_ids = render(item, rng, src.chain_of_thought)
+            out = {
+                "messages": messages,
+                "images": [{"bytes": b, "path": name} for b, name in blobs],
+                "modality": "vision" if blobs else "language",
+                "source": src.name,
+                "id": row_id,
+            }
+            digest = hashlib.sha256(
+                json.dumps([messages, out["modality"], src.name, row_id, image_digests], sort_keys=True).encode()
+            ).digest()
+            is_train = accepted < stats.train
+            if is_train:
+                stats.templates.update(template_ids)
+                stats.images += len(blobs)
+                stats.image_tokens += len(blobs) * image_tokens
+            writers[0 if is_train else 1].add(out, digest, stats)
+            accepted += 1
+            if accepted % 10000 == 0:
+                log.info("%s: %d/%d rows", src.name, accepted, need)
+            if accepted >= need:
+                break
+    log.info("%s: %d rows (%d train, %d validation) in %.1f s", src.name, need, stats.train, stats.validation, time.perf_counter() - t0)
+
+
+def build_mixture(spec: MixtureSpec, out: str | Path, *, overwrite: bool = False) -> MixtureResult:
+    """Build the mixture described by `spec` into `out` (a `save_to_disk` DatasetDict with
+    `train` and `validation` splits, plus `manifest.json`); the same spec and seed give the same
+    content hash. Raises `MlanError` for every problem in the spec or the data."""
+    import numpy as np
+    from datasets import DatasetDict
+
+    out = Path(out)
+    check_output_dir(out, overwrite)
+    t_start = time.perf_counter()
+    datasets_ = _open_sources(spec)
+    sizes = [len(d) for d in datasets_]
+    train, val = plan_counts(spec, sizes)
+    checker = _contamination(spec)
+    tokenizer, tokenizer_name = _tokenizer(spec)
+    per_image, per_image_from = image_tokens_per_image(spec.image_tokens)
+    stats = [
+        SourceStats(s.name, s.dataset, s.adapter, s.modality, n, t, v, s.covered_tasks())
+        for s, n, t, v in zip(spec.sources, sizes, train, val, strict=True)
+    ]
+    dedup = Deduplicator() if spec.dedup else None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_dir(out, overwrite) as tmp, tempfile.TemporaryDirectory(prefix=f".{out.name}.scratch-", dir=out.parent) as scratch:
+        writers = (
+            _SplitWriter(Path(scratch) / "train.arrow", tokenizer, count_tokens=True),
+            _SplitWriter(Path(scratch) / "validation.arrow", tokenizer, count_tokens=False),
+        )
+        for src, ds, st in zip(spec.sources, datasets_, stats, strict=True):
+            _fill_source(src, ds, st, spec, dedup, checker, writers, per_image)
+        digests = {name: w.digests for name, w in zip(("train", "validation"), writers, strict=True)}
+        splits = {name: w.close() for name, w in zip(("train", "validation"), writers, strict=True)}
+        # Rows were written source by source; shuffle them (seeded) so batches mix sources.
+        content = hashlib.sha256()
+        shuffled = {}
+        for i, (name, ds) in enumerate(splits.items()):
+            order = np.random.default_rng([spec.seed, i]).permutation(len(ds))
+            shuffled[name] = ds.select(order)
+            content.update(name.encode() + b"\x00")
+            for j in order.tolist():
+                content.update(digests[name][j])
+        content_hash = content.hexdigest()
+        DatasetDict(shuffled).save_to_disk(str(tmp))
+        manifest = build_manifest(
+            spec,
+            stats,
+            splits={k: len(v) for k, v in splits.items()},
+            content_hash=content_hash,
+            tokenizer=tokenizer_name,
+            image_tokens=(per_image, per_image_from),
+            dedup=dedup,
+            checker=checker,
+            seconds=time.perf_counter() - t_start,
+        )
+        atomic_write_json(tmp / "manifest.json", manifest)
+    log.info("mixture %s: %d train + %d validation rows -> %s", spec.name, len(splits["train"]), len(splits["validation"]), out)
+    return MixtureResult(out, manifest, content_hash, len(splits["train"]), len(splits["validation"]))

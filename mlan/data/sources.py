@@ -1,0 +1,117 @@
+"""Opening sources: a hub dataset, a local JSONL/JSON/Parquet file or a `save_to_disk` folder,
+always as a memory-mapped `datasets.Dataset` (rows are read on demand, never listed in Python).
+
+Image columns are cast to `Image(decode=False)` so images stay as bytes or paths until written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+from pathlib import Path
+
+from mlan.errors import MlanError
+from mlan.paths import BUNDLED_PREFIX, resolve_data_path
+
+log = logging.getLogger(__name__)
+
+LOCAL_SUFFIXES = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+
+
+def is_local(ref: str) -> bool:
+    """Whether a dataset reference names a local file or folder rather than a hub id."""
+    if ref.startswith(BUNDLED_PREFIX) or ref.startswith(("/", ".", "~")):
+        return True
+    p = Path(ref).expanduser()
+    return p.exists() or p.suffix in LOCAL_SUFFIXES
+
+
+def open_dataset(ref: str, *, config: str | None, split: str, revision: str | None, what: str):
+    """Open one split as a `datasets.Dataset`; every failure a user can cause is one `MlanError` line."""
+    import datasets
+
+    if is_local(ref):
+        path = resolve_data_path(ref)
+        if not path.exists():
+            raise MlanError(f"{what}: file not found: {path}")
+        try:
+            if path.is_dir():
+                ds = datasets.load_from_disk(str(path))
+                if isinstance(ds, datasets.DatasetDict):
+                    if split not in ds:
+                        raise MlanError(f"{what}: {path} has no split {split!r} (splits: {', '.join(ds)})")
+                    ds = ds[split]
+            elif path.suffix in LOCAL_SUFFIXES:
+                ds = datasets.load_dataset(LOCAL_SUFFIXES[path.suffix], data_files=str(path), split="train")
+            else:
+                raise MlanError(f"{what}: {path}: expected a .jsonl, .json or .parquet file or a save_to_disk folder")
+        except MlanError:
+            raise
+        except Exception as e:  # pyarrow/json parse errors of a user's file: name the file, keep it one line
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise MlanError(f"{what}: cannot read {path}: {first}") from None
+    else:
+        from mlan.hub import require_hub
+
+        require_hub(ref, what, "download it first or point `dataset` at a local JSONL/Parquet file or save_to_disk folder")
+        try:
+            ds = datasets.load_dataset(ref, config, split=split, revision=revision)
+        except Exception as e:  # unknown id, config or split on the hub: one line with the library's reason
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise MlanError(f"{what}: cannot load hub dataset {ref!r} (config {config}, split {split}): {first}") from None
+    # Keep images undecoded: bytes/paths stream through to the output without PIL objects in memory.
+    for name, feat in ds.features.items():
+        if isinstance(feat, datasets.Image) and feat.decode:
+            ds = ds.cast_column(name, datasets.Image(decode=False))
+    return ds
+
+
+def base_folder(ref: str) -> Path | None:
+    """The folder a local source's relative image paths are resolved against by default."""
+    if not is_local(ref):
+        return None
+    p = resolve_data_path(ref)
+    return p if p.is_dir() else p.parent
+
+
+def load_image_bytes(value, root: Path | None, check: bool = True) -> tuple[bytes, str]:
+    """(bytes, file name) of an image given as a path, a {bytes, path} dict or raw bytes.
+
+    With `check`, the image is decoded at reduced size (JPEG draft mode) to catch truncated or
+    non-image files before they reach training. Raises ValueError with the reason.
+    """
+    name = ""
+    if isinstance(value, dict):
+        data, name = value.get("bytes"), value.get("path") or ""
+        if data is None:
+            if not name:
+                raise ValueError("image has neither bytes nor path")
+            data = _read(name, root)
+    elif isinstance(value, (bytes, bytearray)):
+        data = bytes(value)
+    elif isinstance(value, str):
+        name = value
+        data = _read(value, root)
+    else:
+        raise ValueError(f"unsupported image value of type {type(value).__name__}")
+    if check:
+        from PIL import Image
+
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                im.draft("RGB", (64, 64))
+                im.load()
+        except Exception as e:
+            raise ValueError(f"unreadable image {name or '(bytes)'}: {e}") from None
+    return data, Path(name).name if name else hashlib.sha256(data).hexdigest()[:16] + ".img"
+
+
+def _read(name: str, root: Path | None) -> bytes:
+    p = Path(name).expanduser()
+    if not p.is_absolute() and root is not None:
+        p = root / p
+    try:
+        return p.read_bytes()
+    except OSError as e:
+        raise ValueError(f"cannot read image {p}: {e.strerror or e}") from None
