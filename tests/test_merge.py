@@ -1,0 +1,383 @@
+"""mlan merge: the maths against the formula, LLaVA layouts, vocabulary and tying, output loading, bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from mlan.merge.methods import magnitude_trim, merge_tensor
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
+
+
+# ---------------------------------------------------------------- the maths, on random tensors
+
+
+def _pair(shape=(64, 48), dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(shape, generator=g).to(dtype), torch.randn(shape, generator=g).to(dtype)
+
+
+def test_linear_and_task_arithmetic_follow_the_formula():
+    vlm, llm = _pair()
+    for alpha in (0.0, 0.1, 0.5, 1.0):
+        expected = vlm + alpha * (llm - vlm)
+        torch.testing.assert_close(merge_tensor(vlm, llm, "task_arithmetic", alpha), expected)
+        torch.testing.assert_close(merge_tensor(vlm, llm, "linear", alpha), expected)
+    # The ends are exact, not just close.
+    assert torch.equal(merge_tensor(vlm, llm, "linear", 1.0), llm)
+    assert torch.equal(merge_tensor(vlm, llm, "linear", 0.0), vlm)
+    assert torch.equal(merge_tensor(vlm, llm, "task_arithmetic", 0.0), vlm)
+    # Inputs are never modified.
+    v2, l2 = _pair()
+    assert torch.equal(vlm, v2) and torch.equal(llm, l2)
+
+
+def test_half_precision_keeps_dtype_and_rounds_once():
+    vlm, llm = _pair(dtype=torch.bfloat16)
+    out = merge_tensor(vlm, llm, "task_arithmetic", 0.3)
+    assert out.dtype == torch.bfloat16
+    expected = (vlm.float() + 0.3 * (llm.float() - vlm.float())).to(torch.bfloat16)
+    assert torch.equal(out, expected)
+    assert torch.equal(merge_tensor(vlm, llm, "linear", 1.0), llm)
+
+
+def test_ties_keeps_the_largest_fraction_of_the_task_vector():
+    vlm, llm = _pair()
+    delta = llm - vlm
+    for density in (0.1, 0.5, 0.9):
+        out = merge_tensor(vlm, llm, "ties", 0.4, density)
+        k = max(1, int(density * delta.numel()))
+        keep = torch.zeros(delta.numel(), dtype=torch.bool)
+        keep[delta.abs().view(-1).topk(k).indices] = True
+        expected = vlm + 0.4 * delta * keep.view_as(delta)
+        torch.testing.assert_close(out, expected)
+    assert torch.equal(merge_tensor(vlm, llm, "ties", 0.4, 1.0), merge_tensor(vlm, llm, "task_arithmetic", 0.4))
+
+
+def test_magnitude_trim_breaks_ties_to_exactly_k():
+    t = torch.tensor([1.0, -1.0, 1.0, 0.5, 1.0, 2.0])
+    out = magnitude_trim(t.clone(), 0.5)  # k = 3: 2.0 and the first two of the tied 1.0s
+    assert out.tolist() == [1.0, -1.0, 0.0, 0.0, 0.0, 2.0]
+
+
+def test_matches_mergekit_on_random_tensors():
+    gta = pytest.importorskip("mergekit.merge_methods.generalized_task_arithmetic")
+    from mergekit.merge_methods.base import TensorGroup
+    from mergekit.sparsify import SparsificationMethod
+
+    vlm, llm = _pair()
+    group = TensorGroup.from_tensors([vlm, llm], ids=["vlm", "llm"], base_index=0)
+    for method, sparsification, consensus in (
+        ("task_arithmetic", None, None),
+        ("ties", SparsificationMethod.magnitude, gta.ConsensusMethod.sum),
+    ):
+        mk = gta.GeneralizedTaskArithmeticMerge(consensus, sparsification, False, False, method, None, None)
+        params = {"weight": {"llm": 0.3}, "density": {"llm": 0.5}, "normalize": False, "rescale": False}
+        params |= {"lambda": 1.0, "int8_mask": False}
+        expected = mk.merge_group(group, **params)
+        torch.testing.assert_close(merge_tensor(vlm, llm, method, 0.3, 0.5 if method == "ties" else 1.0), expected)
+
+
+def test_dare_is_seeded_unbiased_and_drops_to_density():
+    vlm, llm = _pair((200, 100))
+    delta = llm - vlm
+    out = merge_tensor(vlm, llm, "dare_linear", 1.0, 0.25, seed=3, name="w")
+    assert torch.equal(out, merge_tensor(vlm, llm, "dare_linear", 1.0, 0.25, seed=3, name="w"))
+    assert not torch.equal(out, merge_tensor(vlm, llm, "dare_linear", 1.0, 0.25, seed=4, name="w"))
+    assert not torch.equal(out, merge_tensor(vlm, llm, "dare_linear", 1.0, 0.25, seed=3, name="v"))
+    assert torch.equal(out, merge_tensor(vlm, llm, "dare_ties", 1.0, 0.25, seed=3, name="w"))
+    # Structure: each entry of the applied task vector is dropped (0) or rescaled by 1/density.
+    applied = out - vlm
+    kept = applied.abs() > 1e-6
+    torch.testing.assert_close(applied[kept], (delta / 0.25)[kept], rtol=1e-5, atol=1e-5)
+    assert abs(kept.float().mean().item() - 0.25) < 0.02
+    # Expectation: averaged over seeds, the sparse task vector is the dense one.
+    mean = torch.stack([merge_tensor(vlm, llm, "dare_linear", 0.5, 0.5, seed=s) - vlm for s in range(200)]).mean(0)
+    assert (mean - 0.5 * delta).abs().mean() < 0.05 * (0.5 * delta).abs().mean() + 0.02
+
+
+# ---------------------------------------------------------------- tiny checkpoints
+
+
+@pytest.fixture(scope="module")
+def models(tiny_llava_dir, tmp_path_factory) -> dict[str, Path]:
+    """The tiny LLaVA in several on-disk forms, and original LLMs to merge into it."""
+    from transformers import LlavaConfig, LlavaForConditionalGeneration
+
+    root = tmp_path_factory.mktemp("merge-models")
+    text_config = LlavaConfig.from_pretrained(tiny_llava_dir).text_config
+    paths = {"mm": tiny_llava_dir}
+
+    llava = LlavaForConditionalGeneration.from_pretrained(tiny_llava_dir)
+    new = root / "mm-new-sharded"
+    llava.save_pretrained(new, save_original_format=False, max_shard_size="400KB")
+    _copy_side(tiny_llava_dir, new)
+    paths["mm_new_sharded"] = new
+
+    binary = root / "mm-bin"
+    binary.mkdir()
+    torch.save(load_file(tiny_llava_dir / "model.safetensors"), binary / "pytorch_model.bin")
+    _copy_side(tiny_llava_dir, binary)
+    paths["mm_bin"] = binary
+
+    def llm(name: str, seed: int, **changes) -> None:
+        from transformers import LlamaForCausalLM
+
+        cfg = text_config.__class__(**{**text_config.to_dict(), **changes})
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(cfg)
+        model.save_pretrained(root / name)
+        _copy_side(tiny_llava_dir, root / name, TOKENIZER_FILES)
+        paths[name] = root / name
+
+    llm("llm", 5)
+    llm("llm_small_vocab", 6, vocab_size=text_config.vocab_size - 1)
+    llm("llm_tied", 7, tie_word_embeddings=True)
+    llm("llm_big_vocab", 8, vocab_size=text_config.vocab_size + 1)
+    llm("llm_other_arch", 9, intermediate_size=96)
+    return paths
+
+
+def _copy_side(src: Path, dst: Path, names=None) -> None:
+    for f in src.iterdir():
+        if f.is_file() and not f.name.startswith("model") and (names is None or f.name in names):
+            shutil.copy2(f, dst / f.name)
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    for f in sorted(path.glob("*.safetensors")):
+        out |= load_file(f)
+    if not out:
+        out = torch.load(path / "pytorch_model.bin", weights_only=True)
+    return out
+
+
+def _lm(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Language-model tensors under causal-LM names, from either LLaVA layout."""
+    out = {}
+    for k, v in weights.items():
+        for prefix, target in (
+            ("language_model.model.", "model."),
+            ("model.language_model.", "model."),
+            ("language_model.lm_head.", "lm_head."),
+        ):
+            if k.startswith(prefix):
+                out[target + k[len(prefix) :]] = v
+        if k == "lm_head.weight":
+            out[k] = v
+    return out
+
+
+def _vision(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k.removeprefix("model."): v for k, v in weights.items() if "vision_tower" in k or "projector" in k}
+
+
+def _merge(cli, out: Path, mm: Path, llm: Path, *args) -> None:
+    r = cli("merge", "--multimodal", mm, "--original", llm, "--out", out, *args)
+    assert r.exit_code == 0, r.output
+
+
+def test_alpha_zero_reproduces_the_multimodal_model(cli, models, tmp_path):
+    _merge(cli, tmp_path / "m", models["mm"], models["llm"], "--alpha", "0")
+    out, mm = _weights(tmp_path / "m"), _weights(models["mm"])
+    assert out.keys() == mm.keys()
+    assert all(torch.equal(out[k], mm[k]) for k in mm)
+
+
+def test_linear_alpha_one_gives_the_original_llm_and_loads(cli, models, tmp_path):
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    _merge(cli, tmp_path / "m", models["mm"], models["llm"], "--method", "linear", "--alpha", "1")
+    out, llm, mm = _weights(tmp_path / "m"), _weights(models["llm"]), _weights(models["mm"])
+    lm = _lm(out)
+    assert lm.keys() == llm.keys() and len(lm) > 10
+    assert all(torch.equal(lm[k], llm[k]) for k in llm)
+    assert all(torch.equal(v, _vision(mm)[k]) for k, v in _vision(out).items()) and _vision(out)
+
+    for f in ("config.json", "tokenizer.json", "processor_config.json", "chat_template.jinja"):
+        assert (tmp_path / "m" / f).read_bytes() == (models["mm"] / f).read_bytes()
+    manifest = json.loads((tmp_path / "m" / "merge_manifest.json").read_text())
+    assert manifest["merged_tensors"] == len(llm) and manifest["method"] == "linear"
+
+    model, info = LlavaForConditionalGeneration.from_pretrained(tmp_path / "m", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
+    processor = AutoProcessor.from_pretrained(tmp_path / "m")
+    prompt = processor.apply_chat_template([{"role": "user", "content": "Hello"}], add_generation_prompt=True)
+    inputs = processor(text=prompt, return_tensors="pt")
+    gen = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+    assert gen.shape[1] == inputs["input_ids"].shape[1] + 3
+
+
+def test_new_layout_sharded_and_bin_give_the_same_merge(cli, models, tmp_path):
+    args = ("--method", "task_arithmetic", "--alpha", "0.3")
+    _merge(cli, tmp_path / "old", models["mm"], models["llm"], *args)
+    _merge(cli, tmp_path / "new", models["mm_new_sharded"], models["llm"], *args)
+    _merge(cli, tmp_path / "bin", models["mm_bin"], models["llm"], *args)
+    old, new, binary = _weights(tmp_path / "old"), _weights(tmp_path / "new"), _weights(tmp_path / "bin")
+    assert any(k.startswith("model.language_model.") for k in new)  # the input's layout is kept
+    assert len(list((tmp_path / "new").glob("model-*.safetensors"))) > 1
+    index = json.loads((tmp_path / "new" / "model.safetensors.index.json").read_text())
+    assert set(index["weight_map"]) == set(new)
+    assert binary.keys() == old.keys()
+    for a, b in ((_lm(old), _lm(new)), (_vision(old), _vision(new)), (old, binary)):
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    llm, mm = _weights(models["llm"]), _lm(_weights(models["mm"]))
+    for k, v in _lm(old).items():
+        torch.testing.assert_close(v, mm[k] + 0.3 * (llm[k] - mm[k]))
+    from transformers import LlavaForConditionalGeneration
+
+    _, info = LlavaForConditionalGeneration.from_pretrained(tmp_path / "new", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+
+
+def test_vocabulary_with_added_tokens_merges_shared_rows_only(cli, models, tmp_path):
+    _merge(cli, tmp_path / "m", models["mm"], models["llm_small_vocab"], "--method", "linear", "--alpha", "0.5")
+    out, llm, mm = _lm(_weights(tmp_path / "m")), _weights(models["llm_small_vocab"]), _lm(_weights(models["mm"]))
+    for name in ("model.embed_tokens.weight", "lm_head.weight"):
+        n = llm[name].shape[0]
+        assert out[name].shape == mm[name].shape and n == mm[name].shape[0] - 1
+        torch.testing.assert_close(out[name][:n], 0.5 * mm[name][:n] + 0.5 * llm[name])
+        assert torch.equal(out[name][n:], mm[name][n:])
+    assert json.loads((tmp_path / "m" / "merge_manifest.json").read_text())["kept_vocab_rows"] == 1
+
+
+def test_tied_original_llm_merges_its_embedding_into_the_head(cli, models, tmp_path):
+    assert "lm_head.weight" not in _weights(models["llm_tied"])
+    _merge(cli, tmp_path / "m", models["mm"], models["llm_tied"], "--method", "linear", "--alpha", "1")
+    out, llm = _lm(_weights(tmp_path / "m")), _weights(models["llm_tied"])
+    assert torch.equal(out["lm_head.weight"], llm["model.embed_tokens.weight"])
+    assert torch.equal(out["model.embed_tokens.weight"], llm["model.embed_tokens.weight"])
+
+
+def test_sparse_methods_through_cli_are_deterministic(cli, models, tmp_path):
+    mm = _lm(_weights(models["mm"]))
+    for method in ("ties", "dare_ties"):
+        args = ("--method", method, "--alpha", "1", "--density", "0.3", "--seed", "1")
+        _merge(cli, tmp_path / f"{method}-a", models["mm"], models["llm"], *args)
+        _merge(cli, tmp_path / f"{method}-b", models["mm"], models["llm"], *args)
+        a, b = (tmp_path / f"{method}-a/model.safetensors"), (tmp_path / f"{method}-b/model.safetensors")
+        assert a.read_bytes() == b.read_bytes()
+        w = _lm(load_file(a))["model.layers.0.mlp.up_proj.weight"]
+        changed = (w != mm["model.layers.0.mlp.up_proj.weight"]).float().mean().item()
+        assert abs(changed - 0.3) < 0.05
+
+
+def test_yaml_config_with_override(cli, models, tmp_path):
+    cfg = tmp_path / "merge.yaml"
+    cfg.write_text(f"multimodal: {models['mm']}\noriginal: {models['llm']}\nmethod: linear\nalpha: 0.2\n")
+    r = cli("merge", cfg, "-o", "alpha=1", "--out", tmp_path / "m")
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "m" / "merge_manifest.json").read_text())["alpha"] == 1.0
+
+
+# ---------------------------------------------------------------- bad input: one line, exit 2, nothing written
+
+
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        ("missing", "model folder not found"),
+        ("not_llava", "not a LLaVA model"),
+        ("llava_as_original", "is a multimodal model"),
+        ("other_arch", "mismatched architectures: the multimodal model's text_config.intermediate_size"),
+        ("big_vocab", "tensor lm_head.weight: shape [2048, 64] in the multimodal model"),
+        ("alpha", "alpha: value error, alpha must be in [0, 1], got 1.5"),
+        ("density", "density must be in (0, 1], got 0.0"),
+        ("density_method", "density: method task_arithmetic keeps the whole task vector"),
+        ("bad_number", "--alpha 'x': expected a number"),
+        ("no_weights", "no model weights"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(cli, models, tmp_path, case, expected):
+    mm, llm = models["mm"], models["llm"]
+    extra: list[str] = []
+    if case == "missing":
+        mm = tmp_path / "nope"
+    elif case == "not_llava":
+        mm = models["llm"]
+    elif case == "llava_as_original":
+        llm = models["mm"]
+    elif case == "other_arch":
+        llm = models["llm_other_arch"]
+    elif case == "big_vocab":
+        llm = models["llm_big_vocab"]
+    elif case == "alpha":
+        extra = ["--alpha", "1.5"]
+    elif case == "density":
+        extra = ["--method", "ties", "--density", "0"]
+    elif case == "density_method":
+        extra = ["--density", "0.5"]
+    elif case == "bad_number":
+        extra = ["--alpha", "x"]
+    elif case == "no_weights":
+        llm = tmp_path / "empty"
+        llm.mkdir()
+        shutil.copy2(models["llm"] / "config.json", llm / "config.json")
+    r = cli("merge", "--multimodal", mm, "--original", llm, "--out", tmp_path / "out", *extra)
+    assert r.exit_code == 2
+    assert expected in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not (tmp_path / "out").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+
+
+def test_existing_output_needs_overwrite(cli, models, tmp_path):
+    out = tmp_path / "m"
+    out.mkdir()
+    (out / "keep.txt").write_text("x")
+    r = cli("merge", "--multimodal", models["mm"], "--original", models["llm"], "--out", out)
+    assert r.exit_code == 2 and "already exists (pass --overwrite" in r.stderr
+    assert (out / "keep.txt").exists()
+    _merge(cli, out, models["mm"], models["llm"], "--overwrite")
+    assert not (out / "keep.txt").exists() and (out / "model.safetensors").is_file()
+
+
+def test_missing_required_option(cli, models, tmp_path):
+    r = cli("merge", "--multimodal", models["mm"], "--out", tmp_path / "m")
+    assert r.exit_code == 2 and "original: required (pass --original)" in r.stderr
+
+
+def test_partial_write_leaves_nothing(models, tmp_path, monkeypatch):
+    """A failure in the middle of writing (here: a merged tensor of the wrong size) leaves no output."""
+    from mlan.config.merge import MergeConfig
+    from mlan.merge import streaming
+
+    def broken(*a, **k):
+        return [memoryview(b"\0")]
+
+    monkeypatch.setattr(streaming, "_merged_chunks", broken)
+    cfg = MergeConfig(multimodal=str(models["mm"]), original=str(models["llm"]), out=str(tmp_path / "m"))
+    with pytest.raises(RuntimeError, match="declared"):
+        streaming.merge_models(cfg)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_save_file_reference_reader_agrees(tmp_path):
+    """The hand-written safetensors writer produces files safetensors itself reads back."""
+    from mlan.merge.layout import SafetensorsFile
+    from mlan.merge.streaming import SafetensorsWriter, _tensor_bytes
+
+    tensors = {"b": torch.randn(3, 5).to(torch.bfloat16), "a": torch.arange(7), "z": torch.zeros(0)}
+    w = SafetensorsWriter(
+        tmp_path / "x.safetensors", [(k, _code(v), tuple(v.shape), v.nbytes) for k, v in tensors.items()]
+    )
+    for k, v in tensors.items():
+        w.write(k, _tensor_bytes(v))
+    w.close()
+    back = load_file(tmp_path / "x.safetensors")
+    assert all(torch.equal(back[k], v) for k, v in tensors.items())
+    save_file({k: v for k, v in tensors.items() if v.numel()}, tmp_path / "ref.safetensors")
+    ref = SafetensorsFile(tmp_path / "ref.safetensors")
+    assert torch.equal(ref.read("b"), tensors["b"]) and torch.equal(ref.read("a"), tensors["a"])
+
+
+def _code(t: torch.Tensor) -> str:
+    from mlan.merge.layout import DTYPE_CODES
+
+    return DTYPE_CODES[str(t.dtype).removeprefix("torch.")]
