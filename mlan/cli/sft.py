@@ -1,8 +1,60 @@
-"""Placeholder: this command's stage is being built in this change (replaced before landing)."""
+"""`mlan sft`: fine-tune a LLaVA-style model with TRL (full, LoRA or QLoRA), one or many processes."""
 
-from mlan.errors import MlanError
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from mlan.cli.common import Overrides, Overwrite, console, load
 
 
-def sft() -> None:
-    """Not available yet."""
-    raise MlanError("this command is not available yet")
+def sft(
+    recipe: Annotated[Path, typer.Argument(help="SFT recipe YAML (a path, or a shipped name such as tiny).")],
+    overrides: Overrides = None,
+    resume: Annotated[
+        bool | None,
+        typer.Option(
+            "--resume/--no-resume",
+            help="Continue from the last checkpoint (default: automatically when one exists) or start over.",
+        ),
+    ] = None,
+    overwrite: Overwrite = False,
+) -> None:
+    """Fine-tune a LLaVA-style model on a built mixture with TRL's SFTTrainer.
+
+    Checkpoints go to OUTPUT.checkpoints/ beside the output folder; a killed run continues from
+    the last one. For several GPUs run the same command under `accelerate launch`
+    (configs in recipes/accelerate/).
+
+    Example: mlan sft recipes/tiny.yaml -o training.max_steps=20 -o output.dir=runs/sft-tiny
+    """
+    from mlan.config.recipe import SFTRecipe
+    from mlan.train.sft import run_sft
+
+    config = load(recipe, "recipes", SFTRecipe, overrides)
+    res = run_sft(config, resume=resume, overwrite=overwrite)
+    if not res.is_main_process:
+        return
+    from rich.table import Table
+
+    def f(x):
+        return "n/a" if x is None else f"{x:.4f}"
+
+    table = Table(title=f"SFT: {config.name or res.output_dir.name}", show_header=False)
+    table.add_row("output", str(res.output_dir))
+    if res.merged_dir:
+        table.add_row("merged model", str(res.merged_dir))
+    p = res.parameters.get("all", {})
+    table.add_row("trainable parameters", f"{p.get('trainable', 0):,} of {p.get('total', 0):,}")
+    r = res.rows
+    table.add_row(
+        "rows (language / vision)",
+        f"{r['language']:,} / {r['vision']:,}  (dropped as too long: {r['dropped_language']} / {r['dropped_vision']})",
+    )
+    table.add_row("steps", f"{res.steps} (global batch {res.global_batch_size}, {res.world_size} process(es))")
+    table.add_row("train loss first / last", f"{f(res.first_loss)} / {f(res.last_loss)}")
+    table.add_row("validation loss", f(res.eval_loss))
+    table.add_row("runtime", f"{res.runtime_s:.1f} s" + (f" (resumed from {res.resumed_from})" if res.resumed_from else ""))
+    console().print(table)

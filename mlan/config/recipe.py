@@ -1,0 +1,177 @@
+"""The SFT recipe (`recipes/*.yaml`): which model, what is trained, on which mixture, how.
+
+Field names in `training` follow transformers/TRL (`learning_rate`, `per_device_train_batch_size`,
+...) so that a user who knows `SFTConfig` recognises them; anything not listed here goes through
+`training.extra` to `SFTConfig` unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from mlan.config.base import StrictModel
+
+# The linear layers of a Llama/Mistral/Vicuna decoder; LoRA wraps them inside the language model only.
+DEFAULT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+class ModelSection(StrictModel):
+    """The LLaVA-style model to start from (for MLAN: a stage-1 checkpoint whose projector is aligned)."""
+
+    path: str
+    """Local folder or hub id of a LlavaForConditionalGeneration checkpoint with its processor."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Dtype the weights are loaded in; `auto` keeps the checkpoint's own dtype."""
+    attn_implementation: str | None = None
+    """Attention kernel passed to from_pretrained (`sdpa`, `eager`, `flash_attention_2`); None: transformers' default."""
+    revision: str | None = None
+    """Hub revision (branch, tag or commit) when `path` is a hub id."""
+
+
+class LoraSection(StrictModel):
+    """LoRA adapter settings, used when `train.language_model` is `lora` or `qlora`."""
+
+    r: int = Field(64, gt=0)
+    """Rank of the low-rank update."""
+    alpha: int = Field(16, gt=0)
+    """Scaling numerator: the update is scaled by alpha / r."""
+    dropout: float = Field(0.05, ge=0, lt=1)
+    """Dropout on the adapter input."""
+    target_modules: list[str] = Field(default_factory=lambda: list(DEFAULT_LORA_TARGETS), min_length=1)
+    """Names of linear layers to adapt; matched only inside the language model, never the vision tower or projector."""
+
+
+class TrainSection(StrictModel):
+    """Which parts of the model are trained."""
+
+    language_model: Literal["full", "lora", "qlora", "frozen"] = "full"
+    """full: every LLM weight (+ lm_head); lora: adapters on a frozen LLM; qlora: adapters on a 4-bit LLM; frozen."""
+    projector: bool = True
+    """Train the multimodal projector (MLAN stage 2 does)."""
+    vision_tower: bool = False
+    """Train the vision encoder (MLAN keeps it frozen; text-only batches would leave it without gradients)."""
+    lora: LoraSection = Field(default_factory=LoraSection)
+    """Adapter settings for `lora` / `qlora`."""
+
+    @model_validator(mode="after")
+    def _something_trains(self) -> TrainSection:
+        if self.language_model == "frozen" and not self.projector and not self.vision_tower:
+            raise ValueError("nothing is trained: set language_model, projector or vision_tower")
+        return self
+
+
+class DataSection(StrictModel):
+    """The training mixture: a folder written by `mlan build-mixture`, or its spec to build first."""
+
+    mixture: str | None = None
+    """A built mixture folder (DatasetDict with train/validation + manifest.json)."""
+    spec: str | None = None
+    """A mixture spec YAML (`data_mixtures/*.yaml`), built into `build_dir` first when that folder does not exist yet."""
+    build_dir: str | None = None
+    """Where `spec` is built; default `runs/mixtures/<spec name>`."""
+    eval_at_end: bool = True
+    """Compute the loss on the mixture's validation split after training (reported in the model card)."""
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataSection:
+        if (self.mixture is None) == (self.spec is None):
+            raise ValueError("set exactly one of mixture (a built folder) or spec (a mixture YAML to build)")
+        if self.build_dir is not None and self.spec is None:
+            raise ValueError("build_dir only applies with spec")
+        return self
+
+
+class TrainingSection(StrictModel):
+    """Optimisation settings (names as in transformers' TrainingArguments / TRL's SFTConfig)."""
+
+    learning_rate: float = Field(2e-5, gt=0)
+    """Peak learning rate."""
+    num_train_epochs: float = Field(1.0, gt=0)
+    """Passes over the mixture (ignored when max_steps is set)."""
+    max_steps: int | None = Field(None, gt=0)
+    """Stop after this many optimizer steps instead of counting epochs."""
+    per_device_train_batch_size: int = Field(4, gt=0)
+    """Rows per forward pass on each process."""
+    gradient_accumulation_steps: int | None = Field(None, gt=0)
+    """Forward passes per optimizer step; default 1, or derived from global_batch_size."""
+    global_batch_size: int | None = Field(None, gt=0)
+    """Rows per optimizer step over all processes; accumulation is derived from it and the process count."""
+    max_length: int = Field(2048, gt=0)
+    """Longest row in tokens (image tokens included); longer rows are dropped and counted, never truncated."""
+    lr_scheduler_type: str = "cosine"
+    """Learning-rate schedule (any transformers SchedulerType: cosine, linear, constant, ...)."""
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    """Share of the steps spent warming the learning rate up linearly."""
+    weight_decay: float = Field(0.0, ge=0)
+    """AdamW weight decay."""
+    max_grad_norm: float = Field(1.0, gt=0)
+    """Gradient clipping norm."""
+    seed: int = 42
+    """Seed for initialisation, batch order and dropout."""
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    """Mixed precision; auto: bf16 on a GPU that supports it, fp32 otherwise (CPU)."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass to save memory."""
+    assistant_only_loss: bool = True
+    """Loss on assistant tokens only (needs {% generation %} markers in the chat template); image tokens never count."""
+    group_by_modality_length: bool = True
+    """Batches of one modality and similar length (LLaVA's sampler); False: uniformly random batches."""
+    logging_steps: int = Field(10, gt=0)
+    """Log loss and learning rate every this many optimizer steps."""
+    save_steps: int = Field(500, gt=0)
+    """Write a resumable checkpoint every this many optimizer steps."""
+    save_total_limit: int = Field(2, ge=1)
+    """Checkpoints kept; at least 2 so a checkpoint cut short by a crash still leaves a complete one."""
+    dataloader_num_workers: int = Field(0, ge=0)
+    """Worker processes decoding images and tokenizing batches."""
+    extra: dict[str, Any] = Field(default_factory=dict)
+    """Further SFTConfig fields, passed unchanged (e.g. {optim: adamw_torch_fused, torch_compile: true})."""
+
+    @model_validator(mode="after")
+    def _batch(self) -> TrainingSection:
+        if self.global_batch_size is not None and self.gradient_accumulation_steps is not None:
+            raise ValueError("set global_batch_size or gradient_accumulation_steps, not both")
+        if self.global_batch_size is not None and self.global_batch_size % self.per_device_train_batch_size:
+            raise ValueError(
+                f"global_batch_size {self.global_batch_size} is not a multiple of "
+                f"per_device_train_batch_size {self.per_device_train_batch_size}"
+            )
+        return self
+
+
+class OutputSection(StrictModel):
+    """Where the trained model goes and what is kept."""
+
+    dir: str
+    """Output folder: a Hugging Face LLaVA folder (or a LoRA adapter folder) with recipe, logs and model card."""
+    merge_lora: bool = False
+    """For lora/qlora: also write the adapter merged into the base weights, as a full LLaVA folder in `merged/`."""
+    keep_checkpoints: bool = False
+    """Keep the last resumable checkpoints in `checkpoints/` (they hold optimizer state: several times the model)."""
+
+
+class SFTRecipe(StrictModel):
+    """One fine-tuning run of a LLaVA-style model with TRL's SFTTrainer."""
+
+    name: str | None = None
+    """Short name for the run (model card title); default: the output folder's name."""
+    description: str | None = None
+    """What this recipe is for (copied into the model card)."""
+    model: ModelSection
+    """The model to fine-tune."""
+    train: TrainSection = Field(default_factory=TrainSection)
+    """Which parts are trained (full / LoRA / QLoRA, projector, vision tower)."""
+    data: DataSection
+    """The training mixture."""
+    training: TrainingSection = Field(default_factory=TrainingSection)
+    """Optimisation settings."""
+    output: OutputSection
+    """Output folder and what is written there."""
+
+    @model_validator(mode="after")
+    def _merge_needs_lora(self) -> SFTRecipe:
+        if self.output.merge_lora and self.train.language_model not in ("lora", "qlora"):
+            raise ValueError("output.merge_lora needs train.language_model lora or qlora")
+        return self

@@ -1,0 +1,112 @@
+"""The training rows: loading a mixture folder, exact row lengths, dropping over-long rows.
+
+TRL tokenizes vision rows only in its collator, batch by batch, and truncating there would cut
+image tokens (the forward then fails on a feature/token count mismatch). So every row's length
+is computed up front, exactly as the collator will see it, and rows over `max_length` are left
+out and counted instead.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mlan.errors import MlanError
+
+log = logging.getLogger(__name__)
+
+REQUIRED_COLUMNS = ("messages", "images")
+
+
+@dataclass
+class PreparedSplit:
+    """A split with the over-long rows removed, and what the sampler needs to know per row."""
+
+    dataset: Any
+    lengths: list[int]
+    has_image: list[bool]
+    kept: dict[str, int]
+    dropped: dict[str, int]
+
+
+def load_mixture(mixture_dir: Path) -> tuple[Any, dict[str, Any] | None]:
+    """The mixture's DatasetDict and its manifest (None when the folder has none)."""
+    from datasets import DatasetDict, load_from_disk
+
+    if not mixture_dir.is_dir():
+        raise MlanError(f"data.mixture {mixture_dir}: folder not found (build it with `mlan build-mixture SPEC`)")
+    try:
+        dd = load_from_disk(str(mixture_dir))
+    except (FileNotFoundError, ValueError) as e:
+        raise MlanError(f"data.mixture {mixture_dir}: not a saved dataset ({str(e).splitlines()[0]})") from None
+    if not isinstance(dd, DatasetDict) or "train" not in dd:
+        raise MlanError(f"data.mixture {mixture_dir}: expected a DatasetDict with a 'train' split")
+    missing = [c for c in REQUIRED_COLUMNS if c not in dd["train"].column_names]
+    if missing:
+        raise MlanError(f"data.mixture {mixture_dir}: train split lacks column(s) {', '.join(missing)}")
+    if len(dd["train"]) == 0:
+        raise MlanError(f"data.mixture {mixture_dir}: train split is empty")
+    manifest_path = mixture_dir / "manifest.json"
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8")) if manifest_path.is_file() else None
+    return dd, manifest
+
+
+def image_counts(ds) -> list[int]:
+    """Images per row, read from the Arrow list offsets so that no image is decoded or even loaded."""
+    import pyarrow.compute as pc
+
+    table = ds.flatten_indices().data if ds._indices is not None else ds.data
+    return pc.list_value_length(table.column("images")).fill_null(0).to_pylist()
+
+
+def row_lengths(
+    ds, processor, chat_template: str, image_seq_length: int, batch_size: int = 1000
+) -> tuple[list[int], list[int]]:
+    """(tokens per row as the collator will produce them, images per row).
+
+    The collator renders the chat template, expands each `<image>` into `image_seq_length`
+    tokens and tokenizes without special tokens; here the same text is rendered with one
+    `<image>` per image and the expansion is added arithmetically, which avoids loading images.
+    """
+    from trl.data_utils import prepare_multimodal_messages
+
+    counts = image_counts(ds)
+    lengths: list[int] = []
+    tokenizer = processor.tokenizer
+    messages_only = ds.select_columns(["messages"])
+    for start in range(0, len(ds), batch_size):
+        rows = messages_only[start : start + batch_size]["messages"]
+        convs = [
+            prepare_multimodal_messages(msgs, images=[None] * counts[start + i]) for i, msgs in enumerate(rows)
+        ]
+        texts = processor.apply_chat_template(convs, chat_template=chat_template, tokenize=False)
+        ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+        lengths.extend(len(x) + counts[start + i] * (image_seq_length - 1) for i, x in enumerate(ids))
+        if len(ds) > 20 * batch_size and (start // batch_size) % 20 == 0:
+            log.info("measured %d / %d rows", start + len(rows), len(ds))
+    return lengths, counts
+
+
+def prepare_split(ds, processor, chat_template: str, image_seq_length: int, max_length: int, name: str) -> PreparedSplit:
+    """Measure every row and drop those longer than `max_length` (counted by modality)."""
+    lengths, counts = row_lengths(ds, processor, chat_template, image_seq_length)
+    keep = [i for i, n in enumerate(lengths) if n <= max_length]
+    dropped = {"language": 0, "vision": 0}
+    for i, n in enumerate(lengths):
+        if n > max_length:
+            dropped["vision" if counts[i] else "language"] += 1
+    if len(keep) < len(lengths):
+        log.warning(
+            "%s: dropped %d language and %d vision rows longer than max_length %d (never truncated through images)",
+            name,
+            dropped["language"],
+            dropped["vision"],
+            max_length,
+        )
+        ds = ds.select(keep)
+    has_image = [counts[i] > 0 for i in keep]
+    kept = {"language": has_image.count(False), "vision": has_image.count(True)}
+    return PreparedSplit(ds, [lengths[i] for i in keep], has_image, kept, dropped)

@@ -1,0 +1,146 @@
+"""What a finished SFT run writes beside the weights: loss log, loss curve, model card."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from mlan.io import atomic_write_json, atomic_write_text
+
+
+def loss_log(log_history: list[dict[str, Any]]) -> dict[str, Any]:
+    """The Trainer's log history split into training points, evaluation points and the summary."""
+    train, evals, summary = [], [], {}
+    for entry in log_history:
+        if "loss" in entry:
+            train.append(
+                {
+                    k: entry[k]
+                    for k in ("step", "epoch", "loss", "learning_rate", "grad_norm", "mean_token_accuracy", "num_tokens")
+                    if k in entry
+                }
+            )
+        elif "eval_loss" in entry:
+            evals.append({k: v for k, v in entry.items() if k in ("step", "epoch") or k.startswith("eval_")})
+        elif "train_runtime" in entry:
+            summary = dict(entry)
+    return {"train": train, "eval": evals, "summary": summary}
+
+
+def write_loss_log(path: Path, log: dict[str, Any]) -> None:
+    """Write the loss log as JSON."""
+    atomic_write_json(path, log)
+
+
+def plot_loss(path: Path, log: dict[str, Any], title: str) -> None:
+    """Training loss against optimizer step (and the validation loss, if measured), as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=120)
+    steps = [p["step"] for p in log["train"]]
+    ax.plot(steps, [p["loss"] for p in log["train"]], marker="." if len(steps) < 60 else None, label="train loss")
+    evals = [p for p in log["eval"] if "eval_loss" in p]
+    if evals:
+        ax.scatter([p["step"] for p in evals], [p["eval_loss"] for p in evals], color="C3", zorder=3, label="val loss")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss (assistant tokens)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _fmt(n: float | int | None, digits: int = 4) -> str:
+    if n is None:
+        return "n/a"
+    if isinstance(n, int):
+        return f"{n:,}"
+    return f"{n:.{digits}g}"
+
+
+def model_card(
+    *,
+    name: str,
+    recipe: Any,
+    recipe_yaml: str,
+    manifest: dict[str, Any] | None,
+    mixture_path: str,
+    results: dict[str, Any],
+) -> str:
+    """A README.md for the output folder: what was trained, on what data, with which settings and results."""
+    t, tr = recipe.training, recipe.train
+    lines = [
+        "---",
+        "library_name: transformers",
+        "pipeline_tag: image-text-to-text",
+        "tags: [llava, mlan, sft, trl]",
+        "---",
+        "",
+        f"# {name}",
+        "",
+        recipe.description or "A LLaVA-style model fine-tuned with mlan (TRL SFTTrainer).",
+        "",
+        "## Model",
+        f"- Base: `{recipe.model.path}`",
+        f"- Trained: language model **{tr.language_model}**"
+        + (f" (r={tr.lora.r}, alpha={tr.lora.alpha}, targets {', '.join(tr.lora.target_modules)})" if tr.language_model in ("lora", "qlora") else "")
+        + f", projector **{'trained' if tr.projector else 'frozen'}**, vision tower **{'trained' if tr.vision_tower else 'frozen'}**",
+    ]
+    params = results.get("parameters", {}).get("all")
+    if params:
+        share = 100 * params["trainable"] / max(params["total"], 1)
+        lines.append(f"- Parameters: {params['trainable']:,} trainable of {params['total']:,} ({share:.2f}%)")
+    lines += ["", "## Data", f"- Mixture: `{mixture_path}`"]
+    if manifest:
+        for key in ("name", "content_hash", "config_hash"):
+            if key in manifest:
+                lines.append(f"- {key.replace('_', ' ')}: `{manifest[key]}`")
+        if manifest.get("covers_eval_tasks"):
+            lines.append(f"- Seen evaluation tasks (trained on): {', '.join(manifest['covers_eval_tasks'])}")
+    rows = results.get("rows", {})
+    lines.append(
+        f"- Rows trained on: {_fmt(rows.get('language'))} language, {_fmt(rows.get('vision'))} vision; "
+        f"dropped as longer than {t.max_length} tokens: {_fmt(rows.get('dropped_language'))} language, "
+        f"{_fmt(rows.get('dropped_vision'))} vision"
+    )
+    lines += [
+        "",
+        "## Training",
+        f"- lr {t.learning_rate:g}, {t.lr_scheduler_type} schedule, warmup {t.warmup_ratio:g}, weight decay {t.weight_decay:g}",
+        f"- Global batch {results.get('global_batch_size')} ({t.per_device_train_batch_size} per device x "
+        f"{results.get('gradient_accumulation_steps')} accumulation x {results.get('world_size')} processes), "
+        f"max length {t.max_length}, seed {t.seed}, precision {results.get('precision')}",
+        f"- Batches grouped by modality and length: {'yes' if t.group_by_modality_length else 'no'}; "
+        f"loss on assistant tokens only: {'yes' if t.assistant_only_loss else 'no'}",
+        "",
+        "## Results",
+        "| metric | value |",
+        "| --- | --- |",
+        f"| optimizer steps | {_fmt(results.get('steps'))} |",
+        f"| first logged train loss | {_fmt(results.get('first_loss'))} |",
+        f"| last logged train loss | {_fmt(results.get('last_loss'))} |",
+        f"| mean train loss | {_fmt(results.get('train_loss'))} |",
+        f"| validation loss | {_fmt(results.get('eval_loss'))} |",
+        f"| runtime (s) | {_fmt(results.get('runtime_s'), 5)} |",
+        "",
+        "The loss curve is in `loss_curve.png`, every logged point in `loss_log.json`, the mixture's manifest "
+        "in `mixture_manifest.json`.",
+        "",
+        "## Recipe",
+        "```yaml",
+        recipe_yaml.rstrip(),
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_model_card(path: Path, **kwargs: Any) -> None:
+    """Write the model card (see `model_card`)."""
+    atomic_write_text(path, model_card(**kwargs))

@@ -1,0 +1,707 @@
+"""`run_sft`: fine-tune a LLaVA-style model on a mixture with TRL's SFTTrainer.
+
+Order of work: every input is checked first (mixture, model, processor vs model, max length,
+LoRA targets, SFTConfig extras, checkpoints to resume), then rows are measured and over-long ones
+dropped, then the model is loaded, frozen as the recipe says and trained. Checkpoints go to
+`<output>.checkpoints/` beside the output folder, so a killed run leaves them for `--resume` while
+the output folder itself only ever appears complete.
+
+The same function runs under `accelerate launch` (DDP, FSDP, DeepSpeed): every process calls it,
+the Trainer shards the batches, the main process writes the output folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import logging
+import os
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mlan.config.base import dump_config
+from mlan.config.recipe import SFTRecipe
+from mlan.errors import MlanError
+from mlan.io import atomic_dir, atomic_write_json, atomic_write_text, check_output_dir
+
+log = logging.getLogger(__name__)
+
+GENERATION_MARKER = re.compile(r"{%-?\s*generation\s*-?%}")
+# SFTConfig fields that the recipe sets from its own fields; `training.extra` may not set them twice.
+MANAGED_SFT_FIELDS = {
+    "output_dir": "output.dir",
+    "max_length": "training.max_length",
+    "assistant_only_loss": "training.assistant_only_loss",
+    "learning_rate": "training.learning_rate",
+    "num_train_epochs": "training.num_train_epochs",
+    "max_steps": "training.max_steps",
+    "per_device_train_batch_size": "training.per_device_train_batch_size",
+    "gradient_accumulation_steps": "training.gradient_accumulation_steps",
+    "lr_scheduler_type": "training.lr_scheduler_type",
+    "warmup_steps": "training.warmup_ratio",
+    "warmup_ratio": "training.warmup_ratio",
+    "weight_decay": "training.weight_decay",
+    "max_grad_norm": "training.max_grad_norm",
+    "seed": "training.seed",
+    "data_seed": "training.seed",
+    "bf16": "training.precision",
+    "fp16": "training.precision",
+    "use_cpu": "training.precision",
+    "gradient_checkpointing": "training.gradient_checkpointing",
+    "logging_steps": "training.logging_steps",
+    "save_steps": "training.save_steps",
+    "save_total_limit": "training.save_total_limit",
+    "dataloader_num_workers": "training.dataloader_num_workers",
+    "train_sampling_strategy": "training.group_by_modality_length",
+}
+
+
+@dataclass
+class ModelInfo:
+    """What the pre-flight checks learned about the model and its processor."""
+
+    path: str
+    processor: Any
+    config: Any
+    image_token_id: int
+    image_seq_length: int
+    chat_template: str
+    template_source: str
+    min_image_row: int
+
+
+@dataclass
+class SFTResult:
+    """What one SFT run produced (also written to `train_results.json` in the output folder)."""
+
+    output_dir: Path
+    steps: int
+    train_loss: float | None
+    first_loss: float | None
+    last_loss: float | None
+    eval_loss: float | None
+    runtime_s: float
+    parameters: dict[str, dict[str, int]]
+    rows: dict[str, int]
+    world_size: int
+    global_batch_size: int
+    gradient_accumulation_steps: int
+    precision: str
+    resumed_from: str | None = None
+    merged_dir: Path | None = None
+    rank_checksums: list[str] = field(default_factory=list)
+    is_main_process: bool = True
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready dict (paths as strings)."""
+        d = dataclasses.asdict(self)
+        d["output_dir"] = str(self.output_dir)
+        d["merged_dir"] = str(self.merged_dir) if self.merged_dir else None
+        d.pop("is_main_process")
+        return d
+
+
+def checkpoint_dir(recipe: SFTRecipe) -> Path:
+    """Where the resumable checkpoints of a recipe's run live: beside the output folder."""
+    out = Path(recipe.output.dir).expanduser()
+    return out.parent / f"{out.name}.checkpoints"
+
+
+def last_complete_checkpoint(ckpt_dir: Path) -> Path | None:
+    """The newest `checkpoint-N` whose trainer state was written (the Trainer writes it last)."""
+    if not ckpt_dir.is_dir():
+        return None
+    found = []
+    for p in ckpt_dir.iterdir():
+        m = re.fullmatch(r"checkpoint-(\d+)", p.name)
+        if m and (p / "trainer_state.json").is_file():
+            found.append((int(m.group(1)), p))
+    return max(found)[1] if found else None
+
+
+# --------------------------------------------------------------------------- pre-flight checks
+
+
+def resolve_mixture(recipe: SFTRecipe) -> Path:
+    """The built mixture folder; a `data.spec` is built first when its folder does not exist yet."""
+    data = recipe.data
+    if data.mixture is not None:
+        return Path(data.mixture).expanduser()
+    from mlan.paths import resolve_config
+
+    spec_path = resolve_config(data.spec, "data_mixtures")
+    build_dir = Path(data.build_dir or f"runs/mixtures/{spec_path.stem}").expanduser()
+    if (build_dir / "manifest.json").is_file():
+        log.info("using the mixture already built at %s (delete it to rebuild from %s)", build_dir, spec_path)
+        return build_dir
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise MlanError(
+            f"data.spec {data.spec}: build the mixture once before a multi-process run "
+            f"(mlan build-mixture {spec_path} ...) and point data.mixture at it"
+        )
+    try:
+        from mlan.data import build_mixture
+    except ImportError:
+        raise MlanError(
+            f"data.spec {data.spec}: mixture building is not available in this install; "
+            "build it with `mlan build-mixture` and set data.mixture"
+        ) from None
+    from mlan.config.base import load_config
+    from mlan.config.mixture import MixtureSpec
+
+    log.info("building mixture %s into %s", spec_path, build_dir)
+    build_mixture(load_config(spec_path, MixtureSpec), build_dir)
+    return build_dir
+
+
+def inspect_model(recipe: SFTRecipe) -> ModelInfo:
+    """Load config and processor (no weights) and check they form a LLaVA model we can train."""
+    from transformers import AutoConfig, AutoProcessor
+
+    path = recipe.model.path
+    local = Path(path).expanduser()
+    kwargs = {"revision": recipe.model.revision} if recipe.model.revision else {}
+    if local.exists():
+        path = str(local)
+        if not (local / "config.json").is_file():
+            raise MlanError(f"model.path {path}: no config.json (not a Hugging Face model folder)")
+    try:
+        config = AutoConfig.from_pretrained(path, **kwargs)
+    except (OSError, ValueError) as e:
+        raise MlanError(f"model.path {path}: cannot load the model config ({str(e).splitlines()[0]})") from None
+    if config.model_type != "llava":
+        raise MlanError(
+            f"model.path {path}: model type {config.model_type!r} is not LLaVA-style "
+            "(expected a LlavaForConditionalGeneration checkpoint, model_type 'llava')"
+        )
+    try:
+        processor = AutoProcessor.from_pretrained(path, **kwargs)
+    except (OSError, ValueError, TypeError) as e:
+        raise MlanError(f"model.path {path}: cannot load the processor ({str(e).splitlines()[0]})") from None
+    if not hasattr(processor, "image_processor") or not getattr(processor, "image_token", None):
+        raise MlanError(f"model.path {path}: the processor ({type(processor).__name__}) has no image processor/token")
+    tokenizer = processor.tokenizer
+    token_id = tokenizer.convert_tokens_to_ids(processor.image_token)
+    model_token_id = getattr(config, "image_token_id", None)
+    if model_token_id is None:
+        model_token_id = getattr(config, "image_token_index", None)
+    if token_id != model_token_id:
+        raise MlanError(
+            f"model.path {path}: the processor's image token {processor.image_token!r} has id {token_id}, "
+            f"but the model expects image token id {model_token_id}"
+        )
+    image_seq_length = _processor_image_tokens(processor, config, token_id)
+    expected = _model_image_features(config)
+    if expected is not None and image_seq_length != expected:
+        raise MlanError(
+            f"model.path {path}: the processor expands {processor.image_token!r} into {image_seq_length} tokens, "
+            f"but the model makes {expected} image features per image (check patch_size / "
+            "vision_feature_select_strategy in the processor)"
+        )
+    template, source = _training_template(recipe, processor, path)
+    min_row = _min_image_row(processor, template, image_seq_length)
+    if recipe.training.max_length < min_row:
+        raise MlanError(
+            f"training.max_length {recipe.training.max_length}: shorter than one image row "
+            f"({min_row} tokens, {image_seq_length} of them image tokens)"
+        )
+    return ModelInfo(path, processor, config, token_id, image_seq_length, template, source, min_row)
+
+
+def _processor_image_tokens(processor, config, image_token_id: int) -> int:
+    """How many tokens the processor makes of one image (measured on a blank image)."""
+    from PIL import Image
+
+    side = int(getattr(config.vision_config, "image_size", 336))
+    enc = processor(text=processor.image_token, images=[Image.new("RGB", (side, side))], return_tensors="pt")
+    return int((enc["input_ids"] == image_token_id).sum())
+
+
+def _model_image_features(config) -> int | None:
+    """Image features per image of a LLaVA-1.5-style model (fixed resolution), or None if unknown."""
+    vc = config.vision_config
+    size, patch = getattr(vc, "image_size", None), getattr(vc, "patch_size", None)
+    if not size or not patch:
+        return None
+    n = (size // patch) ** 2
+    return n + 1 if getattr(config, "vision_feature_select_strategy", "default") == "full" else n
+
+
+def _training_template(recipe: SFTRecipe, processor, path: str) -> tuple[str, str]:
+    """The chat template to train with: the model's own when it marks assistant turns for the loss,
+    otherwise mlan's Vicuna-v1 template (the format MLAN trains in), which is then saved with the model."""
+    from mlan.tiny import CHAT_TEMPLATE
+
+    own = processor.chat_template
+    if isinstance(own, dict):
+        own = own.get("default")
+    if own and (not recipe.training.assistant_only_loss or GENERATION_MARKER.search(own)):
+        return own, "model"
+    # Real Llama checkpoints expect <s> first; TRL's collator tokenizes without special tokens.
+    log.warning(
+        "%s: chat template %s; training with mlan's Vicuna-v1 template (USER: ... ASSISTANT: ...)",
+        path,
+        "missing" if not own else "has no {% generation %} markers for assistant-only loss",
+    )
+    return "{{- bos_token -}}" + CHAT_TEMPLATE, "vicuna_v1"
+
+
+def _min_image_row(processor, template: str, image_seq_length: int) -> int:
+    """Tokens of the shortest possible image row: one image, a one-letter question and answer."""
+    msgs = [
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "?"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "A"}]},
+    ]
+    text = processor.apply_chat_template(msgs, chat_template=template, tokenize=False)
+    return len(processor.tokenizer(text, add_special_tokens=False)["input_ids"]) + image_seq_length - 1
+
+
+def check_lora_targets_on_meta(recipe: SFTRecipe, config) -> int:
+    """Match the LoRA targets on a weightless copy of the model, before anything is loaded."""
+    from accelerate import init_empty_weights
+    from transformers import LlavaForConditionalGeneration
+
+    from mlan.train.freeze import check_lora_targets
+
+    with init_empty_weights():
+        meta = LlavaForConditionalGeneration(config)
+    return len(check_lora_targets(meta, recipe.train.lora.target_modules))
+
+
+def check_extra(extra: dict[str, Any]) -> None:
+    """`training.extra` keys must be SFTConfig fields that the recipe does not already set."""
+    from trl import SFTConfig
+
+    valid = {f.name for f in dataclasses.fields(SFTConfig)}
+    for key in extra:
+        if key in MANAGED_SFT_FIELDS:
+            raise MlanError(f"training.extra.{key}: set {MANAGED_SFT_FIELDS[key]} instead")
+        if key not in valid:
+            hint = difflib.get_close_matches(key, sorted(valid), n=1, cutoff=0.6)
+            raise MlanError(
+                f"training.extra.{key}: not an SFTConfig field" + (f" (did you mean {hint[0]!r}?)" if hint else "")
+            )
+
+
+def _resolve_precision(precision: str) -> tuple[str, bool]:
+    """(precision actually used, whether a GPU is used)."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    if precision == "auto":
+        precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
+    if precision == "fp16" and not cuda:
+        raise MlanError("training.precision fp16: needs a GPU (use bf16 or fp32 on a CPU)")
+    return precision, cuda
+
+
+def _recipe_fingerprint(recipe: SFTRecipe) -> dict[str, Any]:
+    """The parts of a recipe that must not change between a run and its resumption."""
+    d = recipe.model_dump(mode="json")
+    d.pop("output", None)
+    d.pop("name", None)
+    d.pop("description", None)
+    return d
+
+
+def _diff_paths(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b)):
+            out.extend(_diff_paths(a.get(k), b.get(k), f"{prefix}{k}."))
+        return out
+    return [] if a == b else [prefix.rstrip(".")]
+
+
+def decide_resume(recipe: SFTRecipe, ckpt_dir: Path, resume: bool | None) -> Path | None:
+    """The checkpoint to resume from (None: start fresh), checking it belongs to this recipe."""
+    import json
+
+    last = last_complete_checkpoint(ckpt_dir)
+    if resume is False:
+        return None
+    if last is None:
+        if resume:
+            raise MlanError(f"--resume: no complete checkpoint in {ckpt_dir}")
+        return None
+    saved = ckpt_dir / "recipe.json"
+    if saved.is_file():
+        diff = _diff_paths(json.loads(saved.read_text(encoding="utf-8")), _recipe_fingerprint(recipe))
+        if diff:
+            raise MlanError(
+                f"{ckpt_dir}: checkpoints come from a different recipe ({', '.join(diff[:3])} differ); "
+                "pass --no-resume to discard them and start over"
+            )
+    return last
+
+
+# --------------------------------------------------------------------------- training
+
+
+def _image_token_masking(collator, image_token_id: int):
+    """Wrap TRL's collator so `<image>` placeholder tokens never count as targets.
+
+    With assistant-only loss they are masked already; without it TRL keeps them as labels
+    (576 per image at LLaVA-1.5 scale), which trains the model to predict placeholders.
+    """
+
+    def collate(examples):
+        batch = collator(examples)
+        batch["labels"][batch["input_ids"] == image_token_id] = -100
+        return batch
+
+    return collate
+
+
+def _trainer_class():
+    from trl import SFTTrainer
+
+    from mlan.train.sampler import ModalityLengthGroupedSampler
+
+    class MlanSFTTrainer(SFTTrainer):
+        """SFTTrainer with the modality/length-grouped sampler on the Trainer's sampler hook."""
+
+        def __init__(self, *args, row_lengths=None, row_has_image=None, **kwargs):
+            self._row_lengths = row_lengths
+            self._row_has_image = row_has_image
+            super().__init__(*args, **kwargs)
+
+        def _get_train_sampler(self, train_dataset=None):
+            if self._row_lengths is None:
+                return super()._get_train_sampler(train_dataset)
+            return ModalityLengthGroupedSampler(
+                self._row_lengths,
+                self._row_has_image,
+                per_device_batch=self.args.per_device_train_batch_size,
+                world_size=self.args.world_size,
+                seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed,
+            )
+
+    return MlanSFTTrainer
+
+
+def _load_model(recipe: SFTRecipe, info: ModelInfo, cuda: bool):
+    import torch
+    from transformers import LlavaForConditionalGeneration
+
+    kwargs: dict[str, Any] = {}
+    if recipe.model.revision:
+        kwargs["revision"] = recipe.model.revision
+    if recipe.model.attn_implementation:
+        kwargs["attn_implementation"] = recipe.model.attn_implementation
+    kwargs["dtype"] = "auto" if recipe.model.dtype == "auto" else getattr(torch, recipe.model.dtype)
+    if recipe.train.language_model == "qlora":
+        from transformers import BitsAndBytesConfig
+
+        compute = torch.bfloat16 if cuda else torch.float32
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=compute,
+            # Only the LLM's linear layers are quantized; vision tower, projector and head stay exact.
+            llm_int8_skip_modules=["vision_tower", "multi_modal_projector", "lm_head"],
+        )
+        kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0"))} if cuda else "cpu"
+    model = LlavaForConditionalGeneration.from_pretrained(info.path, **kwargs)
+    return model
+
+
+def _peft_config(recipe: SFTRecipe):
+    from peft import LoraConfig
+
+    from mlan.train.freeze import lora_target_regex
+
+    tr = recipe.train
+    modules_to_save = []
+    if tr.projector:
+        modules_to_save.append("multi_modal_projector")
+    if tr.vision_tower:
+        modules_to_save.append("vision_tower")
+    return LoraConfig(
+        r=tr.lora.r,
+        lora_alpha=tr.lora.alpha,
+        lora_dropout=tr.lora.dropout,
+        target_modules=lora_target_regex(tr.lora.target_modules),
+        modules_to_save=modules_to_save or None,
+        task_type="CAUSAL_LM",
+    )
+
+
+def _checksum(model) -> str:
+    """SHA-256 over every parameter of this process's copy of the model, in name order."""
+    h = hashlib.sha256()
+    for name, p in sorted(model.named_parameters(), key=lambda kv: kv[0]):
+        h.update(name.encode())
+        h.update(p.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def run_sft(recipe: SFTRecipe, *, resume: bool | None = None, overwrite: bool = False) -> SFTResult:
+    """Fine-tune `recipe.model` on `recipe.data` as the recipe says; returns what was produced.
+
+    resume: None resumes from the last complete checkpoint of this recipe's run when there is
+    one; True requires one; False discards old checkpoints and starts over. overwrite: replace an
+    existing output folder. Under `accelerate launch` every process calls this; only the main
+    process writes the output folder (its result has `is_main_process=True`).
+    """
+    out = Path(recipe.output.dir).expanduser()
+    ckpt_dir = checkpoint_dir(recipe)
+    check_output_dir(out, overwrite)
+
+    # ---- every check that can fail on user input, before any heavy work
+    mixture_dir = resolve_mixture(recipe)
+    dd, manifest = _load_mixture(mixture_dir)
+    info = inspect_model(recipe)
+    if recipe.train.language_model in ("lora", "qlora"):
+        n = check_lora_targets_on_meta(recipe, info.config)
+        log.info("LoRA targets match %d linear layers of the language model", n)
+    check_extra(recipe.training.extra)
+    precision, cuda = _resolve_precision(recipe.training.precision)
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    t = recipe.training
+    if t.global_batch_size is not None:
+        per_step = t.per_device_train_batch_size * world_size
+        if t.global_batch_size % per_step:
+            raise MlanError(
+                f"training.global_batch_size {t.global_batch_size}: not a multiple of "
+                f"{t.per_device_train_batch_size} per device x {world_size} processes"
+            )
+        accumulation = t.global_batch_size // per_step
+    else:
+        accumulation = t.gradient_accumulation_steps or 1
+    resume_from = decide_resume(recipe, ckpt_dir, resume)
+
+    # ---- rows: measured exactly, over-long ones dropped and counted
+    from mlan.train.data import prepare_split
+
+    train = prepare_split(
+        dd["train"], info.processor, info.chat_template, info.image_seq_length, t.max_length, "train"
+    )
+    if len(train.dataset) == 0:
+        raise MlanError(f"data.mixture {mixture_dir}: every train row is longer than max_length {t.max_length}")
+    val = None
+    if recipe.data.eval_at_end and "validation" in dd and len(dd["validation"]):
+        val = prepare_split(
+            dd["validation"], info.processor, info.chat_template, info.image_seq_length, t.max_length, "validation"
+        )
+        if len(val.dataset) == 0:
+            val = None
+    log.info(
+        "train rows: %d language, %d vision (dropped as too long: %d language, %d vision)",
+        train.kept["language"],
+        train.kept["vision"],
+        train.dropped["language"],
+        train.dropped["vision"],
+    )
+
+    # ---- trainer
+    from trl import SFTConfig
+
+    info.processor.chat_template = info.chat_template
+    sft_args = SFTConfig(
+        output_dir=str(ckpt_dir),
+        learning_rate=t.learning_rate,
+        num_train_epochs=t.num_train_epochs,
+        max_steps=t.max_steps or -1,
+        per_device_train_batch_size=t.per_device_train_batch_size,
+        per_device_eval_batch_size=t.per_device_train_batch_size,
+        gradient_accumulation_steps=accumulation,
+        lr_scheduler_type=t.lr_scheduler_type,
+        warmup_steps=t.warmup_ratio,
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        seed=t.seed,
+        data_seed=t.seed,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        use_cpu=not cuda,
+        gradient_checkpointing=t.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
+        assistant_only_loss=t.assistant_only_loss,
+        # Rows were measured and the long ones dropped: nothing may be truncated (it would cut image tokens).
+        max_length=None,
+        logging_steps=t.logging_steps,
+        logging_first_step=True,
+        save_strategy="steps",
+        save_steps=t.save_steps,
+        save_total_limit=t.save_total_limit,
+        dataloader_num_workers=t.dataloader_num_workers,
+        report_to="none",
+        **t.extra,
+    )
+    from accelerate import PartialState
+
+    state = PartialState()
+    if state.is_main_process:
+        if resume_from is None and ckpt_dir.exists():
+            log.info("starting over: removing old checkpoints in %s", ckpt_dir)
+            shutil.rmtree(ckpt_dir)
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(ckpt_dir / "recipe.json", _recipe_fingerprint(recipe))
+    state.wait_for_everyone()
+
+    from transformers import set_seed
+
+    set_seed(t.seed)  # the same initial state (LoRA init, dropout) on every process and every run
+    model = _load_model(recipe, info, cuda)
+    peft_config = None
+    if recipe.train.language_model in ("lora", "qlora"):
+        for p in model.parameters():
+            p.requires_grad_(False)
+        peft_config = _peft_config(recipe)
+    else:
+        from mlan.train.freeze import apply_freeze
+
+        apply_freeze(model, recipe.train)
+
+    trainer = _trainer_class()(
+        model=model,
+        args=sft_args,
+        train_dataset=train.dataset,
+        processing_class=info.processor,
+        peft_config=peft_config,
+        row_lengths=train.lengths if t.group_by_modality_length else None,
+        row_has_image=train.has_image,
+    )
+    trainer.data_collator = _image_token_masking(trainer.data_collator, info.image_token_id)
+
+    from mlan.train.freeze import parameter_report
+
+    params = parameter_report(trainer.model)
+    if state.is_main_process:
+        for comp, c in params.items():
+            log.info("parameters %-15s %14s trainable of %14s", comp, f"{c['trainable']:,}", f"{c['total']:,}")
+    if resume_from is not None:
+        log.info("resuming from %s", resume_from)
+
+    result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    eval_loss = None
+    if val is not None:
+        eval_loss = float(trainer.evaluate(eval_dataset=val.dataset)["eval_loss"])
+
+    checksums: list[str] = []
+    if state.num_processes > 1:
+        from accelerate.utils import gather_object
+
+        checksums = gather_object([_checksum(trainer.accelerator.unwrap_model(trainer.model))])
+
+    final_dir = ckpt_dir / "final"
+    trainer.save_model(str(final_dir))  # collective under FSDP / DeepSpeed: every process calls it
+    state.wait_for_everyone()
+
+    from mlan.train.outputs import loss_log
+
+    log_data = loss_log(trainer.state.log_history)
+    losses = [p["loss"] for p in log_data["train"]]
+    res = SFTResult(
+        output_dir=out,
+        steps=int(trainer.state.global_step),
+        train_loss=float(result.training_loss) if result.training_loss is not None else None,
+        first_loss=losses[0] if losses else None,
+        last_loss=losses[-1] if losses else None,
+        eval_loss=eval_loss,
+        runtime_s=round(float(result.metrics.get("train_runtime", 0.0)), 2),
+        parameters=params,
+        rows={
+            **train.kept,
+            "dropped_language": train.dropped["language"],
+            "dropped_vision": train.dropped["vision"],
+        },
+        world_size=state.num_processes,
+        global_batch_size=t.per_device_train_batch_size * accumulation * state.num_processes,
+        gradient_accumulation_steps=accumulation,
+        precision=precision,
+        resumed_from=str(resume_from) if resume_from else None,
+        rank_checksums=checksums,
+        is_main_process=state.is_main_process,
+    )
+    if state.is_main_process:
+        res.merged_dir = _write_output(recipe, info, res, log_data, final_dir, mixture_dir, manifest, overwrite)
+        if not recipe.output.keep_checkpoints:
+            shutil.rmtree(ckpt_dir, ignore_errors=True)
+        log.info("model written to %s", out)
+    state.wait_for_everyone()
+    return res
+
+
+def _load_mixture(mixture_dir: Path):
+    from mlan.train.data import load_mixture
+
+    return load_mixture(mixture_dir)
+
+
+def _write_output(
+    recipe: SFTRecipe,
+    info: ModelInfo,
+    res: SFTResult,
+    log_data: dict[str, Any],
+    final_dir: Path,
+    mixture_dir: Path,
+    manifest: dict[str, Any] | None,
+    overwrite: bool,
+) -> Path | None:
+    """Assemble the output folder atomically: weights (or adapter), processor, recipe, logs, card."""
+    from mlan.train.outputs import plot_loss, write_loss_log, write_model_card
+
+    out = res.output_dir
+    name = recipe.name or out.name
+    lora = recipe.train.language_model in ("lora", "qlora")
+    merged = None
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        for f in final_dir.iterdir():
+            if f.name in ("README.md", "training_args.bin"):
+                continue  # TRL's generic card is replaced by ours below
+            shutil.move(str(f), tmp / f.name)
+        info.processor.save_pretrained(tmp)
+        if manifest is not None:
+            shutil.copyfile(mixture_dir / "manifest.json", tmp / "mixture_manifest.json")
+        if lora and recipe.output.merge_lora:
+            _merge_lora(recipe, info, tmp, tmp / "merged")
+            if manifest is not None:
+                shutil.copyfile(mixture_dir / "manifest.json", tmp / "merged" / "mixture_manifest.json")
+            merged = out / "merged"
+        recipe_yaml = dump_config(recipe)
+        atomic_write_text(tmp / "recipe.yaml", recipe_yaml)
+        write_loss_log(tmp / "loss_log.json", log_data)
+        plot_loss(tmp / "loss_curve.png", log_data, name)
+        results = res.to_json()
+        results["output_dir"] = str(out)
+        results["merged_dir"] = str(merged) if merged else None
+        results["mixture"] = str(mixture_dir)
+        results["chat_template"] = info.template_source
+        atomic_write_json(tmp / "train_results.json", results)
+        write_model_card(
+            tmp / "README.md",
+            name=name,
+            recipe=recipe,
+            recipe_yaml=recipe_yaml,
+            manifest=manifest,
+            mixture_path=str(mixture_dir),
+            results=results,
+        )
+        if recipe.output.keep_checkpoints:
+            ckpts = tmp / "checkpoints"
+            ckpts.mkdir()
+            for p in sorted(final_dir.parent.glob("checkpoint-*")):
+                shutil.move(str(p), ckpts / p.name)
+    return merged
+
+
+def _merge_lora(recipe: SFTRecipe, info: ModelInfo, adapter_dir: Path, dest: Path) -> None:
+    """Fold the adapter into an unquantized copy of the base model and save a full LLaVA folder."""
+    import torch
+    from peft import PeftModel
+    from transformers import LlavaForConditionalGeneration
+
+    dtype = "auto" if recipe.model.dtype == "auto" else getattr(torch, recipe.model.dtype)
+    kwargs = {"revision": recipe.model.revision} if recipe.model.revision else {}
+    base = LlavaForConditionalGeneration.from_pretrained(info.path, dtype=dtype, **kwargs)
+    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    dest.mkdir(parents=True)
+    merged.save_pretrained(dest)
+    info.processor.save_pretrained(dest)
