@@ -1,0 +1,440 @@
+"""mlan eval end to end on the tiny model, offline: every suite on local slices, scripted models
+through the real extraction/scoring path, comparisons, cache/resume, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+BUNDLED_IMAGES = Path(__file__).resolve().parents[1] / "mlan" / "assets" / "data" / "images"
+
+# RACE and HellaSwag have no redistributable slices: a few rows written here in their HF schemas.
+RACE_ROWS = [
+    {
+        "example_id": "high1.txt",
+        "article": "Tom went to the market on Monday. He bought apples and bread, then walked home in the rain.",
+        "question": "When did Tom go to the market?",
+        "options": ["Sunday", "Monday", "Friday", "Tuesday"],
+        "answer": "B",
+    },
+    {
+        "example_id": "high1.txt",
+        "article": "Tom went to the market on Monday. He bought apples and bread, then walked home in the rain.",
+        "question": "What was the weather like when Tom walked home?",
+        "options": ["rainy", "sunny", "snowy", "windy"],
+        "answer": "A",
+    },
+    {
+        "example_id": "high2.txt",
+        "article": "The library opens at nine and closes at five. Students may borrow four books at a time.",
+        "question": "How many books can a student borrow at a time?",
+        "options": ["two", "three", "five", "four"],
+        "answer": "D",
+    },
+    {
+        "example_id": "high3.txt",
+        "article": "Mary planted tomatoes in spring. By summer the plants were tall and covered in red fruit.",
+        "question": "What did Mary plant?",
+        "options": ["roses", "potatoes", "tomatoes", "beans"],
+        "answer": "C",
+    },
+]
+HELLASWAG_ROWS = [
+    {
+        "ind": 24,
+        "activity_label": "Roof shingle removal",
+        "ctx_a": "A man is sitting on a roof.",
+        "ctx_b": "he",
+        "ctx": "A man is sitting on a roof. he",
+        "endings": [
+            "is using wrap to wrap a pair of skis.",
+            "is ripping level tiles off.",
+            "is holding a rubik's cube.",
+            "starts pulling up roofing on a roof.",
+        ],
+        "source_id": "activitynet~v_-JhWjGDPHMY",
+        "split": "val",
+        "split_type": "indomain",
+        "label": "3",
+    },
+    {
+        "ind": 92,
+        "activity_label": "Clean and jerk",
+        "ctx_a": "A lady walks to a barbell. She bends down and grabs the pole.",
+        "ctx_b": "the lady",
+        "ctx": "A lady walks to a barbell. She bends down and grabs the pole. the lady",
+        "endings": [
+            "swings and lands in her arms.",
+            "pulls the barbell forward.",
+            "pulls a rope attached to the barbell.",
+            "stands and lifts the weight over her head.",
+        ],
+        "source_id": "activitynet~v_-lJS58hyo1c",
+        "split": "val",
+        "split_type": "zeroshot",
+        "label": "3",
+    },
+    {
+        "ind": 106,
+        "activity_label": "Canoeing",
+        "ctx_a": "Two women in a child are shown in a canoe while a man pulls the canoe while standing in the water, with other individuals visible in the background.",
+        "ctx_b": "the child and a different man",
+        "ctx": "Two women in a child are shown in a canoe while a man pulls the canoe while standing in the water, with other individuals visible in the background. the child and a different man",
+        "endings": [
+            "are then shown paddling down a river in a boat while a woman talks.",
+            "are driving the canoe, they go down the river flowing side to side.",
+            "sit in a canoe while the man paddles.",
+            "walking go down the rapids, while the man in his helicopter almost falls and goes out of canoehood.",
+        ],
+        "source_id": "activitynet~v_-xQvJmC2jhk",
+        "split": "val",
+        "split_type": "indomain",
+        "label": "2",
+    },
+]
+# Vision rows in the schemas of xai-org/RealworldQA, lmms-lab/ai2d and lmms-lab/GQA, on bundled images.
+REALWORLDQA_ROWS = [
+    {
+        "image": "skimage_rocket.jpg",
+        "question": "What is in the sky?\nA. A rocket\nB. A bird\nC. A kite\nPlease answer directly with only the letter of the correct option and nothing else.",
+        "answer": "A",
+    },
+    {
+        "image": "llava_waterview.jpg",
+        "question": "Is there water in the picture?\nA. Yes\nB. No\nPlease answer directly with only the letter of the correct option and nothing else.",
+        "answer": "A",
+    },
+    {"image": "skimage_coins.png", "question": "How many rows of coins are there? Please answer directly with a single number.", "answer": "4"},
+]
+AI2D_ROWS = [
+    {"question": "What does the picture show?", "options": ["coins", "a cat", "a tree", "a car"], "answer": "0", "image": "skimage_coins.png"},
+    {"question": "Which object is in the image?", "options": ["a boat", "a clock", "bricks", "a dog"], "answer": "2", "image": "skimage_brick.png"},
+    {"question": "What kind of image is this?", "options": ["text", "a map", "a cell", "gravel"], "answer": "2", "image": "skimage_cell.png"},
+]
+GQA_ROWS = [
+    {"id": "201307251", "imageId": "skimage_camera.png", "question": "Who is holding the camera?", "answer": "man"},
+    {"id": "201640614", "imageId": "skimage_clock_motion.png", "question": "What is the round object?", "answer": "clock"},
+    {"id": "202225914", "imageId": "llava_extreme_ironing.jpg", "question": "Is the man ironing?", "answer": "yes"},
+]
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+
+
+@pytest.fixture(scope="session")
+def eval_data(shared_data, tmp_path_factory) -> Path:
+    """`<dir>/<task>/<split>.jsonl` for every task of the shipped suites: real slices where they
+    exist, rows written in the HF schema where they do not, and images for the vision rows."""
+    from PIL import Image
+
+    d = tmp_path_factory.mktemp("evaldata")
+    copies = {
+        "gsm8k/test": "gsm8k/test",
+        "gsm8k/train": "gsm8k/train",
+        "commonsense_qa/validation": "commonsense_qa/validation",
+        "arc_easy/test": "arc_easy/test",
+        "arc_challenge/test": "arc_challenge/test",
+        "mmlu/test": "mmlu/test",
+        "openbookqa/test": "openbookqa/test",
+        "boolq/validation": "boolq/validation",
+        "pope/test": "pope_coco/random",
+    }
+    for dst, src in copies.items():
+        (d / dst).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(shared_data / f"{src}.jsonl", d / f"{dst}.jsonl")
+    _write_jsonl(d / "race_high" / "test.jsonl", RACE_ROWS)
+    _write_jsonl(d / "hellaswag" / "validation.jsonl", HELLASWAG_ROWS)
+    _write_jsonl(d / "realworldqa" / "test.jsonl", REALWORLDQA_ROWS)
+    _write_jsonl(d / "ai2d" / "test.jsonl", AI2D_ROWS)
+    _write_jsonl(d / "gqa" / "testdev.jsonl", GQA_ROWS)
+    images = d / "images"
+    images.mkdir()
+    for f in BUNDLED_IMAGES.iterdir():
+        shutil.copy(f, images / f.name)
+    # POPE rows name COCO images that are not redistributed: stand-ins with those names.
+    pope = [json.loads(x) for x in (d / "pope" / "test.jsonl").read_text().splitlines()]
+    for k, name in enumerate(dict.fromkeys(r["image"] for r in pope[:40])):
+        Image.new("RGB", (48, 40), (40 * k % 255, 90, 160)).save(images / name)
+    # ScienceQA: the real text-only test rows plus real image-row metadata with stand-in images.
+    sqa = [json.loads(x) for x in (shared_data / "scienceqa" / "test.jsonl").read_text().splitlines()]
+    meta = [json.loads(x) for x in (shared_data / "scienceqa" / "image_rows_metadata.jsonl").read_text().splitlines()]
+    img_rows = [r for r in meta if r["split"] == "test"][:4]
+    for r in img_rows:
+        (images / r["pid"]).mkdir()
+        Image.new("RGB", (36, 36), (200, 30, int(r["pid"]) % 255)).save(images / r["pid"] / r["image"])
+    _write_jsonl(d / "scienceqa" / "test.jsonl", [*img_rows, *sqa[:4]])
+    return d
+
+
+@pytest.fixture(scope="session")
+def model_trio(tiny_llava_dir, tmp_path_factory) -> dict[str, Path]:
+    """The tiny base LLM (language model extracted from the tiny LLaVA, saved as a causal LM),
+    the tiny LLaVA, and a third LLaVA (other seed) whose mixture manifest covers CommonsenseQA/ARC."""
+    from mlan.models import save_language_model
+    from mlan.tiny import save_tiny_llava
+
+    d = tmp_path_factory.mktemp("trio")
+    base = save_language_model(tiny_llava_dir, d / "base-llm")
+    tuned = save_tiny_llava(d / "tuned", size="tiny", seed=1)
+    (tuned / "mixture_manifest.json").write_text(
+        json.dumps({"name": "mlan", "covers_eval_tasks": ["commonsense_qa", "arc_easy", "arc_challenge"]})
+    )
+    return {"base": base, "llava": tiny_llava_dir, "tuned": tuned}
+
+
+# --------------------------------------------------------------------------- scripted models
+
+
+class Scripted:
+    """A scripted model for the generate harness: answers from a lookup of the gold answers by
+    question text (`mode="correct"`), or always the same text (`mode="A"`)."""
+
+    multimodal = True
+
+    def __init__(self, name: str, answers: dict[str, str] | None = None, constant: str | None = None, processor=None):
+        self.name = name
+        self.processor = processor
+        self.answers = answers or {}
+        self.constant = constant
+        self.calls = 0
+
+    def apply_chat(self, messages):
+        """The chat prompt as a real LLaVA processor renders it (vision suites)."""
+        return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+    def generate(self, requests, *, max_new_tokens, stop):
+        self.calls += len(requests)
+        out = []
+        for r in requests:
+            if self.constant is not None:
+                out.append(self.constant)
+                continue
+            hit = [a for q, a in self.answers.items() if q in r.prompt]
+            assert hit, f"scripted model has no answer for prompt {r.prompt[:80]!r}"
+            out.append(max(hit, key=len))
+        return out
+
+
+def _gold_answers(suite, data_dir, image_dir, *, as_text: bool) -> tuple[dict[str, str], dict[str, list]]:
+    """The question as asked (context, question, options) -> the answer a perfect model would
+    write; and per task the gold answers."""
+    from mlan.evaluate.generate import user_text
+    from mlan.evaluate.tasks import load_task_data, to_items
+
+    answers, golds = {}, {}
+    for t in suite.tasks:
+        items = to_items(t, load_task_data(t, data_dir), limit=6, image_dir=image_dir)
+        golds[t.name] = [it.answer for it in items]
+        for it in items:
+            if it.kind == "mc" and as_text:
+                ans = it.choices[ord(it.answer) - 65]  # the choice's text instead of its letter
+            elif it.kind == "mc":
+                ans = f" ({it.answer})"
+            else:
+                ans = f" {it.answer.capitalize()}"
+            answers[user_text(it, suite)] = ans
+    return answers, golds
+
+
+@pytest.mark.parametrize("suite_name", ["unseen_language", "unseen_vision"])
+def test_scripted_models_score_exactly(suite_name, eval_data, tiny_llava_dir, tmp_path):
+    """Always-correct scores 100% (letters in one run, choice texts in another), always-"A" scores
+    the share of gold "A" answers, through prompts, extraction and scoring."""
+    from transformers import AutoProcessor
+
+    from mlan.evaluate import load_suite, run_evaluation
+
+    proc = AutoProcessor.from_pretrained(tiny_llava_dir)
+    suite = load_suite(suite_name)
+    images = eval_data / "images"
+    letters, golds = _gold_answers(suite, eval_data, images, as_text=False)
+    texts, _ = _gold_answers(suite, eval_data, images, as_text=True)
+    report = run_evaluation(
+        [Scripted(n, a, c, proc) for n, a, c in (("right", letters, None), ("right-text", texts, None), ("always-a", None, " A"))],
+        [suite],
+        limit=6,
+        data_dir=eval_data,
+        image_dir=images,
+        out_dir=tmp_path,
+    )
+    right, right_text, always_a = report.models
+    for r in right.results + right_text.results:
+        assert r.metrics["acc"] == 1.0, (r.model, r.task)
+    for r in always_a.results:
+        gold = golds[r.task]
+        assert r.metrics["acc"] == pytest.approx(sum(g == "A" for g in gold) / len(gold)), r.task
+    if suite_name == "unseen_vision":
+        pope = right.get("unseen_vision", "pope")
+        assert (pope.metric, pope.value) == ("f1", 1.0)
+        assert set(pope.metrics) >= {"acc", "precision", "recall", "f1", "yes_ratio"}
+        labels = [json.loads(x)["label"] for x in (eval_data / "pope" / "test.jsonl").read_text().splitlines()[:6]]
+        assert pope.metrics["yes_ratio"] == pytest.approx(labels.count("yes") / 6)
+        sqa = right.get("unseen_vision", "scienceqa")
+        samples = [json.loads(x) for x in (tmp_path / "right" / "samples" / "unseen_vision__scienceqa.jsonl").read_text().splitlines()]
+        assert sqa.n == 6 and {s["image"] for s in samples} == {True, False}  # with and without images
+    # Prompts follow MLAN's protocol.
+    prompt = json.loads((tmp_path / "right" / "samples" / f"{suite_name}__{suite.tasks[0].name}.jsonl").read_text().splitlines()[0])["prompt"]
+    if suite_name == "unseen_language":
+        assert prompt.startswith("User: Context: ") and prompt.endswith("\nAssistant: The best answer is")
+        assert "\nChoose the best option from the choices provided:\nA: " in prompt
+    else:
+        assert "USER: <image>\n" in prompt and prompt.endswith('ASSISTANT: The best answer is "')
+
+
+def test_unseen_suites_on_tiny_llava_cli(cli, tiny_llava_dir, eval_data, tmp_path):
+    """Both unseen suites through `mlan eval --unseen` on the tiny LLaVA, offline; then resume from cache."""
+    out = tmp_path / "out"
+    args = ["eval", tiny_llava_dir, "--unseen", "--suite", "unseen_language", "--limit", "3"]
+    args += ["--data-dir", eval_data, "--image-dir", eval_data / "images", "--out", out]
+    r = cli(*args)
+    assert r.exit_code == 0, r.output
+    data = json.loads((out / "tiny-llava" / "results.json").read_text())
+    rows = {(x["suite"], x["task"]): x for x in data["results"]}
+    assert set(rows) == {
+        ("unseen_language", t) for t in ("race_high", "openbookqa", "boolq", "hellaswag")
+    } | {("unseen_vision", t) for t in ("realworldqa", "ai2d", "pope", "gqa", "scienceqa")}
+    for x in rows.values():
+        assert x["n"] == 3 and 0.0 <= x["value"] <= 1.0 and x["engine"] == "generate" and not x["seen"]
+        assert x["modality"] == ("vision" if x["suite"] == "unseen_vision" else "language")
+    assert "| unseen_vision | pope | f1 |" in r.output
+    # A second run finds every task in the cache and does not load the model.
+    from mlan.evaluate import cache
+
+    mtimes = {f: f.stat().st_mtime_ns for f in (out / "tiny-llava" / "cache").iterdir()}
+    assert len(mtimes) == 9
+    r2 = cli(*args)
+    assert r2.exit_code == 0
+    assert {f: f.stat().st_mtime_ns for f in (out / "tiny-llava" / "cache").iterdir()} == mtimes
+    assert json.loads((out / "tiny-llava" / "results.json").read_text())["results"] == data["results"]
+    assert cache.CACHE_VERSION == 1
+
+
+def test_interrupted_run_resumes(tiny_llava_dir, eval_data, tmp_path, monkeypatch):
+    """A run that dies in its second task keeps the first; the rerun only does what is left."""
+    from mlan.evaluate import generate, load_suite, run_evaluation
+
+    suite = load_suite("unseen_language")
+    calls = []
+    real = generate.run_generate_task
+
+    def flaky(task, *a, **k):
+        calls.append(task.name)
+        if task.name == "openbookqa" and calls.count("openbookqa") == 1:
+            raise KeyboardInterrupt
+        return real(task, *a, **k)
+
+    monkeypatch.setattr(generate, "run_generate_task", flaky)
+    kw = {"tasks": ["race_high", "openbookqa"], "limit": 2, "data_dir": eval_data, "out_dir": tmp_path}
+    with pytest.raises(KeyboardInterrupt):
+        run_evaluation([tiny_llava_dir], [suite], **kw)
+    assert [f.name for f in (tmp_path / "tiny-llava" / "cache").iterdir()] == ["unseen_language__race_high.json"]
+    report = run_evaluation([tiny_llava_dir], [suite], **kw)
+    assert calls == ["race_high", "openbookqa", "openbookqa"]
+    assert [r.task for r in report.models[0].results] == ["race_high", "openbookqa"]
+
+
+def test_eight_task_compare_trio_cli(cli, model_trio, eval_data, tmp_path):
+    """The eight-task suite (lm-eval) on the base LLM, the tiny LLaVA and a third model: side-by-side
+    table with deltas, suite and language averages, seen marks, PNG chart. The LLaVA's language
+    model and the extracted base LLM are the same weights, so their scores are equal."""
+    out = tmp_path / "cmp"
+    r = cli(
+        "eval", model_trio["base"], model_trio["llava"], model_trio["tuned"],
+        "--reference", model_trio["base"], "--limit", "2", "--data-dir", eval_data, "--out", out,
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "| suite | task | base-llm (ref) | tiny-llava | Δ | tuned | Δ |" in r.output
+    for task in ("gsm8k", "commonsense_qa", "arc_easy", "arc_challenge", "race_high", "hellaswag", "mmlu", "openbookqa"):
+        assert f"| eight_task | {task} |" in r.output
+    assert "**language average**" in r.output and "`*` seen in training" in r.output
+    cmp = json.loads((out / "comparison.json").read_text())
+    rows = {x["name"]: x for x in cmp["rows"] if x["kind"] == "task"}
+    assert rows["commonsense_qa"]["seen"] == {"base-llm": False, "tiny-llava": False, "tuned": True}
+    assert rows["gsm8k"]["seen"]["tuned"] is False
+    for x in rows.values():
+        assert x["values"]["base-llm"] == x["values"]["tiny-llava"]
+        assert x["deltas"]["tiny-llava"] == 0.0
+        assert x["deltas"]["tuned"] == pytest.approx(x["values"]["tuned"] - x["values"]["base-llm"])
+    png = out / "comparison.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    res = json.loads((out / "tuned" / "results.json").read_text())["results"]
+    assert {x["task"] for x in res if x["seen"]} == {"commonsense_qa", "arc_easy", "arc_challenge"}
+    assert all(x["engine"] == "lm_eval" and x["n"] == 2 and x["modality"] == "language" for x in res)
+    assert next(x for x in res if x["task"] == "race_high")["source"].endswith("race_high/test.jsonl")
+
+
+def test_suite_from_file_and_overrides(cli, tiny_llava_dir, eval_data, tmp_path):
+    """A suite given as a YAML file, a per-task data file and a field override."""
+    suite = tmp_path / "mine.yaml"
+    suite.write_text(
+        "name: mine\nengine: generate\nmodality: language\n"
+        "tasks:\n  - name: bq\n    format: boolq\n    hub: {path: google/boolq, split: validation}\n    metric: acc\n"
+    )
+    r = cli(
+        "eval", tiny_llava_dir, "--suite", suite, "--data", f"bq={eval_data / 'boolq' / 'validation.jsonl'}",
+        "-o", "max_new_tokens=3", "--limit", "4", "--out", tmp_path / "o",
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    res = json.loads((tmp_path / "o" / "tiny-llava" / "results.json").read_text())["results"]
+    assert [(x["suite"], x["task"], x["n"]) for x in res] == [("mine", "bq", 4)]
+    assert "yes_ratio" in res[0]["metrics"]
+
+
+def test_shipped_suites_validate():
+    from mlan.config.shipped import kind_models
+    from mlan.evaluate import load_suite
+    from mlan.paths import shipped_files
+
+    assert kind_models()["evaluations"].__name__ == "EvalSuite"
+    names = {f.stem for f in shipped_files("evaluations")}
+    assert {"eight_task", "unseen_language", "unseen_vision"} <= names
+    assert [t.name for t in load_suite("eight_task").tasks] == [
+        "gsm8k", "commonsense_qa", "arc_easy", "arc_challenge", "race_high", "hellaswag", "mmlu", "openbookqa",
+    ]  # fmt: skip
+    v = load_suite("unseen_vision")
+    assert {t.name: t.max_new_tokens or v.max_new_tokens for t in v.tasks} == {
+        "realworldqa": 16, "ai2d": 8, "pope": 4, "gqa": 8, "scienceqa": 8,
+    }  # fmt: skip
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def _err(r) -> str:
+    assert r.exit_code == 2, r.output
+    lines = [x for x in (r.stderr or r.output).strip().splitlines() if x.strip()]
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def test_bad_input_one_line_exit_2(cli, tiny_llava_dir, model_trio, eval_data, tmp_path):
+    assert "did you mean 'unseen_vision'" in _err(cli("eval", tiny_llava_dir, "--suite", "unseen_visoin"))
+    assert "did you mean 'hellaswag'" in _err(cli("eval", tiny_llava_dir, "--tasks", "helaswag"))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    msg = _err(cli("eval", tiny_llava_dir, "--tasks", "boolq", "--suite", "unseen_language", "--data-dir", empty))
+    assert "missing local data for task 'boolq'" in msg
+    assert "model folder not found" in _err(cli("eval", tmp_path / "nope"))
+    no_weights = tmp_path / "no-weights"
+    shutil.copytree(tiny_llava_dir, no_weights)
+    (no_weights / "model.safetensors").unlink()
+    assert "no model weights" in _err(cli("eval", no_weights))
+    no_proc = tmp_path / "no-proc"
+    shutil.copytree(tiny_llava_dir, no_proc)
+    (no_proc / "preprocessor_config.json").unlink()
+    assert "without an image processor" in _err(cli("eval", no_proc))
+    msg = _err(cli("eval", model_trio["base"], "--suite", "unseen_vision", "--data-dir", eval_data))
+    assert "vision tasks but this is a text-only model" in msg
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nengine: generate\nmodality: language\ntasks:\n  - name: boolqq\n    hub: {path: a, split: b}\n    metric: acc\n")
+    assert "did you mean 'boolq'" in _err(cli("eval", tiny_llava_dir, "--suite", bad))
+    assert "--reference" in _err(cli("eval", tiny_llava_dir, "--reference", "other", "--data-dir", eval_data))
