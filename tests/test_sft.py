@@ -101,3 +101,239 @@ def make_mixture(out: Path, shared_data: Path, n_language: int = 48, n_vision: i
 @pytest.fixture(scope="module")
 def mixture_dir(tmp_path_factory, shared_data) -> Path:
     return make_mixture(tmp_path_factory.mktemp("mix") / "mixture", shared_data)
+
+
+def _sft_args(model_dir: Path, mixture: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "sft",
+        "tiny",
+        "-o",
+        f"model.path={model_dir}",
+        "-o",
+        f"data.mixture={mixture}",
+        "-o",
+        f"output.dir={out}",
+        *extra,
+    ]
+
+
+def _weights(folder: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "model.safetensors"))
+
+
+def _component(weights: dict, part: str) -> dict:
+    return {k: v for k, v in weights.items() if part in k}
+
+
+def test_shipped_recipes_validate():
+    from mlan.config.base import load_config
+    from mlan.config.recipe import SFTRecipe
+    from mlan.paths import shipped_files
+
+    names = {f.stem: load_config(f, SFTRecipe) for f in shipped_files("recipes")}
+    assert {"tiny", "vicuna", "llama2", "vicuna_lora", "vicuna_qlora"} <= set(names)
+    for name in ("vicuna", "llama2"):
+        r = names[name]
+        t = r.training
+        assert (r.train.language_model, r.train.projector, r.train.vision_tower) == ("full", True, False)
+        assert (t.learning_rate, t.num_train_epochs, t.global_batch_size, t.max_length) == (2e-5, 1, 64, 2048)
+        assert (t.lr_scheduler_type, t.warmup_ratio, t.seed, t.precision) == ("cosine", 0.03, 42, "bf16")
+        assert t.group_by_modality_length and t.gradient_checkpointing
+
+
+def test_sampler_groups_by_modality_and_length():
+    import random
+
+    import torch
+
+    from mlan.train.sampler import ModalityLengthGroupedSampler
+
+    rnd = random.Random(0)
+    has_image = [i % 4 == 0 for i in range(1000)]
+    lengths = [rnd.randint(620, 900) if m else rnd.randint(100, 400) for m in has_image]
+    s = ModalityLengthGroupedSampler(lengths, has_image, per_device_batch=4, world_size=2, seed=7)
+    order = list(s)
+    assert sorted(order) == list(range(1000))
+    assert order == list(ModalityLengthGroupedSampler(lengths, has_image, 4, 2, seed=7))  # seeded
+    s.set_epoch(1)
+    assert list(s) != order  # another epoch, another order
+    batches = [order[i : i + 8] for i in range(0, 1000, 8)]
+    mixed = [b for b in batches if len({has_image[i] for i in b}) > 1]
+    assert len(mixed) <= 1 and (not mixed or mixed[0] == batches[-1])  # only the leftover batch mixes
+
+    def padding(order):
+        per_device = [order[i : i + 4] for i in range(0, len(order), 4)]
+        real = sum(lengths[i] for b in per_device for i in b)
+        return 1 - real / sum(max(lengths[i] for i in b) * len(b) for b in per_device)
+
+    random_order = torch.randperm(1000, generator=torch.Generator().manual_seed(0)).tolist()
+    assert padding(order) < 0.05 < 0.2 < padding(random_order)
+
+
+def test_lengths_and_labels_match_the_collator(tiny_llava_dir, mixture_dir):
+    """Measured lengths equal what TRL's collator produces; labels cover assistant tokens only."""
+    from datasets import load_from_disk
+    from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
+
+    from mlan.config.recipe import SFTRecipe
+    from mlan.train.data import prepare_split
+    from mlan.train.sft import _image_token_masking, inspect_model
+
+    recipe = SFTRecipe.model_validate(
+        {"model": {"path": str(tiny_llava_dir)}, "data": {"mixture": str(mixture_dir)}, "output": {"dir": "x"}}
+    )
+    info = inspect_model(recipe)
+    assert info.image_seq_length == 16 and info.template_source == "model"
+    train = load_from_disk(str(mixture_dir))["train"]
+    split = prepare_split(train, info.processor, info.chat_template, info.image_seq_length, 512, "train")
+    assert split.dropped == {"language": 1, "vision": 1} and split.kept == {"language": 48, "vision": 16}
+    tok = info.processor.tokenizer
+    for loss_mode in (True, False):
+        collate = _image_token_masking(
+            DataCollatorForVisionLanguageModeling(
+                processor=info.processor, assistant_only_loss=loss_mode, chat_template=info.chat_template
+            ),
+            info.image_token_id,
+        )
+        picks = [0, 30, 50, 60]  # language and vision rows
+        batch = collate([split.dataset[i] for i in picks])
+        assert batch["attention_mask"].sum(1).tolist() == [split.lengths[i] for i in picks]
+        assert not (batch["labels"][batch["input_ids"] == info.image_token_id] != -100).any()
+        if loss_mode:
+            for row, i in zip(batch["labels"], picks, strict=True):
+                answer = split.dataset[i]["messages"][-1]["content"]
+                assert tok.decode(row[row != -100]) == f" {answer}</s>"
+
+
+def test_sft_tiny_full(cli, tiny_llava_dir, mixture_dir, tmp_path):
+    """`mlan sft tiny`: trains on CPU, loss falls, vision tower untouched, the output loads and generates."""
+    import torch
+    from PIL import Image
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    from mlan.config.base import load_config
+    from mlan.config.recipe import SFTRecipe
+
+    out = tmp_path / "sft"
+    r = cli(*_sft_args(tiny_llava_dir, mixture_dir, out, "-o", "training.num_train_epochs=2"))
+    assert r.exit_code == 0, r.output
+    assert "dropped as too long: 1 / 1" in r.output
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "processor_config.json", "chat_template.jinja",
+                 "recipe.yaml", "mixture_manifest.json", "loss_log.json", "loss_curve.png", "README.md", "train_results.json"):  # fmt: skip
+        assert (out / name).is_file(), name
+    assert not (tmp_path / "sft.checkpoints").exists()  # checkpoints removed after success
+    res = json.loads((out / "train_results.json").read_text())
+    assert res["steps"] == 16 and res["rows"]["dropped_vision"] == 1 and res["rows"]["vision"] == 16
+    assert res["parameters"]["vision_tower"]["trainable"] == 0 and res["parameters"]["projector"]["trainable"] > 0
+    log = json.loads((out / "loss_log.json").read_text())
+    losses = [p["loss"] for p in log["train"]]
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 1.0  # the loss falls
+    assert res["eval_loss"] < losses[0]
+    assert json.loads((out / "mixture_manifest.json").read_text()) == json.loads(
+        (mixture_dir / "manifest.json").read_text()
+    )
+    assert load_config(out / "recipe.yaml", SFTRecipe).output.dir == str(out)
+    card = (out / "README.md").read_text()
+    assert "arc_easy, commonsense_qa" in card and "| optimizer steps | 16 |" in card
+
+    before, after = _weights(tiny_llava_dir), _weights(out)
+    for k, v in _component(before, "vision_tower").items():
+        assert torch.equal(v, after[k]), k
+    assert any(not torch.equal(v, after[k]) for k, v in _component(before, "multi_modal_projector").items())
+    assert any(not torch.equal(v, after[k]) for k, v in _component(before, "language_model").items())
+
+    model = LlavaForConditionalGeneration.from_pretrained(out)
+    processor = AutoProcessor.from_pretrained(out)
+    msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What does this picture show?"}]}]
+    prompt = processor.apply_chat_template(msgs, add_generation_prompt=True)
+    image = Image.open(IMAGES / "skimage_coins.png").convert("RGB")
+    enc = processor(images=[image], text=prompt, return_tensors="pt")
+    gen = model.generate(**enc, max_new_tokens=4, do_sample=False)
+    assert gen.shape[1] > enc["input_ids"].shape[1]
+
+    # The output folder is never replaced silently.
+    r = cli(*_sft_args(tiny_llava_dir, mixture_dir, out))
+    assert r.exit_code == 2 and "already exists" in r.stderr
+
+
+@pytest.mark.parametrize("method", ["lora", "qlora"])
+def test_sft_tiny_lora_qlora(cli, tiny_llava_dir, mixture_dir, tmp_path, method):
+    """LoRA / QLoRA on CPU: an adapter folder plus, on request, the merged LLaVA folder."""
+    import torch
+    from transformers import LlavaForConditionalGeneration
+
+    out = tmp_path / method
+    args = ["-o", f"train.language_model={method}", "-o", "train.lora.r=8", "-o", "output.merge_lora=true"]
+    r = cli(*_sft_args(tiny_llava_dir, mixture_dir, out, *args, "-o", "training.max_steps=3"))
+    assert r.exit_code == 0, r.output
+    cfg = json.loads((out / "adapter_config.json").read_text())
+    assert all("language_model" in cfg["target_modules"] for _ in [0]) and cfg["r"] == 8
+    res = json.loads((out / "train_results.json").read_text())
+    p = res["parameters"]
+    assert p["lora"]["trainable"] > 0 and p["language_model"]["trainable"] == 0 and p["vision_tower"]["trainable"] == 0
+    merged = out / "merged"
+    assert (merged / "mixture_manifest.json").is_file() and (merged / "chat_template.jinja").is_file()
+    model = LlavaForConditionalGeneration.from_pretrained(merged)
+    assert not any("lora" in n for n, _ in model.named_parameters())
+    before, after = _weights(tiny_llava_dir), _weights(merged)
+    for k, v in _component(before, "vision_tower").items():
+        assert torch.equal(v, after[k]), k
+    changed = [k for k, v in _component(before, "language_model").items() if not torch.equal(v, after[k])]
+    # Only the adapted linear layers change; QLoRA's merge also re-rounds nothing outside them.
+    assert changed and all(k.rsplit(".", 2)[-2] in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj") for k in changed)  # fmt: skip
+
+
+def _copy_model(src: Path, dst: Path, **config_changes) -> Path:
+    shutil.copytree(src, dst)
+    cfg = json.loads((dst / "config.json").read_text())
+    cfg.update(config_changes)
+    (dst / "config.json").write_text(json.dumps(cfg))
+    return dst
+
+
+@pytest.mark.parametrize(
+    "case,message",
+    [
+        ("missing_mixture", "data.mixture"),
+        ("missing_model", "model.path"),
+        ("not_llava", "is not LLaVA-style"),
+        ("image_token", "image token"),
+        ("short_max_length", "shorter than one image row"),
+        ("lora_targets", "match no linear layer"),
+        ("bad_extra", "not an SFTConfig field (did you mean 'optim'?)"),
+        ("managed_extra", "set training.learning_rate instead"),
+        ("resume_nothing", "--resume: no complete checkpoint"),
+        ("recipe_field", "training.learing_rate: unknown field (did you mean 'learning_rate'?)"),
+    ],
+)
+def test_sft_bad_input(cli, tiny_llava_dir, mixture_dir, tmp_path, case, message):
+    """Each mistake: one line naming the field, exit 2, before training (no checkpoints, no output)."""
+    model, mixture, extra = tiny_llava_dir, mixture_dir, []
+    if case == "missing_mixture":
+        mixture = tmp_path / "nope"
+    elif case == "missing_model":
+        model = tmp_path / "no-model"
+    elif case == "not_llava":
+        model = _copy_model(tiny_llava_dir, tmp_path / "m", model_type="llama")
+    elif case == "image_token":
+        model = _copy_model(tiny_llava_dir, tmp_path / "m", image_token_id=5)
+    elif case == "short_max_length":
+        extra = ["-o", "training.max_length=20"]
+    elif case == "lora_targets":
+        extra = ["-o", "train.language_model=lora", "-o", "train.lora.target_modules=[qkv_proj]"]
+    elif case == "bad_extra":
+        extra = ["-o", "training.extra.optimm=adamw_torch"]
+    elif case == "managed_extra":
+        extra = ["-o", "training.extra.learning_rate=0.1"]
+    elif case == "resume_nothing":
+        extra = ["--resume"]
+    elif case == "recipe_field":
+        extra = ["-o", "training.learing_rate=0.1"]
+    out = tmp_path / "out"
+    r = cli(*_sft_args(model, mixture, out, *extra))
+    assert r.exit_code == 2, r.output
+    line = r.stderr.strip()
+    assert "\n" not in line and message in line, line
+    assert not out.exists() and not (tmp_path / "out.checkpoints").exists()

@@ -56,5 +56,7 @@ def sft(
     table.add_row("steps", f"{res.steps} (global batch {res.global_batch_size}, {res.world_size} process(es))")
     table.add_row("train loss first / last", f"{f(res.first_loss)} / {f(res.last_loss)}")
     table.add_row("validation loss", f(res.eval_loss))
-    table.add_row("runtime", f"{res.runtime_s:.1f} s" + (f" (resumed from {res.resumed_from})" if res.resumed_from else ""))
+    table.add_row(
+        "runtime", f"{res.runtime_s:.1f} s" + (f" (resumed from {res.resumed_from})" if res.resumed_from else "")
+    )
     console().print(table)

@@ -79,9 +79,7 @@ def row_lengths(
     messages_only = ds.select_columns(["messages"])
     for start in range(0, len(ds), batch_size):
         rows = messages_only[start : start + batch_size]["messages"]
-        convs = [
-            prepare_multimodal_messages(msgs, images=[None] * counts[start + i]) for i, msgs in enumerate(rows)
-        ]
+        convs = [prepare_multimodal_messages(msgs, images=[None] * counts[start + i]) for i, msgs in enumerate(rows)]
         texts = processor.apply_chat_template(convs, chat_template=chat_template, tokenize=False)
         ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
         lengths.extend(len(x) + counts[start + i] * (image_seq_length - 1) for i, x in enumerate(ids))
@@ -90,7 +88,9 @@ def row_lengths(
     return lengths, counts
 
 
-def prepare_split(ds, processor, chat_template: str, image_seq_length: int, max_length: int, name: str) -> PreparedSplit:
+def prepare_split(
+    ds, processor, chat_template: str, image_seq_length: int, max_length: int, name: str
+) -> PreparedSplit:
     """Measure every row and drop those longer than `max_length` (counted by modality)."""
     lengths, counts = row_lengths(ds, processor, chat_template, image_seq_length)
     keep = [i for i, n in enumerate(lengths) if n <= max_length]

@@ -16,7 +16,15 @@ def loss_log(log_history: list[dict[str, Any]]) -> dict[str, Any]:
             train.append(
                 {
                     k: entry[k]
-                    for k in ("step", "epoch", "loss", "learning_rate", "grad_norm", "mean_token_accuracy", "num_tokens")
+                    for k in (
+                        "step",
+                        "epoch",
+                        "loss",
+                        "learning_rate",
+                        "grad_norm",
+                        "mean_token_accuracy",
+                        "num_tokens",
+                    )
                     if k in entry
                 }
             )
@@ -89,7 +97,11 @@ def model_card(
         "## Model",
         f"- Base: `{recipe.model.path}`",
         f"- Trained: language model **{tr.language_model}**"
-        + (f" (r={tr.lora.r}, alpha={tr.lora.alpha}, targets {', '.join(tr.lora.target_modules)})" if tr.language_model in ("lora", "qlora") else "")
+        + (
+            f" (r={tr.lora.r}, alpha={tr.lora.alpha}, targets {', '.join(tr.lora.target_modules)})"
+            if tr.language_model in ("lora", "qlora")
+            else ""
+        )
         + f", projector **{'trained' if tr.projector else 'frozen'}**, vision tower **{'trained' if tr.vision_tower else 'frozen'}**",
     ]
     params = results.get("parameters", {}).get("all")

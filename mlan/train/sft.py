@@ -404,7 +404,9 @@ def _load_model(recipe: SFTRecipe, info: ModelInfo, cuda: bool):
             bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=compute,
             # Only the LLM's linear layers are quantized; vision tower, projector and head stay exact.
-            llm_int8_skip_modules=["vision_tower", "multi_modal_projector", "lm_head"],
+            # transformers 5 matches these from the start of the full module name (or as a suffix),
+            # so a bare "vision_tower" would not match "model.vision_tower.*".
+            llm_int8_skip_modules=[r".*vision_tower", r".*multi_modal_projector", "lm_head"],
         )
         kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0"))} if cuda else "cpu"
     model = LlavaForConditionalGeneration.from_pretrained(info.path, **kwargs)
@@ -479,9 +481,7 @@ def run_sft(recipe: SFTRecipe, *, resume: bool | None = None, overwrite: bool = 
     # ---- rows: measured exactly, over-long ones dropped and counted
     from mlan.train.data import prepare_split
 
-    train = prepare_split(
-        dd["train"], info.processor, info.chat_template, info.image_seq_length, t.max_length, "train"
-    )
+    train = prepare_split(dd["train"], info.processor, info.chat_template, info.image_seq_length, t.max_length, "train")
     if len(train.dataset) == 0:
         raise MlanError(f"data.mixture {mixture_dir}: every train row is longer than max_length {t.max_length}")
     val = None
@@ -569,6 +569,13 @@ def run_sft(recipe: SFTRecipe, *, resume: bool | None = None, overwrite: bool = 
         row_has_image=train.has_image,
     )
     trainer.data_collator = _image_token_masking(trainer.data_collator, info.image_token_id)
+    if recipe.train.language_model == "qlora" and precision == "fp32":
+        # TRL casts every trainable parameter of a quantized model to bf16 (the QLoRA paper's
+        # choice under bf16 autocast); without autocast (fp32 on a CPU) the bf16 projector copy
+        # then meets fp32 image features and the forward fails.
+        for p in trainer.model.parameters():
+            if p.requires_grad:
+                p.data = p.data.float()
 
     from mlan.train.freeze import parameter_report
 
