@@ -22,6 +22,7 @@ def build_mixture(
 
     Example: mlan build-mixture data_mixtures/quickstart.yaml --out runs/mixtures/quickstart
     """
+    import datasets
     from rich.table import Table
 
     from mlan.config.mixture import MixtureSpec
@@ -29,6 +30,8 @@ def build_mixture(
     from mlan.runs import mixture_dir
 
     cfg = load(spec, "data_mixtures", MixtureSpec, overrides)
+    # The library logs its own progress per source; datasets' per-file bars would only add noise.
+    datasets.disable_progress_bars()
     result = build(cfg, out or mixture_dir(cfg.name), overwrite=overwrite)
     m = result.manifest
     table = Table(title=f"mixture {m['name']} (seed {m['seed']})")
@@ -49,7 +52,9 @@ def build_mixture(
     c.print(table)
     r = m["ratios"]
     share = lambda x: "n/a" if x is None else f"{100 * x:.1f}%"  # noqa: E731
-    c.print(f"language share: {share(r['examples_language_share'])} of examples, {share(r['tokens_language_share'])} of tokens")
+    c.print(
+        f"language share: {share(r['examples_language_share'])} of examples, {share(r['tokens_language_share'])} of tokens"
+    )
     cont = m["contamination"]
     if cont["checked"]:
         hits = {t: v["exact"] + v["ngram"] for t, v in cont["tasks"].items() if v["exact"] + v["ngram"]}

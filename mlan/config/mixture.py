@@ -133,7 +133,9 @@ class SourceSpec(StrictModel):
             where = f"{self.config or ''} {self.dataset}".lower()
             easy, challenge = "easy" in where, "challenge" in where
             # Unknown which half: mark both, since marking a task unseen when it was seen is the worse error.
-            return [t for t, hit in (("arc_easy", easy), ("arc_challenge", challenge)) if hit or not (easy or challenge)]
+            return [
+                t for t, hit in (("arc_easy", easy), ("arc_challenge", challenge)) if hit or not (easy or challenge)
+            ]
         return []
 
 
@@ -171,7 +173,7 @@ class Contamination(StrictModel):
     ngram: int = Field(default=8, ge=3)
     """Word n-gram length of the overlap test."""
     ngram_threshold: float = Field(default=0.5, gt=0, le=1)
-    """A row overlaps when at least this share of its question's n-grams occur in an evaluation question."""
+    """A row overlaps an evaluation question when they share at least this share of the shorter one's n-grams."""
     drop: bool = False
     """Drop overlapping rows (and draw replacements from the same source) instead of only reporting them."""
 
@@ -225,7 +227,9 @@ class MixtureSpec(StrictModel):
         else:
             for i, s in enumerate(self.sources):
                 if (s.count is None) == (s.fraction is None):
-                    raise ValueError(f"sources.{i}: give exactly one of count or fraction (or a top-level modality_split)")
+                    raise ValueError(
+                        f"sources.{i}: give exactly one of count or fraction (or a top-level modality_split)"
+                    )
                 if s.weight is not None:
                     raise ValueError(f"sources.{i}.weight: only used with modality_split")
             if self.size is not None and all(s.count is not None for s in self.sources):

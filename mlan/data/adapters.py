@@ -26,13 +26,25 @@ def _get(row: dict, key: str) -> Any:
         if not isinstance(value, dict) or part not in value:
             raise BadRow(f"missing field {key!r}")
         value = value[part]
-    if value is None or (isinstance(value, str) and not value.strip()):
+    if value is None:  # JSON loaders fill a key absent from some rows with None
+        raise BadRow(f"missing field {key!r}")
+    if isinstance(value, str) and not value.strip():
         raise BadRow(f"empty field {key!r}")
     return value
 
 
 def _text(row: dict, key: str) -> str:
     return str(_get(row, key)).strip()
+
+
+def _optional(row: dict, key: str | None) -> str | None:
+    """An optional text field: absent or empty gives None."""
+    if not key:
+        return None
+    try:
+        return _text(row, key)
+    except BadRow:
+        return None
 
 
 def _choice_index(labels: list, key: Any, n: int) -> int:
@@ -72,14 +84,18 @@ def squad(row: dict, src: SourceSpec) -> Item:
     answers = _get(row, "answers.text")
     if not isinstance(answers, list) or not answers or not str(answers[0]).strip():
         raise BadRow("field 'answers.text' holds no answer")
-    return Item("short", _text(row, "question"), str(answers[0]).strip(), _text(row, "id"), context=_text(row, "context"))
+    return Item(
+        "short", _text(row, "question"), str(answers[0]).strip(), _text(row, "id"), context=_text(row, "context")
+    )
 
 
 def strategyqa(row: dict, src: SourceSpec) -> Item:
     """StrategyQA (`wics/strategy-qa` schema): facts joined into the context, yes/no answer."""
     facts = row.get("facts") or []
     context = " ".join(str(f).strip() for f in facts if str(f).strip()) or None
-    return Item("yesno", _text(row, "question"), _yes_no(_get(row, "answer"), "answer"), _text(row, "qid"), context=context)
+    return Item(
+        "yesno", _text(row, "question"), _yes_no(_get(row, "answer"), "answer"), _text(row, "qid"), context=context
+    )
 
 
 def commonsense_qa(row: dict, src: SourceSpec) -> Item:
@@ -175,9 +191,9 @@ def qa(row: dict, src: SourceSpec) -> Item:
     cols: Columns = src.columns
     question = _text(row, cols.question)
     answer = _get(row, cols.answer)
-    context = _text(row, cols.context) if cols.context else None
+    context = _optional(row, cols.context)
     images = [_get(row, cols.image)] if cols.image else None
-    rationale = str(row.get(cols.rationale) or "").strip() or None if cols.rationale else None
+    rationale = _optional(row, cols.rationale)
     rid = str(_get(row, cols.id)) if cols.id else ""
     if cols.choices:
         choices = [str(c).strip() for c in _get(row, cols.choices)]
@@ -193,7 +209,9 @@ def qa(row: dict, src: SourceSpec) -> Item:
             raise BadRow(f"answer {answer!r} is neither an option index, letter nor option text")
         return Item("mc", question, idx, rid, choices=choices, context=context, images=images, rationale=rationale)
     if isinstance(answer, bool) or str(answer).strip().lower() in ("yes", "no"):
-        return Item("yesno", question, _yes_no(answer, cols.answer), rid, context=context, images=images, rationale=rationale)
+        return Item(
+            "yesno", question, _yes_no(answer, cols.answer), rid, context=context, images=images, rationale=rationale
+        )
     return Item("short", question, str(answer).strip(), rid, context=context, images=images, rationale=rationale)
 
 
@@ -224,5 +242,9 @@ def required_columns(src: SourceSpec) -> list[str]:
     if src.adapter in fixed:
         return fixed[src.adapter]
     c = src.columns
-    names = [c.messages, c.images, c.id] if src.adapter == "chat" else [c.question, c.answer, c.choices, c.context, c.image, c.rationale, c.id]
+    names = (
+        [c.messages, c.images, c.id]
+        if src.adapter == "chat"
+        else [c.question, c.answer, c.choices, c.context, c.image, c.rationale, c.id]
+    )
     return [n.split(".")[0] for n in names if n]

@@ -9,9 +9,9 @@ images, or two different questions on one SQuAD passage, are not duplicates. Key
 digests, so memory grows by a few dozen bytes per row.
 
 Contamination. An evaluation question matches a mixture question when their normalised texts
-are equal (exact), or when at least `threshold` of the mixture question's word n-grams occur in
-the evaluation set (n-gram overlap, in the spirit of the 13-gram test of GPT-3, with a shorter
-n for short questions).
+are equal (exact), or when they share at least `threshold` of the word n-grams of the shorter of
+the two (n-gram overlap, in the spirit of GPT-3's 13-gram test, with a shorter n for questions);
+a question quoted inside a longer one is caught, boilerplate shared by many questions is not.
 """
 
 from __future__ import annotations
@@ -80,12 +80,33 @@ def ngrams(words: list[str], n: int) -> list[str]:
 
 @dataclass
 class EvalIndex:
-    """The normalised questions of one evaluation task and their n-grams."""
+    """The normalised questions of one evaluation task and an n-gram -> question index."""
 
     task: str
     rows: int = 0
     exact: set[str] = field(default_factory=set)
-    grams: set[str] = field(default_factory=set)
+    grams: dict[str, list[int]] = field(default_factory=dict)
+    sizes: list[int] = field(default_factory=list)  # n-grams per evaluation question
+
+    def add(self, words: list[str], n: int) -> None:
+        qid = len(self.sizes)
+        grams = set(ngrams(words, n))
+        self.sizes.append(len(grams))
+        self.rows += 1
+        self.exact.add(" ".join(words))
+        for g in grams:
+            ids = self.grams.setdefault(g, [])
+            if len(ids) < 8:  # boilerplate n-grams shared by many questions need not name them all
+                ids.append(qid)
+
+    def overlap(self, grams: set[str]) -> float:
+        """Largest share of shared n-grams with one evaluation question, relative to the shorter
+        of the two, so a question quoted inside a longer one still counts."""
+        hits: dict[int, int] = {}
+        for g in grams:
+            for qid in self.grams.get(g, ()):
+                hits[qid] = hits.get(qid, 0) + 1
+        return max((h / min(len(grams), self.sizes[q]) for q, h in hits.items()), default=0.0)
 
 
 @dataclass
@@ -114,11 +135,8 @@ class ContaminationChecker:
         idx = EvalIndex(task)
         for q in questions:
             words = normalize(q).split()
-            if not words:
-                continue
-            idx.rows += 1
-            idx.exact.add(" ".join(words))
-            idx.grams.update(ngrams(words, self.n))
+            if words:
+                idx.add(words, self.n)
         self.indexes.append(idx)
         self.reports[task] = TaskReport(eval_rows=idx.rows)
 
@@ -128,12 +146,12 @@ class ContaminationChecker:
         if not words:
             return []
         text = " ".join(words)
-        grams = ngrams(words, self.n)
+        grams = set(ngrams(words, self.n))
         hits = []
         for idx in self.indexes:
             if text in idx.exact:
                 hits.append((idx.task, "exact"))
-            elif grams and sum(g in idx.grams for g in grams) / len(grams) >= self.threshold:
+            elif idx.overlap(grams) >= self.threshold:
                 hits.append((idx.task, "ngram"))
         return hits
 

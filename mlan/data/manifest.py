@@ -73,8 +73,8 @@ def build_manifest(
     contamination: dict[str, Any] = {"checked": checker is not None}
     if checker is not None:
         contamination.update(
-            method=f"normalised exact match, or >= {checker.threshold:g} of the question's word {checker.n}-grams "
-            "found in the evaluation questions",
+            method=f"normalised exact match, or >= {checker.threshold:g} of the word {checker.n}-grams of the shorter "
+            "question shared with one evaluation question",
             drop=spec.contamination.drop,
             tasks={task: vars(r) for task, r in sorted(checker.reports.items())},
         )

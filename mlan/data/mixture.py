@@ -116,7 +116,9 @@ def plan_counts(spec: MixtureSpec, sizes: list[int]) -> tuple[list[int], list[in
             for i, n in zip(idx, apportion(getattr(spec.modality_split, modality), weights), strict=True):
                 train[i] = n
     else:
-        train = [s.count if s.count is not None else round(s.fraction * n) for s, n in zip(spec.sources, sizes, strict=True)]
+        train = [
+            s.count if s.count is not None else round(s.fraction * n) for s, n in zip(spec.sources, sizes, strict=True)
+        ]
     total = sum(train)
     if spec.size is not None and total != spec.size:
         raise MlanError(f"size: {spec.size} differs from the {total} training rows the sources' fractions give")
@@ -178,7 +180,9 @@ def image_tokens_per_image(value: int | str) -> tuple[int, str]:
         token_id = proc.tokenizer.convert_tokens_to_ids(token)
         enc = proc(text=token, images=Image.new("RGB", (336, 336)), return_tensors="np")
     except Exception as e:  # not a multimodal processor: one line
-        raise MlanError(f"image_tokens: cannot measure with processor {value!r}: {str(e).strip().splitlines()[0]}") from None
+        raise MlanError(
+            f"image_tokens: cannot measure with processor {value!r}: {str(e).strip().splitlines()[0]}"
+        ) from None
     n = int((enc["input_ids"][0] == token_id).sum())
     if n == 0:
         raise MlanError(f"image_tokens: processor {value!r} produced no {token!r} tokens for an image")
@@ -358,7 +362,14 @@ def _fill_source(
                 log.info("%s: %d/%d rows", src.name, accepted, need)
             if accepted >= need:
                 break
-    log.info("%s: %d rows (%d train, %d validation) in %.1f s", src.name, need, stats.train, stats.validation, time.perf_counter() - t0)
+    log.info(
+        "%s: %d rows (%d train, %d validation) in %.1f s",
+        src.name,
+        need,
+        stats.train,
+        stats.validation,
+        time.perf_counter() - t0,
+    )
 
 
 def build_mixture(spec: MixtureSpec, out: str | Path, *, overwrite: bool = False) -> MixtureResult:
@@ -383,7 +394,10 @@ def build_mixture(spec: MixtureSpec, out: str | Path, *, overwrite: bool = False
     ]
     dedup = Deduplicator() if spec.dedup else None
     out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_dir(out, overwrite) as tmp, tempfile.TemporaryDirectory(prefix=f".{out.name}.scratch-", dir=out.parent) as scratch:
+    with (
+        atomic_dir(out, overwrite) as tmp,
+        tempfile.TemporaryDirectory(prefix=f".{out.name}.scratch-", dir=out.parent) as scratch,
+    ):
         writers = (
             _SplitWriter(Path(scratch) / "train.arrow", tokenizer, count_tokens=True),
             _SplitWriter(Path(scratch) / "validation.arrow", tokenizer, count_tokens=False),
@@ -402,7 +416,9 @@ def build_mixture(spec: MixtureSpec, out: str | Path, *, overwrite: bool = False
             for j in order.tolist():
                 content.update(digests[name][j])
         content_hash = content.hexdigest()
-        DatasetDict(shuffled).save_to_disk(str(tmp))
+        # An empty split needs an explicit shard, or datasets writes no file and cannot load it back.
+        shards = {k: 1 for k, v in shuffled.items() if len(v) == 0}
+        DatasetDict(shuffled).save_to_disk(str(tmp), num_shards=shards or None)
         manifest = build_manifest(
             spec,
             stats,
@@ -415,5 +431,11 @@ def build_mixture(spec: MixtureSpec, out: str | Path, *, overwrite: bool = False
             seconds=time.perf_counter() - t_start,
         )
         atomic_write_json(tmp / "manifest.json", manifest)
-    log.info("mixture %s: %d train + %d validation rows -> %s", spec.name, len(splits["train"]), len(splits["validation"]), out)
+    log.info(
+        "mixture %s: %d train + %d validation rows -> %s",
+        spec.name,
+        len(splits["train"]),
+        len(splits["validation"]),
+        out,
+    )
     return MixtureResult(out, manifest, content_hash, len(splits["train"]), len(splits["validation"]))

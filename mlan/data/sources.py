@@ -54,12 +54,16 @@ def open_dataset(ref: str, *, config: str | None, split: str, revision: str | No
     else:
         from mlan.hub import require_hub
 
-        require_hub(ref, what, "download it first or point `dataset` at a local JSONL/Parquet file or save_to_disk folder")
+        require_hub(
+            ref, what, "download it first or point `dataset` at a local JSONL/Parquet file or save_to_disk folder"
+        )
         try:
             ds = datasets.load_dataset(ref, config, split=split, revision=revision)
         except Exception as e:  # unknown id, config or split on the hub: one line with the library's reason
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise MlanError(f"{what}: cannot load hub dataset {ref!r} (config {config}, split {split}): {first}") from None
+            raise MlanError(
+                f"{what}: cannot load hub dataset {ref!r} (config {config}, split {split}): {first}"
+            ) from None
     # Keep images undecoded: bytes/paths stream through to the output without PIL objects in memory.
     for name, feat in ds.features.items():
         if isinstance(feat, datasets.Image) and feat.decode:

@@ -1,0 +1,453 @@
+"""`mlan build-mixture` end to end through the CLI on the real data slices: counts, ratios,
+templates, images, hygiene, contamination, determinism and every bad-input case."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mlan.data.templates import CHAIN_OF_THOUGHT, MULTIPLE_CHOICE, SHORT_ANSWER, YES_NO
+
+LETTER = re.compile(r"^[A-Z]$")
+
+
+def write_spec(path: Path, **spec) -> Path:
+    spec.setdefault("name", "test")
+    spec.setdefault("validation", 0)
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def manifest(out: Path) -> dict:
+    return json.loads((out / "manifest.json").read_text())
+
+
+def build_ok(cli, spec: Path, out: Path, *extra: str) -> dict:
+    result = cli("-q", "build-mixture", spec, "--out", out, *extra)
+    assert result.exit_code == 0, result.output
+    return manifest(out)
+
+
+@pytest.fixture(scope="module")
+def quickstart(tmp_path_factory):
+    from typer.testing import CliRunner
+
+    from mlan.cli import app
+
+    out = tmp_path_factory.mktemp("mix") / "quickstart"
+    result = CliRunner().invoke(app, ["-q", "build-mixture", "quickstart", "--out", str(out)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_quickstart_counts_ratios_and_rows(quickstart):
+    import datasets
+
+    m = manifest(quickstart)
+    dd = datasets.load_from_disk(str(quickstart))
+    assert set(dd) == {"train", "validation"}
+    assert (len(dd["train"]), len(dd["validation"])) == (320, 32) == (m["splits"]["train"], m["splits"]["validation"])
+    assert dd["train"].column_names == ["messages", "images", "modality", "source", "id"]
+    assert m["modalities"]["language"]["examples"] == 280 and m["modalities"]["vision"]["examples"] == 40
+    assert m["ratios"]["examples_language_share"] == 0.875
+    # Each image costs 576 tokens, so vision's share of tokens is far above its share of examples.
+    assert m["modalities"]["vision"]["image_tokens"] == 40 * 576
+    assert m["ratios"]["tokens_language_share"] < 0.75
+    assert m["tokens"]["tokenizer"].startswith("mlan.tiny")
+    # Per-source counts add up, language sources split proportionally (all bundled slices hold 200 rows).
+    train = dd["train"]
+    assert sum(s["train"] for s in m["sources"].values()) == 320
+    assert {s["train"] for n, s in m["sources"].items() if s["modality"] == "language"} <= {46, 47}
+    assert sorted(set(train["id"])) == sorted(train["id"])
+    assert m["covers_eval_tasks"] == ["arc_challenge", "arc_easy", "commonsense_qa"]
+    assert len(m["config_hash"]) == len(m["content_hash"]) == 64
+
+
+def test_quickstart_templates_and_images(quickstart):
+    import datasets
+
+    m = manifest(quickstart)
+    train = datasets.load_from_disk(str(quickstart))["train"]
+    instructions = {*MULTIPLE_CHOICE, *YES_NO, *SHORT_ANSWER}
+    kinds = {"mc": 0, "yesno": 0, "short": 0, "cot": 0}
+    for row in train:
+        user, assistant = row["messages"]
+        assert (user["role"], assistant["role"]) == ("user", "assistant")
+        assert any(t in user["content"] for t in instructions)
+        if row["modality"] == "vision":
+            assert len(row["images"]) == 1 and row["images"][0].size[0] > 0
+            assert not user["content"].startswith("Context:")
+        else:
+            assert row["images"] == []
+        target = assistant["content"]
+        if "So the answer is" in target:
+            kinds["cot"] += 1
+            assert any(t in user["content"] for t in CHAIN_OF_THOUGHT)
+        elif "\nA. " in user["content"]:
+            kinds["mc"] += 1
+            assert LETTER.match(target) and f"\n{target}. " in user["content"]
+        elif any(t in user["content"] for t in YES_NO):
+            kinds["yesno"] += 1
+            assert target in ("yes", "no")
+        else:
+            kinds["short"] += 1
+        if row["source"] == "squad":
+            assert user["content"].startswith("Context: ")
+    assert all(kinds.values()), kinds
+    used = m["templates"]["used"]
+    assert sum(v for k, v in used.items() if not k.startswith("cot/")) == 320
+    assert len([k for k in used if k.startswith("mc/")]) >= 15
+    assert m["templates"]["texts"]["mc/00"] == MULTIPLE_CHOICE[0]
+
+
+def test_same_seed_same_bytes_other_seed_differs(cli, quickstart, tmp_path):
+    a = manifest(quickstart)
+    again = build_ok(cli, "quickstart", tmp_path / "again")
+    assert again["content_hash"] == a["content_hash"] and again["config_hash"] == a["config_hash"]
+    for split in ("train", "validation"):
+        for f in (quickstart / split).glob("*.arrow"):
+            assert f.read_bytes() == (tmp_path / "again" / split / f.name).read_bytes()
+    other = build_ok(cli, "quickstart", tmp_path / "other", "-o", "seed=7")
+    assert other["content_hash"] != a["content_hash"] and other["config_hash"] != a["config_hash"]
+
+
+def test_modality_split_is_proportional_to_source_sizes(cli, shared_data, tmp_path):
+    spec = write_spec(
+        tmp_path / "m.yaml",
+        modality_split={"language": 100},
+        validation=0.1,
+        sources=[
+            {
+                "name": "strategyqa",
+                "dataset": str(shared_data / "strategyqa/validation.jsonl"),
+                "adapter": "strategyqa",
+            },
+            {"name": "squad", "dataset": str(shared_data / "squad/validation.jsonl"), "adapter": "squad"},
+        ],
+    )
+    m = build_ok(cli, spec, tmp_path / "out")
+    # 153 and 200 rows: 100 * 153/353 = 43.3 and 56.7.
+    assert (m["sources"]["strategyqa"]["train"], m["sources"]["squad"]["train"]) == (43, 57)
+    assert m["splits"] == {"train": 100, "validation": 10}
+    assert m["ratios"]["examples_language_share"] == 1.0 and m["ratios"]["examples_language_to_vision"] is None
+    weighted = write_spec(
+        tmp_path / "w.yaml",
+        modality_split={"language": 100},
+        sources=[
+            {"name": "a", "dataset": str(shared_data / "arc_easy/train.jsonl"), "adapter": "arc", "weight": 3},
+            {"name": "b", "dataset": str(shared_data / "arc_challenge/train.jsonl"), "adapter": "arc", "weight": 1},
+        ],
+    )
+    m = build_ok(cli, weighted, tmp_path / "w")
+    assert (m["sources"]["a"]["train"], m["sources"]["b"]["train"]) == (75, 25)
+    assert m["covers_eval_tasks"] == ["arc_challenge", "arc_easy"]
+
+
+def test_count_and_fraction_and_vision_rows_from_files(cli, shared_data, tmp_path):
+    images = shared_data / "images"
+    vqa = read_jsonl(Path(__file__).parents[1] / "mlan/assets/data/vqav2/train.jsonl")
+    for r in vqa:  # absolute paths: no image_root needed
+        r["image"] = str(images / r["image"])
+    spec = write_spec(
+        tmp_path / "s.yaml",
+        size=None,
+        validation=4,
+        sources=[
+            {
+                "name": "csqa",
+                "dataset": str(shared_data / "commonsense_qa/train.jsonl"),
+                "adapter": "commonsense_qa",
+                "count": 30,
+            },
+            {
+                "name": "cosmos",
+                "dataset": str(shared_data / "cosmos_qa/validation.jsonl"),
+                "adapter": "cosmos_qa",
+                "fraction": 0.1,
+            },
+            {"name": "vqa", "dataset": str(write_jsonl(tmp_path / "vqa.jsonl", vqa)), "adapter": "vqav2", "count": 10},
+        ],
+    )
+    m = build_ok(cli, spec, tmp_path / "out")
+    assert [m["sources"][n]["train"] for n in ("csqa", "cosmos", "vqa")] == [30, 20, 10]
+    assert m["splits"] == {"train": 60, "validation": 4}
+    assert m["modalities"]["vision"]["images"] == 10
+    assert m["ratios"]["examples_language_to_vision"] == 5.0
+
+
+def test_generic_chat_and_qa_adapters_and_chain_of_thought(cli, shared_data, tmp_path):
+    import datasets
+
+    chat_rows = [
+        {
+            "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": f"What is shown in picture {i}?"},
+                {"role": "assistant", "content": name.split("_", 1)[1].split(".")[0]},
+            ],
+            "images": [name],
+        }
+        for i, name in enumerate(sorted(p.name for p in (shared_data / "images").iterdir()))
+    ]
+    sqa = [r for r in read_jsonl(shared_data / "scienceqa/test.jsonl") if r["solution"]]
+    spec = write_spec(
+        tmp_path / "g.yaml",
+        sources=[
+            {
+                "name": "chat",
+                "dataset": str(write_jsonl(tmp_path / "chat.jsonl", chat_rows)),
+                "adapter": "chat",
+                "columns": {"images": "images"},
+                "image_root": str(shared_data / "images"),
+                "count": 11,
+            },
+            {
+                "name": "sqa",
+                "dataset": str(write_jsonl(tmp_path / "sqa.jsonl", sqa)),
+                "adapter": "qa",
+                "columns": {"choices": "choices", "context": "hint", "rationale": "solution", "id": "pid"},
+                "chain_of_thought": 1.0,
+                "count": 20,
+            },
+            {
+                "name": "boolq",
+                "dataset": str(shared_data / "boolq/validation.jsonl"),
+                "adapter": "qa",
+                "columns": {"context": "passage"},
+                "count": 10,
+            },
+        ],
+    )
+    m = build_ok(cli, spec, tmp_path / "out")
+    assert m["sources"]["chat"]["modality"] == "vision" and m["sources"]["sqa"]["modality"] == "language"
+    train = datasets.load_from_disk(str(tmp_path / "out"))["train"]
+    by_source: dict[str, list] = {}
+    for row in train:
+        by_source.setdefault(row["source"], []).append(row)
+    for row in by_source["chat"]:
+        assert row["messages"][0] == {"role": "system", "content": "Be brief."} and len(row["images"]) == 1
+    for row in by_source["sqa"]:
+        assert row["messages"][1]["content"].endswith(".") and "So the answer is " in row["messages"][1]["content"]
+        assert row["id"].startswith("sqa:")
+    assert all(r["messages"][1]["content"] in ("yes", "no") for r in by_source["boolq"])
+    assert any(k.startswith("cot/") for k in m["templates"]["used"])
+
+
+def test_duplicates_removed_and_replaced(cli, shared_data, tmp_path):
+    rows = read_jsonl(shared_data / "arc_easy/train.jsonl")[:40]
+    exact = [dict(r, id=r["id"] + "-copy") for r in rows[:5]]
+    near = []
+    for r in rows[5:10]:  # re-cased, re-punctuated, options shuffled: the same question
+        text, labels = r["choices"]["text"], r["choices"]["label"]
+        key = labels.index(r["answerKey"])
+        order = list(reversed(range(len(text))))
+        near.append(
+            {
+                "id": r["id"] + "-near",
+                "question": r["question"].upper().replace("?", " ?!"),
+                "choices": {"text": [text[i] for i in order], "label": labels},
+                "answerKey": labels[order.index(key)],
+            }
+        )
+    spec = write_spec(
+        tmp_path / "d.yaml",
+        sources=[
+            {
+                "name": "arc",
+                "dataset": str(write_jsonl(tmp_path / "arc.jsonl", rows + exact + near)),
+                "adapter": "arc",
+                "count": 40,
+            }
+        ],
+    )
+    m = build_ok(cli, spec, tmp_path / "out")
+    assert m["hygiene"]["exact_duplicates"] == 5 and m["hygiene"]["near_duplicates"] == 5
+    assert m["sources"]["arc"]["train"] == 40 and m["sources"]["arc"]["rows_examined"] == 50
+    nodedup = build_ok(cli, spec, tmp_path / "raw", "-o", "dedup=false", "-o", "sources.0.count=50")
+    assert nodedup["hygiene"]["exact_duplicates"] == 0 and nodedup["splits"]["train"] == 50
+    tooshort = cli("build-mixture", spec, "--out", tmp_path / "x", "-o", "sources.0.count=45")
+    assert (
+        tooshort.exit_code == 2
+        and "only 40 usable rows of 50" in tooshort.output
+        and "10 duplicates" in tooshort.output
+    )
+
+
+def test_contamination_report_and_drop(cli, shared_data, tmp_path):
+    import datasets
+
+    evals = read_jsonl(shared_data / "commonsense_qa/validation.jsonl")
+    leaked = [dict(r, id=f"leak{i}") for i, r in enumerate(evals[:10])]
+    rephrased = [dict(evals[10], id="ngram0", question="Quick one: " + evals[10]["question"] + " Think.")]
+    clean = read_jsonl(shared_data / "commonsense_qa/train.jsonl")[:40]
+    data = write_jsonl(tmp_path / "csqa.jsonl", leaked + rephrased + clean)
+    spec = write_spec(
+        tmp_path / "c.yaml",
+        sources=[{"name": "csqa", "dataset": str(data), "adapter": "commonsense_qa", "count": 51}],
+        contamination={
+            "evals": [
+                {"task": "commonsense_qa", "dataset": str(shared_data / "commonsense_qa/validation.jsonl")},
+                {
+                    "task": "openbookqa",
+                    "dataset": str(shared_data / "openbookqa/test.jsonl"),
+                    "question_fields": ["question_stem"],
+                },
+            ]
+        },
+    )
+    m = build_ok(cli, spec, tmp_path / "report")
+    rep = m["contamination"]["tasks"]
+    assert rep["commonsense_qa"]["eval_rows"] == 200 and rep["openbookqa"]["eval_rows"] == 200
+    assert (rep["commonsense_qa"]["exact"], rep["commonsense_qa"]["ngram"], rep["commonsense_qa"]["dropped"]) == (
+        10,
+        1,
+        0,
+    )
+    assert rep["commonsense_qa"]["by_source"] == {"csqa": 11} and len(rep["commonsense_qa"]["examples"]) == 5
+    assert rep["openbookqa"]["exact"] + rep["openbookqa"]["ngram"] == 0
+    assert m["covers_eval_tasks"] == ["commonsense_qa"]
+
+    m = build_ok(cli, spec, tmp_path / "drop", "-o", "contamination.drop=true", "-o", "sources.0.count=40")
+    rep = m["contamination"]["tasks"]["commonsense_qa"]
+    # Dropped rows are replaced from the same source; the walk stops once 40 clean rows are in.
+    assert (
+        1
+        <= rep["dropped"]
+        == m["sources"]["csqa"]["contaminated_dropped"]
+        == m["sources"]["csqa"]["rows_examined"] - 40
+    )
+    eval_questions = {r["question"] for r in evals}
+    for row in datasets.load_from_disk(str(tmp_path / "drop"))["train"]:
+        assert not any(q in row["messages"][0]["content"] for q in eval_questions)
+
+
+def test_token_counts_with_model_tokenizer_and_processor(cli, quickstart, tiny_llava_dir, tmp_path):
+    m = build_ok(
+        cli, "quickstart", tmp_path / "out", "-o", f"tokenizer={tiny_llava_dir}", "-o", f"image_tokens={tiny_llava_dir}"
+    )
+    # The tiny LLaVA sees 32 px images in 8 px patches: 16 image tokens per image.
+    assert m["tokens"]["image_tokens_per_image"] == 16 and m["tokens"]["image_tokens_from"].startswith("processor")
+    assert m["tokens"]["tokenizer"] == str(tiny_llava_dir)
+    assert m["modalities"]["vision"]["image_tokens"] == 40 * 16
+    # Same rows, same tokenizer vocabulary as the built-in default: the same text token counts.
+    assert m["content_hash"] == manifest(quickstart)["content_hash"]
+    assert m["modalities"]["language"]["text_tokens"] == manifest(quickstart)["modalities"]["language"]["text_tokens"]
+
+
+def test_shipped_specs_are_the_mlan_mixtures():
+    from mlan.config.base import load_config
+    from mlan.config.mixture import MixtureSpec
+    from mlan.paths import shipped_dir
+
+    splits = {
+        "mlan": (80000, 0),
+        "mlan_v_llama2": (70000, 10000),
+        "mlan_v_vicuna": (40000, 40000),
+        "vision_only": (0, 80000),
+    }
+    for name, (lang, vis) in splits.items():
+        spec = load_config(shipped_dir("data_mixtures") / f"{name}.yaml", MixtureSpec)
+        assert (spec.modality_split.language, spec.modality_split.vision, spec.size) == (lang, vis, 80000)
+        assert {e.task for e in spec.contamination.evals} >= {"boolq", "commonsense_qa", "arc_easy", "pope", "gqa"}
+        covers = {t for s in spec.sources if getattr(spec.modality_split, s.modality) for t in s.covered_tasks()}
+        assert covers == ({"commonsense_qa", "arc_easy", "arc_challenge"} if lang else set())
+
+
+# ---------------------------------------------------------------- bad input: one line, exit 2, nothing written
+
+
+def bad_row_file(tmp_path: Path, shared_data: Path) -> Path:
+    rows = read_jsonl(shared_data / "arc_easy/train.jsonl")[:20]
+    del rows[2]["question"]
+    return write_jsonl(tmp_path / "bad.jsonl", rows)
+
+
+def bad_image_file(tmp_path: Path, shared_data: Path) -> Path:
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
+    rows = read_jsonl(Path(__file__).parents[1] / "mlan/assets/data/vqav2/train.jsonl")[:20]
+    for r in rows:
+        r["image"] = str(shared_data / "images" / r["image"])
+    rows[4]["image"] = str(tmp_path / "broken.jpg")
+    return write_jsonl(tmp_path / "vqa.jsonl", rows)
+
+
+BAD_CASES = {
+    "missing file": (lambda t, d: {"dataset": str(t / "nope.jsonl"), "adapter": "arc", "count": 5}, "file not found"),
+    "unknown adapter": (
+        lambda t, d: {"dataset": str(d / "squad/validation.jsonl"), "adapter": "sqaud", "count": 5},
+        "sources.0.adapter: value error, unknown adapter 'sqaud' (did you mean 'squad'?)",
+    ),
+    "missing column": (
+        lambda t, d: {"dataset": str(d / "arc_easy/train.jsonl"), "adapter": "squad", "count": 5},
+        "missing column 'context' required by adapter 'squad' (columns: answerKey, choices, id, question)",
+    ),
+    "row missing field": (
+        lambda t, d: {"dataset": str(bad_row_file(t, d)), "adapter": "arc", "count": 20},
+        "row 2 (line 3): missing field 'question' (set bad_rows: skip",
+    ),
+    "unreadable image": (
+        lambda t, d: {"dataset": str(bad_image_file(t, d)), "adapter": "vqav2", "count": 20},
+        "row 4 (line 5): unreadable image",
+    ),
+    "missing image": (
+        lambda t, d: {
+            "dataset": str(d / "pope_coco/random.jsonl"),
+            "adapter": "qa",
+            "columns": {"question": "text", "answer": "label", "image": "image"},
+            "count": 3,
+        },
+        "cannot read image",
+    ),
+    "count larger than source": (
+        lambda t, d: {"dataset": str(d / "squad/validation.jsonl"), "adapter": "squad", "count": 500},
+        "asks for 500 rows (500 train + 0 validation) but holds only 200",
+    ),
+    "count and fraction": (
+        lambda t, d: {"dataset": str(d / "squad/validation.jsonl"), "adapter": "squad", "count": 5, "fraction": 0.5},
+        "sources.0: give exactly one of count or fraction",
+    ),
+    "hub offline": (
+        lambda t, d: {"dataset": "rajpurkar/squad", "adapter": "squad", "count": 5},
+        "is not a local path and the Hugging Face Hub is unreachable",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_CASES))
+def test_bad_input_one_line_exit_2_nothing_written(cli, shared_data, tmp_path, case):
+    make, message = BAD_CASES[case]
+    spec = write_spec(tmp_path / "bad.yaml", sources=[{"name": "src", **make(tmp_path, shared_data)}])
+    out = tmp_path / "out"
+    result = cli("build-mixture", spec, "--out", out)
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output
+    assert not out.exists() and not list(tmp_path.glob(".out*"))
+
+
+@pytest.mark.parametrize("case", ["row missing field", "unreadable image"])
+def test_bad_rows_skip_policy_counts_them(cli, shared_data, tmp_path, case):
+    make, _ = BAD_CASES[case]
+    src = {"name": "src", **make(tmp_path, shared_data), "bad_rows": "skip", "count": 19}
+    m = build_ok(cli, write_spec(tmp_path / "s.yaml", sources=[src]), tmp_path / "out")
+    assert m["sources"]["src"]["bad_rows"] == 1 and m["hygiene"]["bad_rows"] == 1
+    assert m["sources"]["src"]["bad_row_examples"][0].startswith(("row 2 (line 3)", "row 4 (line 5)"))
+    assert m["splits"]["train"] == 19
+
+
+def test_existing_output_needs_overwrite(cli, quickstart):
+    result = cli("build-mixture", "quickstart", "--out", quickstart)
+    assert result.exit_code == 2 and "already exists (pass --overwrite" in result.output
