@@ -1,0 +1,34 @@
+"""Wings (Zhang et al. 2024): low-rank visual and textual learners with a router, for LLaVA-style models.
+
+Public API:
+
+- `add_wings(model, config) -> model`: add learners and routers to a `LlavaForConditionalGeneration` in place.
+- `wings_parameter_groups(model, stage, config) -> list[dict]`: optimizer groups for stage 1 or 2.
+- `save_wings_model(model, out, processor)`: a standard LLaVA folder + `wings.safetensors` + `wings_config.json`.
+- `load_wings_model(path) -> (model, processor)`: open such a folder again, exactly.
+"""
+
+from mlan.config.wings import WingsConfig
+from mlan.wings.io import is_wings_dir, load_wings_model, save_wings_model, wings_state_dict
+from mlan.wings.model import (
+    add_wings,
+    get_runtime,
+    set_routing,
+    wings_layers,
+    wings_parameter_groups,
+    wings_parameters,
+)
+
+__all__ = [
+    "WingsConfig",
+    "add_wings",
+    "get_runtime",
+    "is_wings_dir",
+    "load_wings_model",
+    "save_wings_model",
+    "set_routing",
+    "wings_layers",
+    "wings_parameter_groups",
+    "wings_parameters",
+    "wings_state_dict",
+]
