@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 from pathlib import Path
 
@@ -111,16 +110,40 @@ REALWORLDQA_ROWS = [
         "question": "Is there water in the picture?\nA. Yes\nB. No\nPlease answer directly with only the letter of the correct option and nothing else.",
         "answer": "A",
     },
-    {"image": "skimage_coins.png", "question": "How many rows of coins are there? Please answer directly with a single number.", "answer": "4"},
+    {
+        "image": "skimage_coins.png",
+        "question": "How many rows of coins are there? Please answer directly with a single number.",
+        "answer": "4",
+    },
 ]
 AI2D_ROWS = [
-    {"question": "What does the picture show?", "options": ["coins", "a cat", "a tree", "a car"], "answer": "0", "image": "skimage_coins.png"},
-    {"question": "Which object is in the image?", "options": ["a boat", "a clock", "bricks", "a dog"], "answer": "2", "image": "skimage_brick.png"},
-    {"question": "What kind of image is this?", "options": ["text", "a map", "a cell", "gravel"], "answer": "2", "image": "skimage_cell.png"},
+    {
+        "question": "What does the picture show?",
+        "options": ["coins", "a cat", "a tree", "a car"],
+        "answer": "0",
+        "image": "skimage_coins.png",
+    },
+    {
+        "question": "Which object is in the image?",
+        "options": ["a boat", "a clock", "bricks", "a dog"],
+        "answer": "2",
+        "image": "skimage_brick.png",
+    },
+    {
+        "question": "What kind of image is this?",
+        "options": ["text", "a map", "a cell", "gravel"],
+        "answer": "2",
+        "image": "skimage_cell.png",
+    },
 ]
 GQA_ROWS = [
     {"id": "201307251", "imageId": "skimage_camera.png", "question": "Who is holding the camera?", "answer": "man"},
-    {"id": "201640614", "imageId": "skimage_clock_motion.png", "question": "What is the round object?", "answer": "clock"},
+    {
+        "id": "201640614",
+        "imageId": "skimage_clock_motion.png",
+        "question": "What is the round object?",
+        "answer": "clock",
+    },
     {"id": "202225914", "imageId": "llava_extreme_ironing.jpg", "question": "Is the man ironing?", "answer": "yes"},
 ]
 
@@ -259,7 +282,10 @@ def test_scripted_models_score_exactly(suite_name, eval_data, tiny_llava_dir, tm
     letters, golds = _gold_answers(suite, eval_data, images, as_text=False)
     texts, _ = _gold_answers(suite, eval_data, images, as_text=True)
     report = run_evaluation(
-        [Scripted(n, a, c, proc) for n, a, c in (("right", letters, None), ("right-text", texts, None), ("always-a", None, " A"))],
+        [
+            Scripted(n, a, c, proc)
+            for n, a, c in (("right", letters, None), ("right-text", texts, None), ("always-a", None, " A"))
+        ],
         [suite],
         limit=6,
         data_dir=eval_data,
@@ -279,10 +305,15 @@ def test_scripted_models_score_exactly(suite_name, eval_data, tiny_llava_dir, tm
         labels = [json.loads(x)["label"] for x in (eval_data / "pope" / "test.jsonl").read_text().splitlines()[:6]]
         assert pope.metrics["yes_ratio"] == pytest.approx(labels.count("yes") / 6)
         sqa = right.get("unseen_vision", "scienceqa")
-        samples = [json.loads(x) for x in (tmp_path / "right" / "samples" / "unseen_vision__scienceqa.jsonl").read_text().splitlines()]
+        samples = [
+            json.loads(x)
+            for x in (tmp_path / "right" / "samples" / "unseen_vision__scienceqa.jsonl").read_text().splitlines()
+        ]
         assert sqa.n == 6 and {s["image"] for s in samples} == {True, False}  # with and without images
     # Prompts follow MLAN's protocol.
-    prompt = json.loads((tmp_path / "right" / "samples" / f"{suite_name}__{suite.tasks[0].name}.jsonl").read_text().splitlines()[0])["prompt"]
+    prompt = json.loads(
+        (tmp_path / "right" / "samples" / f"{suite_name}__{suite.tasks[0].name}.jsonl").read_text().splitlines()[0]
+    )["prompt"]
     if suite_name == "unseen_language":
         assert prompt.startswith("User: Context: ") and prompt.endswith("\nAssistant: The best answer is")
         assert "\nChoose the best option from the choices provided:\nA: " in prompt
@@ -299,9 +330,9 @@ def test_unseen_suites_on_tiny_llava_cli(cli, tiny_llava_dir, eval_data, tmp_pat
     assert r.exit_code == 0, r.output
     data = json.loads((out / "tiny-llava" / "results.json").read_text())
     rows = {(x["suite"], x["task"]): x for x in data["results"]}
-    assert set(rows) == {
-        ("unseen_language", t) for t in ("race_high", "openbookqa", "boolq", "hellaswag")
-    } | {("unseen_vision", t) for t in ("realworldqa", "ai2d", "pope", "gqa", "scienceqa")}
+    assert set(rows) == {("unseen_language", t) for t in ("race_high", "openbookqa", "boolq", "hellaswag")} | {
+        ("unseen_vision", t) for t in ("realworldqa", "ai2d", "pope", "gqa", "scienceqa")
+    }
     for x in rows.values():
         assert x["n"] == 3 and 0.0 <= x["value"] <= 1.0 and x["engine"] == "generate" and not x["seen"]
         assert x["modality"] == ("vision" if x["suite"] == "unseen_vision" else "language")
@@ -353,7 +384,16 @@ def test_eight_task_compare_trio_cli(cli, model_trio, eval_data, tmp_path):
     )  # fmt: skip
     assert r.exit_code == 0, r.output
     assert "| suite | task | base-llm (ref) | tiny-llava | Δ | tuned | Δ |" in r.output
-    for task in ("gsm8k", "commonsense_qa", "arc_easy", "arc_challenge", "race_high", "hellaswag", "mmlu", "openbookqa"):
+    for task in (
+        "gsm8k",
+        "commonsense_qa",
+        "arc_easy",
+        "arc_challenge",
+        "race_high",
+        "hellaswag",
+        "mmlu",
+        "openbookqa",
+    ):
         assert f"| eight_task | {task} |" in r.output
     assert "**language average**" in r.output and "`*` seen in training" in r.output
     cmp = json.loads((out / "comparison.json").read_text())
@@ -430,11 +470,14 @@ def test_bad_input_one_line_exit_2(cli, tiny_llava_dir, model_trio, eval_data, t
     assert "no model weights" in _err(cli("eval", no_weights))
     no_proc = tmp_path / "no-proc"
     shutil.copytree(tiny_llava_dir, no_proc)
-    (no_proc / "preprocessor_config.json").unlink()
+    for f in ("preprocessor_config.json", "processor_config.json"):
+        (no_proc / f).unlink(missing_ok=True)
     assert "without an image processor" in _err(cli("eval", no_proc))
     msg = _err(cli("eval", model_trio["base"], "--suite", "unseen_vision", "--data-dir", eval_data))
     assert "vision tasks but this is a text-only model" in msg
     bad = tmp_path / "bad.yaml"
-    bad.write_text("name: x\nengine: generate\nmodality: language\ntasks:\n  - name: boolqq\n    hub: {path: a, split: b}\n    metric: acc\n")
+    bad.write_text(
+        "name: x\nengine: generate\nmodality: language\ntasks:\n  - name: boolqq\n    hub: {path: a, split: b}\n    metric: acc\n"
+    )
     assert "did you mean 'boolq'" in _err(cli("eval", tiny_llava_dir, "--suite", bad))
     assert "--reference" in _err(cli("eval", tiny_llava_dir, "--reference", "other", "--data-dir", eval_data))

@@ -18,14 +18,18 @@ def _split_csv(values: list[str] | None) -> list[str]:
 def evaluate(
     models: Annotated[
         list[str] | None,
-        typer.Argument(help="Model folders or hub ids (LLaVA or plain causal LM); default: the newest run under runs/."),
+        typer.Argument(
+            help="Model folders or hub ids (LLaVA or plain causal LM); default: the newest run under runs/."
+        ),
     ] = None,
     unseen: Annotated[bool, typer.Option("--unseen", help="Add MLAN's unseen language and vision suites.")] = False,
     suite: Annotated[
         list[str] | None,
         typer.Option("--suite", "-s", help="Suite name or YAML file (repeatable); replaces the default eight_task."),
     ] = None,
-    tasks: Annotated[list[str] | None, typer.Option("--tasks", "-t", help="Only these tasks (comma-separated or repeated).")] = None,
+    tasks: Annotated[
+        list[str] | None, typer.Option("--tasks", "-t", help="Only these tasks (comma-separated or repeated).")
+    ] = None,
     limit: Annotated[int | None, typer.Option("--limit", "-n", min=1, help="At most N questions per task.")] = None,
     data_dir: Annotated[
         Path | None, typer.Option("--data-dir", help="Local data for every task: DIR/<task>/<split>.jsonl (offline).")
@@ -33,7 +37,9 @@ def evaluate(
     data: Annotated[
         list[str] | None, typer.Option("--data", metavar="TASK=FILE", help="Local data file for one task (repeatable).")
     ] = None,
-    image_dir: Annotated[Path | None, typer.Option("--image-dir", help="Folder with the images named in local rows.")] = None,
+    image_dir: Annotated[
+        Path | None, typer.Option("--image-dir", help="Folder with the images named in local rows.")
+    ] = None,
     out: Annotated[Path, typer.Option("--out", help="Results folder (per-task cache inside: reruns resume).")] = Path(
         "runs/eval"
     ),
@@ -81,7 +87,12 @@ def evaluate(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     with Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=con, transient=True
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=con,
+        transient=True,
     ) as bar:
         pid = bar.add_task("evaluating", total=None)
 
