@@ -268,7 +268,7 @@ def _gold_answers(suite, data_dir, image_dir, *, as_text: bool) -> tuple[dict[st
     return answers, golds
 
 
-@pytest.mark.parametrize("suite_name", ["unseen_language", "unseen_vision"])
+@pytest.mark.parametrize("suite_name", ["unseen_language", "unseen_vision", "quickstart"])
 def test_scripted_models_score_exactly(suite_name, eval_data, tiny_llava_dir, tmp_path):
     """Always-correct scores 100% (letters in one run, choice texts in another), always-"A" scores
     the share of gold "A" answers, through prompts, extraction and scoring."""
@@ -314,7 +314,11 @@ def test_scripted_models_score_exactly(suite_name, eval_data, tiny_llava_dir, tm
     prompt = json.loads(
         (tmp_path / "right" / "samples" / f"{suite_name}__{suite.tasks[0].name}.jsonl").read_text().splitlines()[0]
     )["prompt"]
-    if suite_name == "unseen_language":
+    if suite_name == "quickstart":
+        assert all(
+            r.source.startswith(str(BUNDLED_IMAGES.parent)) for r in right.results
+        )  # bundled, no --data-dir needed
+    elif suite_name == "unseen_language":
         assert prompt.startswith("User: Context: ") and prompt.endswith("\nAssistant: The best answer is")
         assert "\nChoose the best option from the choices provided:\nA: " in prompt
     else:

@@ -28,6 +28,10 @@ GENERATE_FORMATS = (
     "pope",
     "gqa",
     "scienceqa",
+    "arc_easy",
+    "arc_challenge",
+    "commonsense_qa",
+    "mmlu",
 )
 LM_EVAL_TASKS = (
     "gsm8k",

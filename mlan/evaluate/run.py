@@ -153,19 +153,26 @@ def run_evaluation(
             manifest = read_mixture_manifest(m) if p.is_dir() else {}
         label = _label(m, taken)
         for suite, _ in plan:
-            if suite.modality == "vision" and not multimodal:
-                raise MlanError(
-                    f"{m}: suite {suite.name!r} has vision tasks but this is a text-only model (give a LLaVA-style folder, or drop the suite)"
-                )
             if suite.engine == "lm_eval" and scripted:
                 raise MlanError(f"{label}: a scripted model can only run generate suites, not {suite.name!r}")
-        entries.append((m, label, scripted, manifest))
+        entries.append((m, label, scripted, manifest, multimodal))
+    # A text-only LLM has no vision score: in a comparison its vision cells stay empty, alone it is an error.
+    vision = [s.name for s, _ in plan if s.modality == "vision"]
+    text_only = [e for e in entries if not e[4]]
+    if vision and text_only and len(text_only) == len(entries):
+        raise MlanError(
+            f"{text_only[0][0]}: suite {vision[0]!r} has vision tasks but this is a text-only model (give a LLaVA-style folder, or drop the suite)"
+        )
+    for e in text_only if vision else []:
+        log.warning("%s is text-only: vision suite(s) %s skipped for it", e[1], ", ".join(vision))
     for suite, ts in plan:
         check_local_data(suite, ts, data_dir, data_files)
     ref_label = None
     if reference is not None:
         labels = [e[1] for e in entries]
-        by_path = {str(e[0]): e[1] for e in entries}
+        by_path = {str(e[0]): e[1] for e in entries} | {
+            str(Path(str(e[0])).expanduser().resolve()): e[1] for e in entries
+        }
         ref_label = (
             reference if reference in labels else by_path.get(str(reference)) or by_path.get(str(Path(reference)))
         )
@@ -175,10 +182,11 @@ def run_evaluation(
         ref_label = entries[0][1]
 
     results: list[ModelResults] = []
-    for m, label, scripted, manifest in entries:
+    for m, label, scripted, manifest, multimodal in entries:
         covered = set(manifest.get("covers_eval_tasks") or [])
+        model_plan = [(s, ts) for s, ts in plan if multimodal or s.modality != "vision"]
         mr = _evaluate_model(
-            m, label, scripted, covered, plan,
+            m, label, scripted, covered, model_plan,
             limit=limit, data_dir=data_dir, data_files=data_files, image_dir=image_dir,
             out=out_dir / label, batch_size=batch_size, device=device, dtype=dtype, fresh=fresh, progress=progress,
         )  # fmt: skip

@@ -174,6 +174,28 @@ def _openbookqa(row, i) -> Item:
     )
 
 
+def _arc_like(row, i) -> Item:
+    # ai2_arc and commonsense_qa: question, choices{text,label}, answerKey (ARC labels may be 1-4).
+    ch = row["choices"]
+    return Item(
+        id=str(row.get("id", i)),
+        question=row["question"],
+        choices=list(ch["text"]),
+        answer=_letter_of(list(ch["label"]), row["answerKey"]),
+        kind="mc",
+    )
+
+
+def _mmlu(row, i) -> Item:
+    return Item(
+        id=str(i),
+        question=row["question"].strip(),
+        choices=list(row["choices"]),
+        answer=LETTERS[int(row["answer"])],
+        kind="mc",
+    )
+
+
 def _boolq(row, i) -> Item:
     q = row["question"].strip()
     q = q[:1].upper() + q[1:]
@@ -283,6 +305,10 @@ ADAPTERS = {
     "pope": _pope,
     "gqa": _gqa,
     "scienceqa": _scienceqa,
+    "arc_easy": _arc_like,
+    "arc_challenge": _arc_like,
+    "commonsense_qa": _arc_like,
+    "mmlu": _mmlu,
 }
 
 
