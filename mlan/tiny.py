@@ -26,32 +26,38 @@ VICUNA_SYSTEM = (
     "The assistant gives helpful, detailed, and polite answers to the user's questions."
 )
 
+
 # Vicuna-v1 ("USER: ... ASSISTANT: ...</s>"), the format MLAN trains and evaluates in. Content
 # may be a string or a list of parts ({"type": "image"} / {"type": "text"}); an image part
 # renders as "<image>\n" ahead of the text. The assistant reply and its end-of-turn token sit
 # inside {% generation %} so that assistant-only loss masks everything else.
-CHAT_TEMPLATE = (
-    "{%- macro render(content) -%}"
-    "{%- if content is string -%}{{ content }}"
-    "{%- else -%}{%- for part in content -%}"
-    "{%- if part['type'] == 'image' -%}{{ '<image>\n' }}"
-    "{%- elif part['type'] == 'text' -%}{{ part['text'] }}{%- endif -%}"
-    "{%- endfor -%}{%- endif -%}"
-    "{%- endmacro -%}"
-    "{%- if messages[0]['role'] == 'system' -%}"
-    "{%- set system = render(messages[0]['content']) -%}{%- set loop_messages = messages[1:] -%}"
-    "{%- else -%}"
-    "{%- set system = '" + VICUNA_SYSTEM.replace("'", "\\'") + "' -%}{%- set loop_messages = messages -%}"
-    "{%- endif -%}"
-    "{{ system }}"
-    "{%- for message in loop_messages -%}"
-    "{%- if message['role'] == 'user' -%}{{ ' USER: ' }}{{ render(message['content']) }}"
-    "{%- elif message['role'] == 'assistant' -%}{{ ' ASSISTANT:' }}"
-    "{% generation %}{{ ' ' }}{{ render(message['content']) }}{{ eos_token }}{% endgeneration %}"
-    "{%- endif -%}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{ ' ASSISTANT:' }}{%- endif -%}"
-)
+def vicuna_chat_template(system: str = VICUNA_SYSTEM) -> str:
+    """The Vicuna-v1 chat template with `system` as the default system prompt ("" for none)."""
+    return (
+        "{%- macro render(content) -%}"
+        "{%- if content is string -%}{{ content }}"
+        "{%- else -%}{%- for part in content -%}"
+        "{%- if part['type'] == 'image' -%}{{ '<image>\\n' }}"
+        "{%- elif part['type'] == 'text' -%}{{ part['text'] }}{%- endif -%}"
+        "{%- endfor -%}{%- endif -%}"
+        "{%- endmacro -%}"
+        "{%- if messages[0]['role'] == 'system' -%}"
+        "{%- set system = render(messages[0]['content']) -%}{%- set loop_messages = messages[1:] -%}"
+        "{%- else -%}"
+        "{%- set system = '" + system.replace("'", "\\'") + "' -%}{%- set loop_messages = messages -%}"
+        "{%- endif -%}"
+        "{{ system }}"
+        "{%- for message in loop_messages -%}"
+        "{%- if message['role'] == 'user' -%}{{ ' USER: ' }}{{ render(message['content']) }}"
+        "{%- elif message['role'] == 'assistant' -%}{{ ' ASSISTANT:' }}"
+        "{% generation %}{{ ' ' }}{{ render(message['content']) }}{{ eos_token }}{% endgeneration %}"
+        "{%- endif -%}"
+        "{%- endfor -%}"
+        "{%- if add_generation_prompt -%}{{ ' ASSISTANT:' }}{%- endif -%}"
+    )
+
+
+CHAT_TEMPLATE = vicuna_chat_template()
 
 
 @dataclass(frozen=True)
@@ -68,6 +74,7 @@ class TinySize:
     vision_heads: int
     image_size: int = 32
     patch_size: int = 8
+    vision_intermediate: int | None = None  # default 4 x vision_hidden
 
 
 SIZES: dict[str, TinySize] = {
@@ -75,11 +82,24 @@ SIZES: dict[str, TinySize] = {
     "tiny": TinySize(
         hidden=64, layers=2, heads=4, kv_heads=2, intermediate=128, vision_hidden=32, vision_layers=2, vision_heads=2
     ),
-    # ~3M parameters: the quickstart and benchmarks, still CPU-friendly.
+    # ~2.5M parameters: the quickstart and benchmarks, still CPU-friendly.
     "small": TinySize(
         hidden=192, layers=4, heads=6, kv_heads=2, intermediate=512, vision_hidden=64, vision_layers=2, vision_heads=4
     ),
-    # ~20M parameters: closer to real shapes for throughput and merge measurements.
+    # ~21M parameters: closer to real shapes for throughput and merge measurements.
+    # The lab's model (as in the prototype that showed the three effects): 2 x 128 Llama,
+    # 2 x 64 CLIP with patch 8 (16 image tokens; patch 16 with 4 tokens was too weak).
+    "lab": TinySize(
+        hidden=128,
+        layers=2,
+        heads=4,
+        kv_heads=4,
+        intermediate=384,
+        vision_hidden=64,
+        vision_layers=2,
+        vision_heads=4,
+        vision_intermediate=128,
+    ),
     "base": TinySize(
         hidden=512, layers=6, heads=8, kv_heads=4, intermediate=1408, vision_hidden=128, vision_layers=4, vision_heads=4
     ),
@@ -140,8 +160,44 @@ def build_tokenizer(vocab_size: int = VOCAB_SIZE):
     return fast
 
 
-def build_tiny_llava(size: str = "tiny", seed: int = 0):
-    """Build (model, processor) in memory: a real LlavaForConditionalGeneration and LlavaProcessor."""
+def build_word_tokenizer(words: list[str], chat_template: str | None = None):
+    """A word-level tokenizer over a closed vocabulary (the lab's toy world): one token per
+    whitespace-separated word, `<s>` prepended, `<image>` special. Unknown words map to `<unk>`."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    chat_words = ["USER:", "ASSISTANT:"]
+    vocab = {
+        t: i
+        for i, t in enumerate(
+            SPECIAL_TOKENS + [w for w in dict.fromkeys(chat_words + words) if w not in SPECIAL_TOKENS]
+        )
+    }
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", vocab["<s>"])]
+    )
+    # No decoder: the tokenizers library then joins words with single spaces, as written.
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        extra_special_tokens={"image_token": IMAGE_TOKEN},
+        padding_side="left",
+        model_max_length=512,
+        chat_template=chat_template or vicuna_chat_template(system=""),
+    )
+
+
+def build_tiny_llava(size: str = "tiny", seed: int = 0, tokenizer=None):
+    """Build (model, processor) in memory: a real LlavaForConditionalGeneration and LlavaProcessor.
+
+    `tokenizer` defaults to the byte-level BPE trained on the bundled data; the lab passes
+    its word-level tokenizer. The processor's chat template is the tokenizer's.
+    """
     import torch
     from transformers import (
         CLIPImageProcessor,
@@ -155,7 +211,7 @@ def build_tiny_llava(size: str = "tiny", seed: int = 0):
     if size not in SIZES:
         raise MlanError(f"--size {size!r}: expected one of {', '.join(SIZES)}")
     s = SIZES[size]
-    tokenizer = build_tokenizer()
+    tokenizer = tokenizer if tokenizer is not None else build_tokenizer()
     image_processor = CLIPImageProcessor(
         size={"shortest_edge": s.image_size},
         crop_size={"height": s.image_size, "width": s.image_size},
@@ -166,7 +222,7 @@ def build_tiny_llava(size: str = "tiny", seed: int = 0):
         patch_size=s.patch_size,
         vision_feature_select_strategy="default",
         num_additional_image_tokens=1,  # CLIP's CLS token, dropped by the "default" strategy
-        chat_template=CHAT_TEMPLATE,
+        chat_template=tokenizer.chat_template,
     )
     text_config = LlamaConfig(
         vocab_size=len(tokenizer),
@@ -183,7 +239,7 @@ def build_tiny_llava(size: str = "tiny", seed: int = 0):
     )
     vision_config = CLIPVisionConfig(
         hidden_size=s.vision_hidden,
-        intermediate_size=s.vision_hidden * 4,
+        intermediate_size=s.vision_intermediate or s.vision_hidden * 4,
         num_hidden_layers=s.vision_layers,
         num_attention_heads=s.vision_heads,
         image_size=s.image_size,
@@ -207,9 +263,11 @@ def build_tiny_llava(size: str = "tiny", seed: int = 0):
     return model, processor
 
 
-def save_tiny_llava(out: str | Path, size: str = "tiny", seed: int = 0, overwrite: bool = False) -> Path:
+def save_tiny_llava(
+    out: str | Path, size: str = "tiny", seed: int = 0, overwrite: bool = False, tokenizer=None
+) -> Path:
     """Build a tiny LLaVA and save it as an ordinary Hugging Face folder (model + processor)."""
-    model, processor = build_tiny_llava(size, seed)
+    model, processor = build_tiny_llava(size, seed, tokenizer=tokenizer)
     with atomic_dir(out, overwrite=overwrite) as tmp:
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)

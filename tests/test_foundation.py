@@ -165,7 +165,7 @@ def test_chat_template_marks_only_the_assistant_reply(tiny_llava_dir):
 def test_tiny_model_bad_size(cli, tmp_path):
     result = cli("tiny-model", tmp_path / "m", "--size", "huge")
     assert result.exit_code == 2
-    assert "--size 'huge': expected one of tiny, small, base" in result.output
+    assert "--size 'huge': expected one of tiny, small, lab, base" in result.output
     assert not (tmp_path / "m").exists()
 
 

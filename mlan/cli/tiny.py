@@ -12,7 +12,9 @@ from mlan.cli.common import Overwrite, console
 
 def tiny_model(
     out: Annotated[Path, typer.Argument(help="Folder to write the model and processor to.")],
-    size: Annotated[str, typer.Option(help="tiny (~0.4M parameters), small (~3M) or base (~30M).")] = "tiny",
+    size: Annotated[
+        str, typer.Option(help="tiny (~0.4M parameters), small (~2.5M), lab (~0.6M, the lab's shape) or base (~21M).")
+    ] = "tiny",
     seed: Annotated[int, typer.Option(help="Seed for the random weights.")] = 0,
     overwrite: Overwrite = False,
 ) -> None:
