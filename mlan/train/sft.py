@@ -381,7 +381,63 @@ def _trainer_class():
                 seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed,
             )
 
+        def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+            model = model if model is not None else self.model
+            folder = Path(resume_from_checkpoint)
+            plain = not (self.is_fsdp_enabled or self.is_deepspeed_enabled or hasattr(model, "peft_config"))
+            if not plain or not _checkpoint_weight_files(folder):
+                return super()._load_from_checkpoint(resume_from_checkpoint, model)
+            _load_llava_weights(model, folder)
+
     return MlanSFTTrainer
+
+
+# save_pretrained writes LLaVA weights in the original hub layout (`language_model.model.*`,
+# `vision_tower.*`, ...), while the model's own names are `model.language_model.*`, ... The
+# Trainer resumes with `load_state_dict(strict=False)` on the raw file, so on a LLaVA model it
+# silently loads nothing and training continues from the base weights with the restored optimizer.
+# from_pretrained knows the renaming but builds a second model; these four prefixes are all it takes.
+_LLAVA_DISK_TO_MEMORY = (
+    ("language_model.model.", "model.language_model."),
+    ("language_model.lm_head.", "lm_head."),
+    ("vision_tower.", "model.vision_tower."),
+    ("multi_modal_projector.", "model.multi_modal_projector."),
+)
+
+
+def _checkpoint_weight_files(folder: Path) -> list[Path]:
+    import json
+
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+        return [folder / s for s in shards]
+    single = folder / "model.safetensors"
+    return [single] if single.is_file() else []
+
+
+def _load_llava_weights(model, folder: Path) -> None:
+    """Load a checkpoint's weights into a LLaVA model, whichever key layout the files use; strict."""
+    from safetensors.torch import load_file
+
+    own = set(model.state_dict())
+    state = {}
+    for f in _checkpoint_weight_files(folder):
+        for key, value in load_file(str(f), device="cpu").items():
+            if key not in own:
+                for old, new in _LLAVA_DISK_TO_MEMORY:
+                    if key.startswith(old) and new + key[len(old) :] in own:
+                        key = new + key[len(old) :]
+                        break
+            state[key] = value
+    result = model.load_state_dict(state, strict=False)
+    tied = set(getattr(model, "_tied_weights_keys", None) or [])
+    missing = [k for k in result.missing_keys if k not in tied]
+    if missing or result.unexpected_keys:
+        raise RuntimeError(
+            f"{folder}: checkpoint weights do not fit the model "
+            f"(missing {missing[:3]}, unexpected {result.unexpected_keys[:3]})"
+        )
 
 
 def _load_model(recipe: SFTRecipe, info: ModelInfo, cuda: bool):
