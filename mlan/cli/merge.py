@@ -25,7 +25,9 @@ def merge(
     config: Annotated[
         Path | None, typer.Argument(help="Merge YAML (fields of MergeConfig); options below override it.")
     ] = None,
-    multimodal: Annotated[str | None, typer.Option("--multimodal", help="LLaVA model folder (or hub id).")] = None,
+    multimodal: Annotated[
+        str | None, typer.Option("--multimodal", help="LLaVA model folder or hub id [default: the latest run].")
+    ] = None,
     original: Annotated[str | None, typer.Option("--original", help="Original LLM folder (or hub id).")] = None,
     method: Annotated[
         str | None, typer.Option(help="linear, task_arithmetic (default), ties, dare_linear or dare_ties.")
@@ -37,7 +39,9 @@ def merge(
         str | None, typer.Option(help="Kept fraction of the task vector in (0, 1] (ties/dare); a comma list sweeps.")
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of DARE's random masks.")] = None,
-    out: Annotated[Path | None, typer.Option("--out", help="Output folder.")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Output folder [default: runs/merges/<model>-<method>-a<alpha>].")
+    ] = None,
     suite: Annotated[
         list[str] | None, typer.Option("--suite", help="Sweep: evaluation suite to run on each point (repeatable).")
     ] = None,
@@ -74,9 +78,16 @@ def merge(
     if sweep:
         data["sweep"] = sweep
     data = apply_overrides(data, overrides or (), source=source)
-    for need, flag in (("multimodal", "--multimodal"), ("original", "--original"), ("out", "--out")):
-        if not data.get(need):
-            raise MlanError(f"{source}: {need}: required (pass {flag})")
+    if not data.get("multimodal"):
+        from mlan.runs import latest_run
+
+        latest = latest_run()
+        if latest is None:
+            raise MlanError(f"{source}: multimodal: required (pass --multimodal; no finished run under runs/)")
+        data["multimodal"] = str(latest)
+        console().print(f"multimodal model: the latest run, {latest}")
+    if not data.get("original"):
+        raise MlanError(f"{source}: original: required (pass --original)")
     cfg = validate_config(data, MergeConfig, source=source)
 
     if cfg.is_sweep:
@@ -106,17 +117,14 @@ def _print_sweep(report) -> None:
     from rich.table import Table
 
     c = console()
-    table = Table(title=f"merge sweep ({report.method}), best by {report.criterion}")
-    for col in ("alpha", "density", *report.columns, "score"):
+    table = Table(title=f"merge sweep ({report.method}): scores in %, best by {report.criterion}")
+    for col in ("alpha", "density", *report.columns, "criterion"):
         table.add_column(col, justify="right")
     for row in report.rows:
-        mark = " *" if row is report.best else ""
-        table.add_row(
-            f"{row.alpha:g}",
-            f"{row.density:g}",
-            *[f"{row.scores.get(k, float('nan')):.3f}" for k in report.columns],
-            f"{row.score:.3f}{mark}",
-        )
+        mark = " best" if row is report.best else ("" if row.eligible else " excluded")
+        cells = [f"{100 * row.scores[k]:.1f}" if k in row.scores else "-" for k in report.columns]
+        table.add_row(f"{row.alpha:g}", f"{row.density:g}", *cells, f"{100 * row.score:.1f}{mark}")
     c.print(table)
-    c.print(f"best: alpha {report.best.alpha:g}, density {report.best.density:g} (score {report.best.score:.3f})")
+    b = report.best
+    c.print(f"best: alpha {b.alpha:g}, density {b.density:g} ({report.criterion} {100 * b.score:.1f})")
     c.print(f"report: [bold]{report.out}[/bold] (sweep.json, sweep.md, sweep.png)")

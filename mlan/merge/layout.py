@@ -61,7 +61,7 @@ SAFETENSORS_DTYPES = {
     "U64": "uint64",
 }
 DTYPE_CODES = {v: k for k, v in SAFETENSORS_DTYPES.items()}
-COPY_CHUNK = 64 << 20
+COPY_CHUNK = 16 << 20
 
 
 @dataclass(frozen=True)
@@ -89,6 +89,10 @@ class WeightFile:
 
     def read(self, key: str):
         """The tensor as a torch tensor in its stored dtype (a fresh buffer or a lazily paged map)."""
+        raise NotImplementedError
+
+    def read_rows(self, key: str, start: int, stop: int):
+        """Rows `start:stop` of the tensor (along its first dimension), without reading the rest."""
         raise NotImplementedError
 
     def raw_chunks(self, key: str) -> Iterator[bytes | memoryview]:
@@ -122,17 +126,28 @@ class SafetensorsFile(WeightFile):
         return self._infos
 
     def read(self, key: str):
+        info = self._infos[key]
+        if not info.shape:
+            return self._read_bytes(key, *self._offsets[key]).reshape(())
+        return self.read_rows(key, 0, info.shape[0])
+
+    def read_rows(self, key: str, start: int, stop: int):
+        info = self._infos[key]
+        row_bytes = info.nbytes // info.shape[0] if info.shape and info.shape[0] else 0
+        first = self._offsets[key][0]
+        t = self._read_bytes(key, first + start * row_bytes, first + stop * row_bytes)
+        return t.reshape(stop - start, *info.shape[1:])
+
+    def _read_bytes(self, key: str, start: int, end: int):
         import torch
 
-        info = self._infos[key]
-        start, end = self._offsets[key]
         buf = torch.empty(end - start, dtype=torch.uint8)
         with open(self.path, "rb") as f:
             f.seek(self.data_start + start)
-            got = f.readinto(memoryview(buf.numpy()))
+            got = f.readinto(memoryview(buf.numpy())) if end > start else 0
         if got != end - start:
             raise MlanError(f"{self.path}: truncated file (tensor {key})")
-        return buf.view(getattr(torch, SAFETENSORS_DTYPES[info.dtype])).reshape(info.shape)
+        return buf.view(getattr(torch, SAFETENSORS_DTYPES[self._infos[key].dtype]))
 
     def raw_chunks(self, key: str) -> Iterator[bytes]:
         start, end = self._offsets[key]
@@ -176,6 +191,9 @@ class TorchBinFile(WeightFile):
     def read(self, key: str):
         return self.state[key]
 
+    def read_rows(self, key: str, start: int, stop: int):
+        return self.state[key][start:stop]
+
     def raw_chunks(self, key: str) -> Iterator[memoryview]:
         import torch
 
@@ -208,12 +226,20 @@ def resolve_model_dir(name: str | Path, what: str) -> Path:
     s = str(name)
     if s.startswith((".", "/", "~")) or s.count("/") != 1:
         raise MlanError(f"{what} {name}: model folder not found")
+    from mlan.hub import require_hub
+
+    require_hub(s, what, "download it first or pass a local model folder", model=True)
+    from mlan.hub import hub_unreachable_reason
+
+    patterns = ["*.json", "*.jinja", "*.model", "*.txt"]
     try:
         from huggingface_hub import list_repo_files, snapshot_download
 
+        if hub_unreachable_reason():  # cached (require_hub passed): use the cache as it is
+            return Path(snapshot_download(s, local_files_only=True))
         files = list_repo_files(s)
         weights = ["*.safetensors"] if any(f.endswith(".safetensors") for f in files) else ["*.bin"]
-        return Path(snapshot_download(s, allow_patterns=["*.json", "*.jinja", "*.model", "*.txt", *weights]))
+        return Path(snapshot_download(s, allow_patterns=[*patterns, *weights]))
     except Exception as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise MlanError(f"{what} {name}: no model folder or reachable hub model of that name ({first})") from None

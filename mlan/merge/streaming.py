@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
 import struct
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,6 +47,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MANIFEST = "merge_manifest.json"
+# Elements merged at a time in elementwise methods: 4M, so float32 work buffers are 16 MB each.
+# Part of DARE's seeding (one mask per block), so changing it changes DARE results.
+CHUNK_ELEMENTS = 1 << 22
 
 
 @dataclass
@@ -188,22 +193,47 @@ def plan_merge(mm: Checkpoint, llm: Checkpoint) -> tuple[str, list[_Plan], list[
     return layout, plans, unused
 
 
-def _merged_chunks(plan: _Plan, method: str, alpha: float, density: float, seed: int) -> list[memoryview]:
+def _merged_chunks(plan: _Plan, method: str, alpha: float, density: float, seed: int) -> Iterator[memoryview]:
+    """The merged tensor's bytes, block of rows by block of rows where the method allows.
+
+    Every method but TIES is elementwise, so a large tensor (the embedding, the head) is merged
+    CHUNK_ELEMENTS at a time and memory stays at a few blocks whatever the model's size. TIES
+    trims by a magnitude threshold over the whole task vector, so it merges whole tensors.
+    DARE seeds each block's mask from the tensor's name and the block's index.
+    """
     import torch
 
-    base = plan.mm.file.read(plan.mm.key)
-    other = plan.llm.file.read(plan.llm.key)
-    if plan.shared_rows is None:
-        out = merge_tensor(base, other, method, alpha, density, seed, plan.name)
-    else:
-        # Rows the original LLM lacks (added tokens such as <image>) stay the multimodal model's.
+    info = plan.mm
+    dtype = getattr(torch, SAFETENSORS_DTYPES[info.dtype])
+    if not info.shape or method == "ties":
+        base, other = info.file.read(info.key), plan.llm.file.read(plan.llm.key)
         n = plan.shared_rows
-        out = base.clone()
-        out[:n] = merge_tensor(base[:n], other, method, alpha, density, seed, plan.name)
-    del base, other
-    if out.dtype != getattr(torch, SAFETENSORS_DTYPES[plan.mm.dtype]):
-        raise RuntimeError(f"{plan.key}: merged dtype {out.dtype} differs from the input's {plan.mm.dtype}")
-    return _tensor_bytes(out)
+        if n is None:
+            out = merge_tensor(base, other, method, alpha, density, seed, plan.name)
+        else:
+            # Rows the original LLM lacks (added tokens such as <image>) stay the multimodal model's.
+            out = base.clone()
+            out[:n] = merge_tensor(base[:n], other, method, alpha, density, seed, plan.name)
+        yield from _tensor_bytes(out)
+        return
+    rows = info.shape[0]
+    shared = rows if plan.shared_rows is None else plan.shared_rows
+    row_elems = max(1, math.prod(info.shape[1:]))
+    step = max(1, CHUNK_ELEMENTS // row_elems)
+    single = step >= rows
+    for i, start in enumerate(range(0, rows, step)):
+        stop = min(rows, start + step)
+        base = info.file.read_rows(info.key, start, stop)
+        if start < shared:
+            mid = min(stop, shared)
+            other = plan.llm.file.read_rows(plan.llm.key, start, mid)
+            name = plan.name if single else f"{plan.name}[{i}]"
+            merged = merge_tensor(base[: mid - start], other, method, alpha, density, seed, name)
+            base = merged if mid == stop else torch.cat([merged, base[mid - start :]])
+            del other, merged
+        if base.dtype != dtype:
+            raise RuntimeError(f"{plan.key}: merged dtype {base.dtype} differs from the input's {info.dtype}")
+        yield from _tensor_bytes(base)
 
 
 def _output_shards(mm: Checkpoint, plans: list[_Plan]) -> list[tuple[str, list[_Plan]]]:
@@ -252,6 +282,19 @@ def _verify_output(out: Path, plans: list[_Plan], merged: set[str]) -> None:
         )
 
 
+def default_out(config: MergeConfig) -> Path:
+    """Where a merge is written when no `out` is given: `runs/merges/<model>-<method>-a<alpha>[-d<density>]`."""
+    from mlan.runs import RUNS_DIR
+
+    name = Path(str(config.multimodal).rstrip("/")).name or "model"
+    if config.is_sweep:
+        return RUNS_DIR / "merges" / f"{name}-{config.method}-sweep"
+    tag = f"{name}-{config.method}-a{config.alphas[0]:g}"
+    if config.densities[0] != 1.0:
+        tag += f"-d{config.densities[0]:g}"
+    return RUNS_DIR / "merges" / tag
+
+
 def prepare(config: MergeConfig) -> tuple[Checkpoint, Checkpoint, str, list[_Plan], list[str]]:
     """Resolve and check both models and pair their tensors; reads headers only, writes nothing."""
     mm_dir = resolve_model_dir(config.multimodal, "multimodal model")
@@ -281,9 +324,7 @@ def merge_models(config: MergeConfig, overwrite: bool = False) -> MergeResult:
     """
     if config.is_sweep:
         raise MlanError("merge: alpha and density must be single values for one merge (lists make a sweep)")
-    if not config.out:
-        raise MlanError("merge: no output folder (pass --out DIR or set out: in the config)")
-    out = Path(config.out)
+    out = Path(config.out) if config.out else default_out(config)
     check_output_dir(out, overwrite)
     alpha, density = config.alphas[0], config.densities[0]
     t0 = time.perf_counter()
