@@ -388,7 +388,7 @@ BAD_CASES = {
     "missing file": (lambda t, d: {"dataset": str(t / "nope.jsonl"), "adapter": "arc", "count": 5}, "file not found"),
     "unknown adapter": (
         lambda t, d: {"dataset": str(d / "squad/validation.jsonl"), "adapter": "sqaud", "count": 5},
-        "sources.0.adapter: value error, unknown adapter 'sqaud' (did you mean 'squad'?)",
+        "sources.0.adapter: unknown adapter (did you mean 'squad'?) (got 'sqaud')",
     ),
     "missing column": (
         lambda t, d: {"dataset": str(d / "arc_easy/train.jsonl"), "adapter": "squad", "count": 5},

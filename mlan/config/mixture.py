@@ -7,6 +7,7 @@ import difflib
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from mlan.config.base import StrictModel
 
@@ -40,6 +41,12 @@ EVAL_TASKS = (
     "gqa",
     "scienceqa",
 )
+
+
+def _error(message: str) -> PydanticCustomError:
+    """A validation error whose message is shown as is (no "Value error," prefix)."""
+    # The message is passed as context so that braces in it are not read as placeholders.
+    return PydanticCustomError("mixture_spec", "{message}", {"message": message})
 
 
 class Columns(StrictModel):
@@ -103,7 +110,7 @@ class SourceSpec(StrictModel):
         if v not in ADAPTERS:
             close = difflib.get_close_matches(v, list(ADAPTERS), n=1, cutoff=0.5)
             hint = f"did you mean {close[0]!r}?" if close else f"valid: {', '.join(ADAPTERS)}"
-            raise ValueError(f"unknown adapter {v!r} ({hint})")
+            raise _error(f"unknown adapter ({hint})")
         return v
 
     @field_validator("covers")
@@ -111,7 +118,7 @@ class SourceSpec(StrictModel):
     def _known_tasks(cls, v: list[str] | None) -> list[str] | None:
         for task in v or []:
             if task not in EVAL_TASKS:
-                raise ValueError(f"unknown evaluation task {task!r} (valid: {', '.join(EVAL_TASKS)})")
+                raise _error(f"unknown evaluation task {task!r} (valid: {', '.join(EVAL_TASKS)})")
         return v
 
     @property
@@ -209,31 +216,29 @@ class MixtureSpec(StrictModel):
         names = [s.name for s in self.sources]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
-            raise ValueError(f"sources: duplicate source name {dup[0]!r} (names must be unique)")
+            raise _error(f"sources: duplicate source name {dup[0]!r} (names must be unique)")
         if self.modality_split is not None:
             for i, s in enumerate(self.sources):
                 if s.count is not None or s.fraction is not None:
-                    raise ValueError(
+                    raise _error(
                         f"sources.{i}.{'count' if s.count is not None else 'fraction'}: not allowed with "
                         "modality_split (use `weight` to skew a source within its modality)"
                     )
             for modality in ("language", "vision"):
                 wanted = getattr(self.modality_split, modality)
                 if wanted and not any(s.modality == modality for s in self.sources):
-                    raise ValueError(f"modality_split.{modality}: {wanted} rows asked but no {modality} source given")
+                    raise _error(f"modality_split.{modality}: {wanted} rows asked but no {modality} source given")
             total = self.modality_split.language + self.modality_split.vision
             if self.size is not None and self.size != total:
-                raise ValueError(f"size: {self.size} differs from modality_split's total {total}")
+                raise _error(f"size: {self.size} differs from modality_split's total {total}")
         else:
             for i, s in enumerate(self.sources):
                 if (s.count is None) == (s.fraction is None):
-                    raise ValueError(
-                        f"sources.{i}: give exactly one of count or fraction (or a top-level modality_split)"
-                    )
+                    raise _error(f"sources.{i}: give exactly one of count or fraction (or a top-level modality_split)")
                 if s.weight is not None:
-                    raise ValueError(f"sources.{i}.weight: only used with modality_split")
+                    raise _error(f"sources.{i}.weight: only used with modality_split")
             if self.size is not None and all(s.count is not None for s in self.sources):
                 total = sum(s.count or 0 for s in self.sources)
                 if total != self.size:
-                    raise ValueError(f"size: {self.size} differs from the sum of the sources' counts {total}")
+                    raise _error(f"size: {self.size} differs from the sum of the sources' counts {total}")
         return self
