@@ -61,7 +61,7 @@ class _Keys:
     x: torch.Tensor  # (B, n_new, d) key/value inputs of the new tokens
     cos: torch.Tensor  # rotary cos/sin at the new keys' positions
     sin: torch.Tensor
-    mask: torch.Tensor  # (B, 1, L, n_past + n_new) bool
+    mask: torch.Tensor  # (B, 1, L, n_past + n_new) additive: 0 where visible, -inf elsewhere
     keep: torch.Tensor  # (B, 1, L, 1): 0 where a query sees no key at all
 
 
@@ -88,7 +88,7 @@ class _Context:
     any_image: bool
     image_all: torch.Tensor  # (B, S) image keys of the main attention (past + new)
     positions_all: torch.Tensor  # (B, S)
-    main_mask: torch.Tensor  # (B, 1, L, S) what the main attention lets each query see
+    main_mask: torch.Tensor  # (B, 1, L, S) additive mask: what the main attention lets each query see
     keys: dict[str, _Keys | None]
     state: _CacheState | None
 
@@ -226,7 +226,7 @@ class WingsRuntime:
             seen = visible.any(-1, keepdim=True)
             x = chunk.x.gather(1, order[..., None].expand(b, width, chunk.x.shape[-1]))
             cos, sin = self.language_model.rotary_emb(x, positions.gather(1, order))
-            keys[name] = _Keys(x=x, cos=cos, sin=sin, mask=visible | ~seen, keep=seen.to(hidden.dtype))
+            keys[name] = _Keys(x=x, cos=cos, sin=sin, mask=_additive(visible | ~seen, hidden.dtype), keep=seen.to(hidden.dtype))
 
         has_image = image_all.any(1)
         if state is not None:
@@ -240,11 +240,16 @@ class WingsRuntime:
             any_image=bool(has_image.any()) and keys["visual"] is not None,
             image_all=image_all,
             positions_all=positions_all,
-            main_mask=main_mask | ~main_mask.any(-1, keepdim=True),
+            main_mask=_additive(main_mask | ~main_mask.any(-1, keepdim=True), hidden.dtype),
             keys=keys,
             state=state,
         )
         return chunk.context
+
+
+def _additive(visible: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    # Converted once per forward: SDPA would otherwise turn a boolean mask into this at every call.
+    return torch.zeros(visible.shape, dtype=dtype, device=visible.device).masked_fill_(~visible, float("-inf"))
 
 
 def _image_token_id(config) -> int:

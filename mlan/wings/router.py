@@ -50,14 +50,18 @@ def modality_features_sdpa(
 ) -> torch.Tensor:
     """(B, L, 2*heads) like `modality_features_from_probs`, from the main branch's rotated queries and keys.
 
-    query (B, heads, L, d), key (B, kv_heads, S, d), mask (B, 1, L, S) bool as in the main attention.
+    query (B, heads, L, d), key (B, kv_heads, S, d), mask (B, 1, L, S) additive, as in the main attention.
     """
     heads, kv_heads = query.shape[1], key.shape[1]
     if kv_heads != heads:
         key = key.repeat_interleave(heads // kv_heads, dim=1)
     b, s = image_keys.shape
-    values = image_keys.to(query.dtype)[:, None, :, None].expand(b, heads, s, 1)
-    image = F.scaled_dot_product_attention(query, key, values, attn_mask=mask, scale=scale).squeeze(-1)
+    # The indicator sits in the first value channel; the other channels are zero padding so that
+    # value and query have the same width, which the fused (flash / memory-efficient) kernels need.
+    values = query.new_zeros(b, 1, s, query.shape[-1])
+    values[:, 0, :, 0] = image_keys.to(query.dtype)
+    values = values.expand(b, heads, s, query.shape[-1])
+    image = F.scaled_dot_product_attention(query, key, values, attn_mask=mask, scale=scale)[..., 0]
     return _mass_features(image, torch.ones_like(image))
 
 
