@@ -381,3 +381,41 @@ def _code(t: torch.Tensor) -> str:
     from mlan.merge.layout import DTYPE_CODES
 
     return DTYPE_CODES[str(t.dtype).removeprefix("torch.")]
+
+
+def test_row_blocks_give_the_same_merge(cli, models, tmp_path, monkeypatch):
+    """Large tensors are merged block of rows by block of rows; blocks that straddle the shared
+    vocabulary rows give exactly what merging whole tensors gives."""
+    from mlan.merge import streaming
+
+    args = ("--method", "task_arithmetic", "--alpha", "0.3")
+    _merge(cli, tmp_path / "whole", models["mm"], models["llm_small_vocab"], *args)
+    monkeypatch.setattr(streaming, "CHUNK_ELEMENTS", 64 * 7)  # 7 rows of the 64-wide embedding per block
+    _merge(cli, tmp_path / "blocks", models["mm"], models["llm_small_vocab"], *args)
+    assert (tmp_path / "whole/model.safetensors").read_bytes() == (tmp_path / "blocks/model.safetensors").read_bytes()
+    _merge(
+        cli,
+        tmp_path / "dare",
+        models["mm"],
+        models["llm_small_vocab"],
+        "--method",
+        "dare_linear",
+        "--alpha",
+        "1",
+        "--density",
+        "0.5",
+    )
+    w, mm = _lm(_weights(tmp_path / "dare")), _lm(_weights(models["mm"]))
+    emb = "model.embed_tokens.weight"
+    changed = (w[emb][:-1] != mm[emb][:-1]).float().mean().item()
+    assert abs(changed - 0.5) < 0.05 and torch.equal(w[emb][-1], mm[emb][-1])
+
+
+def test_original_in_another_dtype_is_converted(cli, models, tmp_path):
+    from transformers import LlamaForCausalLM
+
+    half = tmp_path / "llm-bf16"
+    LlamaForCausalLM.from_pretrained(models["llm"], dtype=torch.bfloat16).save_pretrained(half)
+    _merge(cli, tmp_path / "m", models["mm"], half, "--method", "linear", "--alpha", "1")
+    out, llm = _lm(_weights(tmp_path / "m")), _weights(half)
+    assert all(out[k].dtype == torch.float32 and torch.equal(out[k], llm[k].float()) for k in llm)
