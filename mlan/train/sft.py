@@ -373,13 +373,23 @@ def _trainer_class():
         def _get_train_sampler(self, train_dataset=None):
             if self._row_lengths is None:
                 return super()._get_train_sampler(train_dataset)
-            return ModalityLengthGroupedSampler(
+            self._mlan_sampler = ModalityLengthGroupedSampler(
                 self._row_lengths,
                 self._row_has_image,
                 per_device_batch=self.args.per_device_train_batch_size,
                 world_size=self.args.world_size,
                 seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed,
             )
+            return self._mlan_sampler
+
+        def _run_epoch(self, *args, **kwargs):
+            # Under DDP accelerate wraps the batch sampler in a BatchSamplerShard, through which
+            # neither accelerate nor the Trainer forwards set_epoch: every epoch would repeat the
+            # first epoch's order. Set it here, where the Trainer names the epoch it starts.
+            sampler = getattr(self, "_mlan_sampler", None)
+            if sampler is not None and "epoch" in kwargs:
+                sampler.set_epoch(int(kwargs["epoch"]))
+            return super()._run_epoch(*args, **kwargs)
 
         def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
             model = model if model is not None else self.model
