@@ -419,3 +419,19 @@ def test_original_in_another_dtype_is_converted(cli, models, tmp_path):
     _merge(cli, tmp_path / "m", models["mm"], half, "--method", "linear", "--alpha", "1")
     out, llm = _lm(_weights(tmp_path / "m")), _weights(half)
     assert all(out[k].dtype == torch.float32 and torch.equal(out[k], llm[k].float()) for k in llm)
+
+
+def test_defaults_latest_run_and_extracted_language_model(cli, models, tmp_path, monkeypatch):
+    """Without --multimodal the latest finished run is merged; without --out it goes under runs/merges/.
+    The original LLM may be the multimodal model's own language model saved by `save_language_model`."""
+    from mlan.models import save_language_model
+    from mlan.runs import record_latest
+
+    monkeypatch.chdir(tmp_path)
+    base = save_language_model(models["mm"], tmp_path / "base-llm")
+    record_latest(models["mm"], "sft", Path("runs"))
+    r = cli("merge", "--original", base, "--alpha", "0.5")
+    assert r.exit_code == 0, r.output
+    out = Path("runs/merges") / f"{models['mm'].name}-task_arithmetic-a0.5"
+    merged, mm = _weights(out), _weights(models["mm"])
+    assert merged.keys() == mm.keys() and all(torch.equal(merged[k], mm[k]) for k in mm)  # same weights: no change

@@ -26,7 +26,8 @@ def merge(
         Path | None, typer.Argument(help="Merge YAML (fields of MergeConfig); options below override it.")
     ] = None,
     multimodal: Annotated[
-        str | None, typer.Option("--multimodal", help="LLaVA model folder or hub id [default: the latest run].")
+        str | None,
+        typer.Option("--multimodal", help="LLaVA model folder or hub id (default: the latest finished run)."),
     ] = None,
     original: Annotated[str | None, typer.Option("--original", help="Original LLM folder (or hub id).")] = None,
     method: Annotated[
@@ -40,7 +41,7 @@ def merge(
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of DARE's random masks.")] = None,
     out: Annotated[
-        Path | None, typer.Option("--out", help="Output folder [default: runs/merges/<model>-<method>-a<alpha>].")
+        Path | None, typer.Option("--out", help="Output folder (default: runs/merges/<model>-<method>-a<alpha>).")
     ] = None,
     suite: Annotated[
         list[str] | None, typer.Option("--suite", help="Sweep: evaluation suite to run on each point (repeatable).")
@@ -57,6 +58,8 @@ def merge(
     are copied unchanged; the output is a complete LLaVA folder.
 
     Example: mlan merge --multimodal runs/sft --original lmsys/vicuna-7b-v1.5 --method task_arithmetic --alpha 0.1 --out runs/merged
+
+    Sweep: mlan merge --multimodal runs/sft --original lmsys/vicuna-7b-v1.5 --alpha 0,0.05,0.1,0.2,0.5 --suite eight_task --suite unseen_vision --out runs/sweep
     """
     from mlan.config.base import apply_overrides, read_yaml, validate_config
     from mlan.config.merge import MergeConfig
