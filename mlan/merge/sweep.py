@@ -238,20 +238,23 @@ def _plot(report: SweepReport, path: Path) -> None:
     series = [c for c in ("language", "vision") if c in report.columns] or [c for c in report.columns if "/" in c]
     densities = list(dict.fromkeys(r.density for r in report.rows))
     styles = ["-", "--", ":", "-."]
+    colors = {name: f"C{i}" for i, name in enumerate(series)}
     for j, d in enumerate(densities):
         pts = sorted((r for r in report.rows if r.density == d), key=lambda r: r.alpha)
         for name in series:
             label = name if len(densities) == 1 else f"{name}, density {d:g}"
-            ax.plot(
-                [r.alpha for r in pts],
-                [100 * r.scores.get(name, math.nan) for r in pts],
-                styles[j % 4],
-                marker="o",
-                label=label,
-            )
+            ys = [100 * r.scores.get(name, math.nan) for r in pts]
+            ax.plot([r.alpha for r in pts], ys, styles[j % 4], color=colors[name], marker="o", label=label)
     b = report.best
+    for name in series:
+        ax.plot([b.alpha], [100 * b.scores.get(name, math.nan)], "*", color=colors[name], markersize=14)
     ax.axvline(b.alpha, color="grey", lw=0.8)
-    ax.annotate(f"best ({report.criterion}): alpha {b.alpha:g}", (b.alpha, ax.get_ylim()[1]), fontsize=8, va="top")
+    ax.annotate(
+        f"best by {report.criterion}: alpha {b.alpha:g}, density {b.density:g}",
+        (b.alpha, ax.get_ylim()[1]),
+        fontsize=8,
+        va="top",
+    )
     ax.set_xlabel("alpha (weight of the original LLM's task vector)")
     ax.set_ylabel("score (%)")
     ax.set_title(f"Merging the original LLM back ({report.method})")
