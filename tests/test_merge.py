@@ -293,6 +293,7 @@ def test_yaml_config_with_override(cli, models, tmp_path):
         ("density_method", "density: method task_arithmetic keeps the whole task vector"),
         ("bad_number", "--alpha 'x': expected a number"),
         ("no_weights", "no model weights"),
+        ("tokenizer", "tokenizers differ at id 100: "),
     ],
 )
 def test_bad_input_is_one_line_exit_2(cli, models, tmp_path, case, expected):
@@ -316,6 +317,14 @@ def test_bad_input_is_one_line_exit_2(cli, models, tmp_path, case, expected):
         extra = ["--density", "0.5"]
     elif case == "bad_number":
         extra = ["--alpha", "x"]
+    elif case == "tokenizer":
+        llm = tmp_path / "llm-other-tokenizer"
+        shutil.copytree(models["llm"], llm)
+        tok = json.loads((llm / "tokenizer.json").read_text())
+        vocab = tok["model"]["vocab"]
+        t100, t101 = (next(t for t, i in vocab.items() if i == n) for n in (100, 101))
+        vocab[t100], vocab[t101] = 101, 100
+        (llm / "tokenizer.json").write_text(json.dumps(tok))
     elif case == "no_weights":
         llm = tmp_path / "empty"
         llm.mkdir()

@@ -346,3 +346,42 @@ def llm_ties_embeddings(llm: Checkpoint) -> bool:
     if value is None:
         value = (llm.config.get("text_config") or {}).get("tie_word_embeddings", False)
     return bool(value)
+
+
+def _token_ids(path: Path) -> dict[int, str] | None:
+    """id -> token of a folder's `tokenizer.json` (vocabulary and added tokens), None when unreadable."""
+    f = path / "tokenizer.json"
+    if not f.is_file():
+        return None
+    try:
+        data = json.loads(f.read_text(encoding="utf-8"))
+        vocab = (data.get("model") or {}).get("vocab")
+        if isinstance(vocab, dict):  # BPE, WordPiece, WordLevel
+            ids = {int(i): tok for tok, i in vocab.items()}
+        elif isinstance(vocab, list):  # Unigram: [piece, score] in id order
+            ids = {i: entry[0] for i, entry in enumerate(vocab)}
+        else:
+            return None
+        ids |= {int(t["id"]): t["content"] for t in data.get("added_tokens") or []}
+        return ids
+    except (ValueError, KeyError, TypeError, IndexError):
+        return None
+
+
+def check_tokenizers(mm: Checkpoint, llm: Checkpoint, shared_rows: int) -> None:
+    """Refuse merging embedding rows that belong to different tokens.
+
+    Rows are merged by index, so the two tokenizers must agree on every shared id; added tokens
+    (LLaVA's `<image>`, padding) may only come after them. Checked when both folders have a
+    `tokenizer.json`; otherwise the shapes are all there is to go by.
+    """
+    a, b = _token_ids(mm.path), _token_ids(llm.path)
+    if a is None or b is None:
+        log.info("tokenizer.json missing in one of the models: shared vocabulary rows not checked token by token")
+        return
+    for i in range(shared_rows):
+        if i in a and i in b and a[i] != b[i]:
+            raise MlanError(
+                f"tokenizers differ at id {i}: {a[i]!r} in the multimodal model, {b[i]!r} in the original LLM; "
+                "embedding rows would be merged across different tokens (is this the LLM the model was built from?)"
+            )

@@ -31,6 +31,7 @@ from mlan.merge.layout import (
     TensorInfo,
     causal_lm_names,
     check_architectures,
+    check_tokenizers,
     detect_layout,
     is_llava,
     is_vocab_tensor,
@@ -310,6 +311,9 @@ def prepare(config: MergeConfig) -> tuple[Checkpoint, Checkpoint, str, list[_Pla
         raise MlanError(f"original LLM {llm_dir}: is a multimodal model; pass the text-only LLM it was built from")
     check_architectures(mm, llm)
     layout, plans, unused = plan_merge(mm, llm)
+    rows = [p.shared_rows or p.mm.shape[0] for p in plans if p.llm is not None and is_vocab_tensor(p.name)]
+    if rows:
+        check_tokenizers(mm, llm, min(rows))
     return mm, llm, layout, plans, unused
 
 
