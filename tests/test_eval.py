@@ -467,6 +467,8 @@ def test_bad_input_one_line_exit_2(cli, tiny_llava_dir, model_trio, eval_data, t
     empty.mkdir()
     msg = _err(cli("eval", tiny_llava_dir, "--tasks", "boolq", "--suite", "unseen_language", "--data-dir", empty))
     assert "missing local data for task 'boolq'" in msg
+    msg = _err(cli("eval", tiny_llava_dir, "--tasks", "boolq", "--suite", "unseen_language"))
+    assert "'google/boolq' is not a local path and the Hugging Face Hub is unreachable" in msg and "--data-dir" in msg
     assert "model folder not found" in _err(cli("eval", tmp_path / "nope"))
     no_weights = tmp_path / "no-weights"
     shutil.copytree(tiny_llava_dir, no_weights)

@@ -1,12 +1,13 @@
 """MLAN's zero-shot generate-then-match protocol: prompt, greedy generation, extraction, exact match.
 
-Why our own harness and not lm-eval here: the protocol primes the assistant turn
-(`... ASSISTANT: The best answer is "`) and scores by extracting the answer from free text,
-which lm-eval's generate_until tasks would need custom filters for; and for the vision tasks
-lm-eval's `hf-multimodal` model (0.4.13) builds its prompts and image inputs itself and cannot
-put the Vicuna-v1 chat prompt with a primed answer in front of a transformers 5
-`LlavaForConditionalGeneration`, so both modalities go through this one thin, batched harness
-and share one result format with the lm-eval suite.
+Why our own harness and not lm-eval here (checked with lm-eval 0.4.13 and transformers 5.23):
+lm-eval's `hf-multimodal` model does run a transformers 5 `LlavaForConditionalGeneration`
+(generate_until with an image works), but it picks the text-only or the image path for a whole
+run from its first request alone, so ScienceQA's mix of questions with and without images
+cannot run as one task; and MLAN's protocol (a Vicuna-v1 chat prompt whose assistant turn is
+primed with `The best answer is "`, then answer extraction) would need a task YAML plus custom
+filters per task. One thin harness serves both unseen suites with the same prompting,
+extraction and result format, and batches generation (see benchmarks/eval_throughput.py).
 
 The harness talks to a model only through `Generator.generate(requests, max_new_tokens, stop)`,
 so a scripted generator (tests) goes through exactly the same prompting, extraction and scoring.

@@ -73,10 +73,17 @@ def local_path(task: SuiteTask, data_dir: str | Path | None, overrides: dict[str
 
 
 def check_local_data(suite: EvalSuite, tasks: list[SuiteTask], data_dir, overrides) -> None:
-    """Fail with one line before any model is loaded if a local file that was asked for is missing."""
+    """Fail with one line before any model is loaded if a local file that was asked for is missing,
+    or if a task needs the hub and the hub is out of reach."""
+    from mlan.hub import require_hub
+
     for t in tasks:
         p = local_path(t, data_dir, overrides)
-        if p is not None and not p.is_file():
+        if p is None:
+            fix = f"pass --data-dir DIR with {t.name}/{t.hub.split}.jsonl, or --data {t.name}=FILE"
+            require_hub(t.hub.path, f"dataset of task {t.name!r}", fix)
+            continue
+        if not p.is_file():
             how = "per-task data file" if (overrides and t.name in overrides) or t.data_file else "--data-dir"
             raise MlanError(
                 f"{p}: missing local data for task {t.name!r} of suite {suite.name!r} ({how}; expected rows in the schema of {t.hub.path})"
@@ -127,7 +134,7 @@ def _load_hub(task: SuiteTask) -> TaskData:
     from mlan.hub import require_hub
 
     hub = task.hub
-    fix = f"pass --data-dir with {task.name}/{hub.split}.jsonl or --data {task.name}=FILE"
+    fix = f"pass --data-dir DIR with {task.name}/{hub.split}.jsonl, or --data {task.name}=FILE"
     require_hub(hub.path, f"dataset of task {task.name!r}", fix)
     import datasets
 
