@@ -487,3 +487,36 @@ def test_bad_input_one_line_exit_2(cli, tiny_llava_dir, model_trio, eval_data, t
     )
     assert "did you mean 'boolq'" in _err(cli("eval", tiny_llava_dir, "--suite", bad))
     assert "--reference" in _err(cli("eval", tiny_llava_dir, "--reference", "other", "--data-dir", eval_data))
+
+
+def test_hub_loading_joins_gqa_images(monkeypatch):
+    """Hub path (no network here): rows come from datasets.load_dataset; GQA's images, kept in a
+    second config, are joined on imageId."""
+    import datasets
+    from PIL import Image
+
+    import mlan.hub
+    from mlan.evaluate import load_suite
+    from mlan.evaluate.tasks import load_task_data, to_items
+
+    img = Image.new("RGB", (8, 8))
+    tables = {
+        ("lmms-lab/GQA", "testdev_balanced_instructions", "testdev"): GQA_ROWS[:2],
+        ("lmms-lab/GQA", "testdev_balanced_images", "testdev"): [
+            {"id": r["imageId"], "image": img} for r in reversed(GQA_ROWS[:2])
+        ],
+    }
+    calls = []
+
+    def fake_load(path, name=None, split=None):
+        calls.append((path, name, split))
+        return datasets.Dataset.from_list(tables[(path, name, split)])
+
+    monkeypatch.setattr(mlan.hub, "require_hub", lambda *a, **k: None)
+    monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    task = load_suite("unseen_vision").task("gqa")
+    data = load_task_data(task)
+    items = to_items(task, data)
+    assert data.source == "hub:lmms-lab/GQA/testdev_balanced_instructions[testdev]"
+    assert [it.answer for it in items] == ["man", "clock"] and all(it.image.size == (8, 8) for it in items)
+    assert len(calls) == 2
