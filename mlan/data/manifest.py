@@ -74,7 +74,7 @@ def build_manifest(
     if checker is not None:
         contamination.update(
             method=f"normalised exact match, or >= {checker.threshold:g} of the word {checker.n}-grams of the shorter "
-            "question shared with one evaluation question",
+            "question shared with one evaluation question; counts cover every row examined while sampling",
             drop=spec.contamination.drop,
             tasks={task: vars(r) for task, r in sorted(checker.reports.items())},
         )
