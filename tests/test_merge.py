@@ -397,11 +397,20 @@ def test_row_blocks_give_the_same_merge(cli, models, tmp_path, monkeypatch):
     vocabulary rows give exactly what merging whole tensors gives."""
     from mlan.merge import streaming
 
-    args = ("--method", "task_arithmetic", "--alpha", "0.3")
-    _merge(cli, tmp_path / "whole", models["mm"], models["llm_small_vocab"], *args)
-    monkeypatch.setattr(streaming, "CHUNK_ELEMENTS", 64 * 7)  # 7 rows of the 64-wide embedding per block
-    _merge(cli, tmp_path / "blocks", models["mm"], models["llm_small_vocab"], *args)
-    assert (tmp_path / "whole/model.safetensors").read_bytes() == (tmp_path / "blocks/model.safetensors").read_bytes()
+    mm, llm = _lm(_weights(models["mm"])), _weights(models["llm_small_vocab"])
+    emb = "model.embed_tokens.weight"
+    for method in ("task_arithmetic", "ties"):
+        args = ("--method", method, "--alpha", "0.3", *(("--density", "0.4") if method == "ties" else ()))
+        whole, blocks = tmp_path / f"{method}-whole", tmp_path / f"{method}-blocks"
+        _merge(cli, whole, models["mm"], models["llm_small_vocab"], *args)
+        with monkeypatch.context() as m:
+            m.setattr(streaming, "CHUNK_ELEMENTS", 64 * 7)  # 7 rows of the 64-wide embedding per block
+            _merge(cli, blocks, models["mm"], models["llm_small_vocab"], *args)
+        assert (whole / "model.safetensors").read_bytes() == (blocks / "model.safetensors").read_bytes()
+        n = llm[emb].shape[0]
+        expected = merge_tensor(mm[emb][:n], llm[emb], method, 0.3, 0.4 if method == "ties" else 1.0)
+        assert torch.equal(_lm(_weights(whole))[emb][:n], expected)
+    monkeypatch.setattr(streaming, "CHUNK_ELEMENTS", 64 * 7)
     _merge(
         cli,
         tmp_path / "dare",
@@ -414,8 +423,7 @@ def test_row_blocks_give_the_same_merge(cli, models, tmp_path, monkeypatch):
         "--density",
         "0.5",
     )
-    w, mm = _lm(_weights(tmp_path / "dare")), _lm(_weights(models["mm"]))
-    emb = "model.embed_tokens.weight"
+    w = _lm(_weights(tmp_path / "dare"))
     changed = (w[emb][:-1] != mm[emb][:-1]).float().mean().item()
     assert abs(changed - 0.5) < 0.05 and torch.equal(w[emb][-1], mm[emb][-1])
 

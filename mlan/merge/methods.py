@@ -48,29 +48,54 @@ def tensor_seed(seed: int, name: str) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
-def magnitude_trim(delta: torch.Tensor, density: float) -> torch.Tensor:
-    """Zero all but the ``max(1, int(density * n))`` entries of largest magnitude, in place.
-
-    The count is mergekit's; ties at the threshold are broken by position (first ones kept), so
-    exactly that many entries survive.
-    """
+def trim_threshold(magnitudes: torch.Tensor, density: float) -> tuple[torch.Tensor, int]:
+    """TIES' trim over a flat tensor of |task vector| entries: the k-th largest magnitude, with
+    ``k = max(1, int(density * n))`` (mergekit's count), and how many entries equal to it are kept
+    so that exactly k survive (ties at the threshold are broken by position, first ones kept)."""
     import torch
 
-    n = delta.numel()
-    if density >= 1 or n == 0:
-        return delta
+    n = magnitudes.numel()
     k = max(1, int(density * n))
+    threshold = torch.kthvalue(magnitudes, n - k + 1).values
+    return threshold, k - int((magnitudes > threshold).sum())
+
+
+def apply_trim(delta: torch.Tensor, threshold: torch.Tensor, ties_left: int) -> int:
+    """Zero the entries of ``delta`` below the threshold, in place, keeping at most ``ties_left``
+    entries equal to it (the first ones); returns how many tied entries may still be kept after it.
+    Applied block by block in order, it gives exactly what one pass over the whole tensor gives."""
     flat = delta.view(-1)
     mag = flat.abs()
-    threshold = torch.kthvalue(mag, n - k + 1).values
     keep = mag > threshold
-    missing = k - int(keep.sum())
-    if missing > 0:
-        tied = (mag == threshold).nonzero().view(-1)[:missing]
+    if ties_left > 0:
+        tied = (mag == threshold).nonzero().view(-1)[:ties_left]
         keep[tied] = True
+        ties_left -= tied.numel()
     del mag
     flat.mul_(keep)
+    return ties_left
+
+
+def magnitude_trim(delta: torch.Tensor, density: float) -> torch.Tensor:
+    """Zero all but the ``max(1, int(density * n))`` entries of largest magnitude, in place."""
+    if density >= 1 or delta.numel() == 0:
+        return delta
+    threshold, ties = trim_threshold(delta.abs().view(-1), density)
+    apply_trim(delta, threshold, ties)
     return delta
+
+
+def task_vector(base: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """``other - base`` in float32 (float64 stays float64): the original LLM's task vector."""
+    import torch
+
+    work = torch.float64 if base.dtype == torch.float64 else torch.float32
+    return torch.sub(other.to(work), base.to(work))
+
+
+def add_task_vector(base: torch.Tensor, delta: torch.Tensor, alpha: float) -> torch.Tensor:
+    """``base + alpha * delta`` in the base's dtype, reusing ``delta``'s buffer."""
+    return delta.mul_(alpha).add_(base.to(delta.dtype)).to(base.dtype)
 
 
 def random_drop(delta: torch.Tensor, density: float, generator: torch.Generator) -> torch.Tensor:
@@ -105,17 +130,16 @@ def merge_tensor(
         raise ValueError(f"unknown merge method {method!r} (expected one of {', '.join(METHODS)})")
     if base.shape != other.shape:
         raise ValueError(f"{name}: shapes differ: {tuple(base.shape)} vs {tuple(other.shape)}")
-    work = torch.float64 if base.dtype == torch.float64 else torch.float32
-    b = base.to(work)
     if method == "linear":
         # (1 - alpha) * b + alpha * o, written so that alpha 0 and alpha 1 are exact.
-        out = torch.mul(other.to(work), alpha).add_(b, alpha=1.0 - alpha)
+        work = torch.float64 if base.dtype == torch.float64 else torch.float32
+        out = torch.mul(other.to(work), alpha).add_(base.to(work), alpha=1.0 - alpha)
         return out.to(base.dtype)
-    delta = torch.sub(other.to(work), b)
+    delta = task_vector(base, other)
     if method == "ties":
         magnitude_trim(delta, density)
     elif method in RANDOM_METHODS:
         gen = torch.Generator().manual_seed(tensor_seed(seed, name))
         random_drop(delta, density, gen)
     # delta becomes the result in place: one full-size buffer fewer at the peak.
-    return delta.mul_(alpha).add_(b).to(base.dtype)
+    return add_task_vector(base, delta, alpha)

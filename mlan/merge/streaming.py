@@ -40,7 +40,7 @@ from mlan.merge.layout import (
     open_checkpoint,
     resolve_model_dir,
 )
-from mlan.merge.methods import merge_tensor
+from mlan.merge.methods import add_task_vector, apply_trim, merge_tensor, task_vector, trim_threshold
 
 if TYPE_CHECKING:
     from mlan.config.merge import MergeConfig
@@ -48,7 +48,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MANIFEST = "merge_manifest.json"
-# Elements merged at a time in elementwise methods: 4M, so float32 work buffers are 16 MB each.
+# Elements merged at a time: 4M, so float32 work buffers are 16 MB each.
 # Part of DARE's seeding (one mask per block), so changing it changes DARE results.
 CHUNK_ELEMENTS = 1 << 22
 
@@ -195,46 +195,62 @@ def plan_merge(mm: Checkpoint, llm: Checkpoint) -> tuple[str, list[_Plan], list[
 
 
 def _merged_chunks(plan: _Plan, method: str, alpha: float, density: float, seed: int) -> Iterator[memoryview]:
-    """The merged tensor's bytes, block of rows by block of rows where the method allows.
+    """The merged tensor's bytes, block of rows by block of rows.
 
     Every method but TIES is elementwise, so a large tensor (the embedding, the head) is merged
     CHUNK_ELEMENTS at a time and memory stays at a few blocks whatever the model's size. TIES
-    trims by a magnitude threshold over the whole task vector, so it merges whole tensors.
-    DARE seeds each block's mask from the tensor's name and the block's index.
+    trims by a magnitude threshold over the whole task vector: a first pass over the blocks
+    collects the magnitudes (one float32 copy of the tensor) for the threshold, the second applies
+    it block by block, which gives exactly the whole-tensor result. DARE seeds each block's mask
+    from the tensor's name and the block's index.
     """
     import torch
 
     info = plan.mm
     dtype = getattr(torch, SAFETENSORS_DTYPES[info.dtype])
-    if not info.shape or method == "ties":
+    if not info.shape:
         base, other = info.file.read(info.key), plan.llm.file.read(plan.llm.key)
-        n = plan.shared_rows
-        if n is None:
-            out = merge_tensor(base, other, method, alpha, density, seed, plan.name)
-        else:
-            # Rows the original LLM lacks (added tokens such as <image>) stay the multimodal model's.
-            out = base.clone()
-            out[:n] = merge_tensor(base[:n], other, method, alpha, density, seed, plan.name)
-        yield from _tensor_bytes(out)
+        yield from _tensor_bytes(merge_tensor(base, other, method, alpha, density, seed, plan.name))
         return
     rows = info.shape[0]
     shared = rows if plan.shared_rows is None else plan.shared_rows
-    row_elems = max(1, math.prod(info.shape[1:]))
-    step = max(1, CHUNK_ELEMENTS // row_elems)
-    single = step >= rows
-    for i, start in enumerate(range(0, rows, step)):
-        stop = min(rows, start + step)
-        base = info.file.read_rows(info.key, start, stop)
-        if start < shared:
-            mid = min(stop, shared)
-            other = plan.llm.file.read_rows(plan.llm.key, start, mid)
-            name = plan.name if single else f"{plan.name}[{i}]"
-            merged = merge_tensor(base[: mid - start], other, method, alpha, density, seed, name)
-            base = merged if mid == stop else torch.cat([merged, base[mid - start :]])
-            del other, merged
-        if base.dtype != dtype:
-            raise RuntimeError(f"{plan.key}: merged dtype {base.dtype} differs from the input's {info.dtype}")
-        yield from _tensor_bytes(base)
+    row_elems = math.prod(info.shape[1:])
+    step = max(1, CHUNK_ELEMENTS // max(1, row_elems))
+    blocks = [(start, min(rows, start + step)) for start in range(0, rows, step)]
+
+    def pair(start: int, stop: int):
+        mid = min(stop, shared)
+        return info.file.read_rows(info.key, start, stop), plan.llm.file.read_rows(plan.llm.key, start, mid), mid
+
+    trim = None
+    if method == "ties" and density < 1:
+        work = torch.float64 if dtype == torch.float64 else torch.float32
+        flat = torch.empty(shared * row_elems, dtype=work)
+        for start, stop in blocks:
+            if start < shared:
+                base, other, mid = pair(start, stop)
+                flat[start * row_elems : mid * row_elems] = task_vector(base[: mid - start], other).abs_().view(-1)
+                del base, other
+        threshold, ties_left = trim_threshold(flat, density)
+        del flat
+        trim = [threshold, ties_left]
+    for i, (start, stop) in enumerate(blocks):
+        if start >= shared:  # rows the original LLM lacks (added tokens such as <image>) stay as they are
+            out = info.file.read_rows(info.key, start, stop)
+        else:
+            base, other, mid = pair(start, stop)
+            if trim is not None:
+                delta = task_vector(base[: mid - start], other)
+                trim[1] = apply_trim(delta, trim[0], trim[1])
+                merged = add_task_vector(base[: mid - start], delta, alpha)
+            else:
+                name = plan.name if len(blocks) == 1 else f"{plan.name}[{i}]"
+                merged = merge_tensor(base[: mid - start], other, method, alpha, density, seed, name)
+            out = merged if mid == stop else torch.cat([merged, base[mid - start :]])
+            del base, other, merged
+        if out.dtype != dtype:
+            raise RuntimeError(f"{plan.key}: merged dtype {out.dtype} differs from the input's {info.dtype}")
+        yield from _tensor_bytes(out)
 
 
 def _output_shards(mm: Checkpoint, plans: list[_Plan]) -> list[tuple[str, list[_Plan]]]:
