@@ -1,8 +1,9 @@
-"""Merging tensor by tensor: read one tensor of each model, merge, append it to the output shard.
+"""Merging tensor by tensor: read one block of rows of each model, merge, append it to the output shard.
 
-Peak memory stays near the few largest tensors (the multimodal tensor, the original's, the task
-vector), not the size of one model, let alone two. The output mirrors the multimodal model's
-sharding and key layout, so `from_pretrained` loads it exactly as it loads the input.
+Peak memory stays at a few blocks of rows (16 MB float32 buffers; for TIES also one float32 copy
+of the tensor's magnitudes, so near the largest tensor), not the size of one model, let alone
+two. The output mirrors the multimodal model's sharding and key layout, so `from_pretrained`
+loads it exactly as it loads the input.
 
 The output safetensors files are written by hand (8-byte header length, JSON header, then each
 tensor's bytes) because `safetensors.torch.save_file` needs every tensor of a file in memory at
