@@ -103,18 +103,16 @@ def mixture_dir(tmp_path_factory, shared_data) -> Path:
     return make_mixture(tmp_path_factory.mktemp("mix") / "mixture", shared_data)
 
 
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path, monkeypatch):
+    """Run in a scratch folder: `mlan sft` records its run under ./runs/."""
+    monkeypatch.chdir(tmp_path)
+
+
 def _sft_args(model_dir: Path, mixture: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        "sft",
-        "tiny",
-        "-o",
-        f"model.path={model_dir}",
-        "-o",
-        f"data.mixture={mixture}",
-        "-o",
-        f"output.dir={out}",
-        *extra,
-    ]
+    """`mlan sft tiny` (the shipped recipe) on a given model and built mixture folder."""
+    data = ["-o", "data.spec=", "-o", f"data.mixture={mixture}"]
+    return ["sft", "tiny", "-o", f"model.path={model_dir}", *data, "-o", f"output.dir={out}", *extra]
 
 
 def _weights(folder: Path) -> dict:
@@ -256,6 +254,20 @@ def test_sft_tiny_full(cli, tiny_llava_dir, mixture_dir, tmp_path):
     # The output folder is never replaced silently.
     r = cli(*_sft_args(tiny_llava_dir, mixture_dir, out))
     assert r.exit_code == 2 and "already exists" in r.stderr
+
+
+def test_sft_tiny_recipe_builds_the_quickstart_mixture(cli, tiny_llava_dir, tmp_path):
+    """The shipped tiny recipe as is (data.spec: quickstart): the mixture is built, then trained on."""
+    r = cli("sft", "tiny", "-o", f"model.path={tiny_llava_dir}", "-o", "training.max_steps=12")
+    assert r.exit_code == 0, r.output
+    out = tmp_path / "runs" / "tiny"
+    manifest = json.loads((tmp_path / "runs" / "mixtures" / "quickstart" / "manifest.json").read_text())
+    assert json.loads((out / "mixture_manifest.json").read_text()) == manifest
+    assert {"arc_easy", "commonsense_qa"} <= set(manifest["covers_eval_tasks"])
+    res = json.loads((out / "train_results.json").read_text())
+    assert res["rows"]["language"] > 0 and res["rows"]["vision"] > 0 and res["steps"] == 12
+    assert res["last_loss"] < res["first_loss"]
+    assert json.loads((tmp_path / "runs" / "latest.json").read_text())["path"] == str(out.resolve())
 
 
 @pytest.mark.parametrize("method", ["lora", "qlora"])

@@ -51,7 +51,7 @@ def test_two_cpu_processes_train_one_model(tiny_llava_dir, shared_data, tmp_path
         str(accelerate), "launch", "--config_file", str(REPO / "recipes" / "accelerate" / "cpu_ddp.yaml"),
         "--main_process_port", str(_free_port()), "-m", "mlan", "-q", "sft", str(tmp_path / "r.yaml"),
     ]  # fmt: skip
-    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=420)
+    p = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=420)
     assert p.returncode == 0, (p.stdout + p.stderr)[-4000:]
 
     res = json.loads((out / "train_results.json").read_text())
@@ -63,4 +63,5 @@ def test_two_cpu_processes_train_one_model(tiny_llava_dir, shared_data, tmp_path
     base, trained = load_file(str(tiny_llava_dir / "model.safetensors")), load_file(str(out / "model.safetensors"))
     assert any(not torch.equal(v, trained[k]) for k, v in base.items() if "language_model" in k)
     assert all(torch.equal(v, trained[k]) for k, v in base.items() if "vision_tower" in k)
-    assert p.stdout.count("SFT: ddp") == 1  # one summary, from the main process
+    assert p.stdout.count("SFT: r") == 1  # one summary, from the main process
+    assert json.loads((tmp_path / "runs" / "latest.json").read_text())["path"] == str(out.resolve())

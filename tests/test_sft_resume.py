@@ -16,6 +16,12 @@ from test_sft import make_mixture
 pytestmark = pytest.mark.slow
 
 
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path, monkeypatch):
+    """Run in a scratch folder: `mlan sft` records its run under ./runs/."""
+    monkeypatch.chdir(tmp_path)
+
+
 def _recipe(path: Path, model: Path, mixture: Path, out: Path) -> Path:
     recipe = {
         "model": {"path": str(model)},

@@ -28,15 +28,20 @@ def sft(
     the last one. For several GPUs run the same command under `accelerate launch`
     (configs in recipes/accelerate/).
 
-    Example: mlan sft recipes/tiny.yaml -o training.max_steps=20 -o output.dir=runs/sft-tiny
+    Example: mlan sft recipes/tiny.yaml -o training.max_steps=20 -o output.dir=runs/tiny-short
     """
     from mlan.config.recipe import SFTRecipe
     from mlan.train.sft import run_sft
 
     config = load(recipe, "recipes", SFTRecipe, overrides)
+    if config.name is None:
+        config.name = Path(recipe).stem
     res = run_sft(config, resume=resume, overwrite=overwrite)
     if not res.is_main_process:
         return
+    from mlan.runs import record_latest
+
+    record_latest(res.output_dir, "sft")  # `mlan eval` and `mlan merge` default to the newest run
     from rich.table import Table
 
     def f(x):

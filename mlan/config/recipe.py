@@ -68,9 +68,9 @@ class DataSection(StrictModel):
     mixture: str | None = None
     """A built mixture folder (DatasetDict with train/validation + manifest.json)."""
     spec: str | None = None
-    """A mixture spec YAML (`data_mixtures/*.yaml`), built into `build_dir` first when that folder does not exist yet."""
+    """A mixture spec (`data_mixtures/*.yaml` path or shipped name), built first unless `build_dir` holds it already."""
     build_dir: str | None = None
-    """Where `spec` is built; default `runs/mixtures/<spec name>`."""
+    """Where `spec` is built; default `runs/mixtures/<mixture name>` (where `mlan build-mixture` writes it)."""
     eval_at_end: bool = True
     """Compute the loss on the mixture's validation split after training (reported in the model card)."""
 
@@ -144,8 +144,9 @@ class TrainingSection(StrictModel):
 class OutputSection(StrictModel):
     """Where the trained model goes and what is kept."""
 
-    dir: str
-    """Output folder: a Hugging Face LLaVA folder (or a LoRA adapter folder) with recipe, logs and model card."""
+    dir: str | None = None
+    """Output folder: a Hugging Face LLaVA folder (or LoRA adapter folder) with recipe, logs, model card;
+    default `runs/<recipe name>`."""
     merge_lora: bool = False
     """For lora/qlora: also write the adapter merged into the base weights, as a full LLaVA folder in `merged/`."""
     keep_checkpoints: bool = False
@@ -156,7 +157,8 @@ class SFTRecipe(StrictModel):
     """One fine-tuning run of a LLaVA-style model with TRL's SFTTrainer."""
 
     name: str | None = None
-    """Short name for the run (model card title); default: the output folder's name."""
+    """Short name for the run (model card title, default output folder `runs/<name>`); the CLI defaults it to
+    the recipe file's name."""
     description: str | None = None
     """What this recipe is for (copied into the model card)."""
     model: ModelSection
@@ -167,7 +169,7 @@ class SFTRecipe(StrictModel):
     """The training mixture."""
     training: TrainingSection = Field(default_factory=TrainingSection)
     """Optimisation settings."""
-    output: OutputSection
+    output: OutputSection = Field(default_factory=OutputSection)
     """Output folder and what is written there."""
 
     @model_validator(mode="after")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import hashlib
+import json
 import logging
 import os
 import re
@@ -105,9 +106,18 @@ class SFTResult:
         return d
 
 
+def output_dir(recipe: SFTRecipe) -> Path:
+    """The run's output folder: `output.dir`, or `runs/<name>` (where eval and merge look by default)."""
+    if recipe.output.dir:
+        return Path(recipe.output.dir).expanduser()
+    from mlan.runs import run_dir
+
+    return run_dir(recipe.name or "sft")
+
+
 def checkpoint_dir(recipe: SFTRecipe) -> Path:
     """Where the resumable checkpoints of a recipe's run live: beside the output folder."""
-    out = Path(recipe.output.dir).expanduser()
+    out = output_dir(recipe)
     return out.parent / f"{out.name}.checkpoints"
 
 
@@ -131,31 +141,45 @@ def resolve_mixture(recipe: SFTRecipe) -> Path:
     data = recipe.data
     if data.mixture is not None:
         return Path(data.mixture).expanduser()
+    from mlan.config.base import load_config
+    from mlan.config.mixture import MixtureSpec
     from mlan.paths import resolve_config
+    from mlan.runs import mixture_dir
 
     spec_path = resolve_config(data.spec, "data_mixtures")
-    build_dir = Path(data.build_dir or f"runs/mixtures/{spec_path.stem}").expanduser()
+    spec = load_config(spec_path, MixtureSpec)
+    build_dir = Path(data.build_dir).expanduser() if data.build_dir else mixture_dir(spec.name)
     if (build_dir / "manifest.json").is_file():
-        log.info("using the mixture already built at %s (delete it to rebuild from %s)", build_dir, spec_path)
+        built = json.loads((build_dir / "manifest.json").read_text(encoding="utf-8"))
+        # The mixture stage hashes its resolved spec: a folder built from another version of it is stale.
+        want = _spec_hash(spec)
+        if want is not None and built.get("config_hash") not in (None, want):
+            raise MlanError(
+                f"data.spec {data.spec}: {build_dir} was built from a different spec "
+                f"(config hash {built.get('config_hash')} != {want}); rebuild it with "
+                f"`mlan build-mixture {spec_path} --out {build_dir} --overwrite` or set data.build_dir"
+            )
+        log.info("using the mixture already built at %s", build_dir)
         return build_dir
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise MlanError(
             f"data.spec {data.spec}: build the mixture once before a multi-process run "
-            f"(mlan build-mixture {spec_path} ...) and point data.mixture at it"
+            f"(mlan build-mixture {spec_path} --out {build_dir})"
         )
-    try:
-        from mlan.data import build_mixture
-    except ImportError:
-        raise MlanError(
-            f"data.spec {data.spec}: mixture building is not available in this install; "
-            "build it with `mlan build-mixture` and set data.mixture"
-        ) from None
-    from mlan.config.base import load_config
-    from mlan.config.mixture import MixtureSpec
+    from mlan.data.mixture import build_mixture
 
     log.info("building mixture %s into %s", spec_path, build_dir)
-    build_mixture(load_config(spec_path, MixtureSpec), build_dir)
+    build_mixture(spec, build_dir)
     return build_dir
+
+
+def _spec_hash(spec) -> str | None:
+    """The mixture stage's config hash of a spec, when it exposes one."""
+    try:
+        from mlan.data.manifest import config_hash
+    except ImportError:
+        return None
+    return config_hash(spec)
 
 
 def inspect_model(recipe: SFTRecipe) -> ModelInfo:
@@ -517,7 +541,7 @@ def run_sft(recipe: SFTRecipe, *, resume: bool | None = None, overwrite: bool = 
     existing output folder. Under `accelerate launch` every process calls this; only the main
     process writes the output folder (its result has `is_main_process=True`).
     """
-    out = Path(recipe.output.dir).expanduser()
+    out = output_dir(recipe)
     ckpt_dir = checkpoint_dir(recipe)
     check_output_dir(out, overwrite)
 
