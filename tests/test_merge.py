@@ -118,6 +118,7 @@ def models(tiny_llava_dir, tmp_path_factory) -> dict[str, Path]:
     new = root / "mm-new-sharded"
     llava.save_pretrained(new, save_original_format=False, max_shard_size="400KB")
     _copy_side(tiny_llava_dir, new)
+    (new / "mixture_manifest.json").write_text(json.dumps({"name": "mlan", "covers_eval_tasks": ["arc_easy"]}))
     paths["mm_new_sharded"] = new
 
     binary = root / "mm-bin"
@@ -223,6 +224,8 @@ def test_new_layout_sharded_and_bin_give_the_same_merge(cli, models, tmp_path):
     old, new, binary = _weights(tmp_path / "old"), _weights(tmp_path / "new"), _weights(tmp_path / "bin")
     assert any(k.startswith("model.language_model.") for k in new)  # the input's layout is kept
     assert len(list((tmp_path / "new").glob("model-*.safetensors"))) > 1
+    manifest = (models["mm_new_sharded"] / "mixture_manifest.json").read_bytes()
+    assert (tmp_path / "new" / "mixture_manifest.json").read_bytes() == manifest  # evaluation marks seen tasks by it
     index = json.loads((tmp_path / "new" / "model.safetensors.index.json").read_text())
     assert set(index["weight_map"]) == set(new)
     assert binary.keys() == old.keys()
