@@ -78,7 +78,7 @@ class TinySize:
 
 
 SIZES: dict[str, TinySize] = {
-    # ~0.3M parameters: unit tests, seconds per training step on one CPU core.
+    # ~0.4M parameters: unit tests, seconds per training step on one CPU core.
     "tiny": TinySize(
         hidden=64, layers=2, heads=4, kv_heads=2, intermediate=128, vision_hidden=32, vision_layers=2, vision_heads=2
     ),
