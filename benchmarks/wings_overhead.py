@@ -14,7 +14,8 @@ as the processor builds them. Variants, each on a fresh copy of the same model:
 
 Each variant trains like Wings stage 2 (language model + projector [+ learners + router]; vision
 tower frozen), so the training step does the same work apart from the learners. Times are
-medians over `--repeats` after one warm-up. Memory: on CUDA the peak allocated memory of one
+medians over `--repeats` after one warm-up, taken round-robin over the variants
+(so that load from other processes falls on all of them alike). Memory: on CUDA the peak allocated memory of one
 training step above what was allocated before it; on CPU (no allocator statistics) the bytes of
 the tensors kept for backward plus the gradients of one training step, counted with
 torch.autograd's saved-tensor hooks (storages counted once). Ratios are against the base model
@@ -59,16 +60,20 @@ def build_batch(processor, rows: int):
     return processor(text=texts, images=images, return_tensors="pt", padding=True)
 
 
-def timed(fn, repeats: int, sync) -> float:
-    fn()  # warm-up
+def timed_round_robin(fn, models, repeats: int, sync) -> list[float]:
+    """Median seconds of `fn(model)` per model; the repeats go round the models in turn, so that
+    load from other processes on a shared machine falls on every variant alike."""
+    for model in models:  # warm-up
+        fn(model)
     sync()
-    times = []
+    times: list[list[float]] = [[] for _ in models]
     for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+        for i, model in enumerate(models):
+            t = time.perf_counter()
+            fn(model)
+            sync()
+            times[i].append(time.perf_counter() - t)
+    return [statistics.median(t) for t in times]
 
 
 def train_step(model, inputs, labels):
@@ -109,6 +114,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--new-tokens", type=int, default=16, help="tokens generated in the generation timing")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
 
@@ -123,13 +129,17 @@ def main() -> None:
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     torch.manual_seed(0)
     base, processor = build_tiny_llava(args.size, seed=0)
+    dtype = getattr(torch, args.dtype)
+    base = base.to(dtype)
     inputs = build_batch(processor, args.batch).to(device)
+    inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
     labels = inputs["input_ids"].masked_fill(inputs["attention_mask"] == 0, -100)
     n_image = sum(1 for i in range(args.batch) if i % 2 == 0)
     print(
         f"model: tiny LLaVA '{args.size}' ({sum(p.numel() for p in base.parameters()) / 1e6:.1f}M parameters), "
         f"batch {args.batch} rows ({n_image} with an image, {args.batch - n_image} text-only) x "
-        f"{inputs['input_ids'].shape[1]} tokens, rank {args.rank}, device {device}, {torch.get_num_threads()} threads"
+        f"{inputs['input_ids'].shape[1]} tokens, rank {args.rank}, {args.dtype}, "
+        f"device {torch.cuda.get_device_name() if device.type == 'cuda' else f'cpu ({torch.get_num_threads()} threads)'}"
     )
 
     variants = [
@@ -140,6 +150,7 @@ def main() -> None:
         ("wings attention (eager)", "eager", "attention"),
     ]
     results = []
+    models = []
     for name, attn, router in variants:
         model = copy.deepcopy(base).to(device)
         model.set_attn_implementation(attn)
@@ -159,32 +170,29 @@ def main() -> None:
             for module in (model.model.language_model, model.model.multi_modal_projector, model.lm_head):
                 for p in module.parameters():
                     p.requires_grad_(True)
+        models.append(model)
+        results.append({"variant": name, "attn": attn, "params_added": added})
 
-        def forward(model=model):
-            with torch.no_grad():
-                model(**inputs)
+    def forward(model):
+        with torch.no_grad():
+            model(**inputs)
 
-        def generate(model=model):
-            model.generate(**inputs, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False)
+    def generate(model):
+        model.generate(**inputs, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False)
 
-        model.eval()
-        fwd = timed(forward, args.repeats, sync)
-        gen = timed(generate, max(1, args.repeats // 2), sync)
-        model.train()
-        step = timed(lambda model=model: train_step(model, inputs, labels), args.repeats, sync)
-        mem = step_memory(model, inputs, labels, device)
-        results.append(
-            {
-                "variant": name,
-                "attn": attn,
-                "params_added": added,
-                "forward_s": fwd,
-                "train_step_s": step,
-                "generate_s": gen,
-                "memory_bytes": mem,
-            }
-        )
-        del model
+    for key, fn, train, repeats in (
+        ("forward_s", forward, False, args.repeats),
+        ("generate_s", generate, False, max(1, args.repeats // 2)),
+        ("train_step_s", lambda model: train_step(model, inputs, labels), True, args.repeats),
+    ):
+        for model in models:
+            model.train(train)
+        for r, t in zip(results, timed_round_robin(fn, models, repeats, sync), strict=True):
+            r[key] = t
+        print(f"  timed {key[:-2]}", file=sys.stderr)
+    for r, model in zip(results, models, strict=True):
+        r["memory_bytes"] = step_memory(model, inputs, labels, device)
+    del models
 
     base_of = {r["attn"]: r for r in results if r["params_added"] == 0}
     n_base = sum(p.numel() for p in base.parameters())
@@ -211,7 +219,10 @@ def main() -> None:
     )
     if args.json:
         args.json.write_text(
-            json.dumps({"device": str(device), "size": args.size, "rank": args.rank, "results": results}, indent=2)
+            json.dumps(
+                {"device": str(device), "dtype": args.dtype, "size": args.size, "rank": args.rank, "results": results},
+                indent=2,
+            )
         )
 
 

@@ -17,6 +17,7 @@ from mlan.wings import (
     add_wings,
     is_wings_dir,
     load_wings_model,
+    load_wings_weights,
     save_wings_model,
     wings_layers,
     wings_parameter_groups,
@@ -170,6 +171,8 @@ def test_save_and_load_round_trip(tiny, tmp_path):
     from safetensors import safe_open
     from transformers import LlavaForConditionalGeneration
 
+    from mlan.models import extract_language_model
+
     base = copy.deepcopy(tiny[0])
     inputs = _batch(tiny, MIXED)
     base_logits = _logits(base, inputs)
@@ -190,6 +193,22 @@ def test_save_and_load_round_trip(tiny, tmp_path):
     # Saving again over it needs overwrite.
     with pytest.raises(MlanError, match="already exists"):
         save_wings_model(loaded, out, processor)
+    # The text-only LLM extracted for text evaluation keeps the (textual) learners.
+    text = _batch(tiny, [MIXED[0]])
+    lm = extract_language_model(loaded)
+    assert torch.equal(lm(**text).logits, _logits(loaded, text))
+    # save_pretrained itself (what the Trainer calls, with a full state dict) writes the same layout,
+    # and load_wings_weights restores the learners into a fresh Wings model (resume).
+    ckpt = tmp_path / "checkpoint"
+    model.save_pretrained(ckpt, state_dict=model.state_dict())
+    tiny[1].save_pretrained(ckpt)
+    with safe_open(str(ckpt / "model.safetensors"), "pt") as f:
+        assert not any("wings" in k for k in list(f.keys()))
+    assert torch.equal(_logits(load_wings_model(ckpt, device="cpu")[0], inputs), expected)
+    fresh = add_wings(copy.deepcopy(tiny[0]), WingsConfig(rank=8, layers=[1]))
+    load_wings_weights(fresh, ckpt)
+    assert torch.equal(_logits(fresh, inputs), expected)
+    assert torch.equal(_logits(copy.deepcopy(fresh), inputs), expected)
 
 
 def _train_step(model, inputs):

@@ -6,10 +6,13 @@ Public API:
 - `wings_parameter_groups(model, stage, config) -> list[dict]`: optimizer groups for stage 1 or 2.
 - `save_wings_model(model, out, processor)`: a standard LLaVA folder + `wings.safetensors` + `wings_config.json`.
 - `load_wings_model(path) -> (model, processor)`: open such a folder again, exactly.
+- `load_wings_weights(model, path)`: restore learners from a folder/checkpoint into a Wings model (resume).
+
+A Wings model's own `save_pretrained` (so the Trainer's checkpoints too) writes the same layout.
 """
 
 from mlan.config.wings import WingsConfig
-from mlan.wings.io import is_wings_dir, load_wings_model, save_wings_model, wings_state_dict
+from mlan.wings.io import is_wings_dir, load_wings_model, load_wings_weights, save_wings_model, wings_state_dict
 from mlan.wings.model import (
     add_wings,
     get_runtime,
@@ -25,6 +28,7 @@ __all__ = [
     "get_runtime",
     "is_wings_dir",
     "load_wings_model",
+    "load_wings_weights",
     "save_wings_model",
     "set_routing",
     "wings_layers",

@@ -127,7 +127,8 @@ class WingsRuntime:
     def _llava_pre_hook(self, module, args, kwargs):
         input_ids = kwargs.get("input_ids", args[0] if args else None)
         embeds = kwargs.get("inputs_embeds")
-        has_pixels = kwargs.get("pixel_values") is not None or bool(kwargs.get("mm_encoder_outputs"))
+        encoded = kwargs.get("mm_encoder_outputs") or {}
+        has_pixels = kwargs.get("pixel_values") is not None or encoded.get("image") is not None
         if not has_pixels:
             mask = None  # no image features are scattered in: every token is text
         elif input_ids is not None:
@@ -226,7 +227,9 @@ class WingsRuntime:
             seen = visible.any(-1, keepdim=True)
             x = chunk.x.gather(1, order[..., None].expand(b, width, chunk.x.shape[-1]))
             cos, sin = self.language_model.rotary_emb(x, positions.gather(1, order))
-            keys[name] = _Keys(x=x, cos=cos, sin=sin, mask=_additive(visible | ~seen, hidden.dtype), keep=seen.to(hidden.dtype))
+            keys[name] = _Keys(
+                x=x, cos=cos, sin=sin, mask=_additive(visible | ~seen, hidden.dtype), keep=seen.to(hidden.dtype)
+            )
 
         has_image = image_all.any(1)
         if state is not None:
@@ -448,17 +451,23 @@ def add_wings(model, config: WingsConfig | None = None, *, use_router: bool = Tr
         raise MlanError(f"Wings: hidden size {hidden} is not a multiple of the head size {head_dim}")
     main_heads = text_config.num_attention_heads
     runtime = WingsRuntime(model, config, layers, use_router)
-    ref = next(lm.parameters())
     for i, layer in enumerate(lm.layers):
+        # Under accelerate's device map the instance `forward` is its device-moving wrapper, which
+        # calls `_old_forward`: replace that one so the wrapper stays.
+        target = "_old_forward" if hasattr(layer, "_hf_hook") else "forward"
         if i in layers:
-            wings = WingsLayer(hidden, hidden // head_dim, head_dim, main_heads, config).to(ref.device, ref.dtype)
-            layer.wings = wings
-            layer.forward = types.MethodType(_wings_layer_forward, layer)
+            ref = next(layer.parameters())
+            layer.wings = WingsLayer(hidden, hidden // head_dim, head_dim, main_heads, config).to(ref.device, ref.dtype)
+            setattr(layer, target, types.MethodType(_wings_layer_forward, layer))
         else:
-            layer.forward = types.MethodType(_plain_layer_forward, layer)
+            setattr(layer, target, types.MethodType(_plain_layer_forward, layer))
         # A plain attribute, not a submodule: the runtime must not appear in state dicts.
         layer.__dict__["_wings_runtime"] = runtime
     model.__dict__["_wings_runtime"] = runtime
+    from mlan.wings.io import wings_save_pretrained
+
+    # Every save (the Trainer's checkpoints too) keeps the base a standard LLaVA folder.
+    model.save_pretrained = types.MethodType(wings_save_pretrained, model)
     n = sum(p.numel() for p in wings_parameters(model))
     log.info(
         "Wings: %d learner/router parameters on %d layers (rank %d, router %s)",
