@@ -33,12 +33,30 @@ class QuickstartResult:
 
     out: Path
     stages: list[StageResult] = field(default_factory=list)
+    table: str = ""
+    """The evaluation's side-by-side table (markdown)."""
 
 
-def run_quickstart(out: str | Path, overwrite: bool = False, size: str = "tiny") -> QuickstartResult:
-    """Run every stage on bundled data; returns what each stage produced (also `summary.json`)."""
+def run_quickstart(out: str | Path, overwrite: bool = False, size: str = "tiny", limit: int = 40) -> QuickstartResult:
+    """Run every stage on bundled data; returns what each stage produced (also `summary.json`).
+
+    Stages: validate the shipped configs, build a tiny LLaVA, build the quickstart mixture,
+    fine-tune with `recipes/tiny.yaml`, extract the base language model, merge it back into
+    the tuned model (task arithmetic), and evaluate base LLM, tuned and merged models side by
+    side on the bundled quickstart suite (`limit` questions per task).
+    """
+    from mlan.config.base import load_config
+    from mlan.config.merge import MergeConfig
+    from mlan.config.mixture import MixtureSpec
+    from mlan.config.recipe import SFTRecipe
     from mlan.config.shipped import validate_shipped
+    from mlan.data.mixture import build_mixture
+    from mlan.evaluate import run_evaluation
+    from mlan.merge import merge_models
+    from mlan.models import save_language_model
+    from mlan.paths import resolve_config
     from mlan.tiny import SIZES, save_tiny_llava
+    from mlan.train.sft import run_sft
 
     out = Path(out)
     check_output_dir(out, overwrite)
@@ -64,6 +82,64 @@ def run_quickstart(out: str | Path, overwrite: bool = False, size: str = "tiny")
         f"LLaVA {size}: Llama {s.layers}x{s.hidden} + CLIP {s.vision_layers}x{s.vision_hidden}",
         t0,
     )
+
+    t0 = time.perf_counter()
+    spec = load_config(resolve_config("quickstart", "data_mixtures"), MixtureSpec)
+    mix = build_mixture(spec, out / "mixture")
+    ratios = mix.manifest["ratios"]
+    stage(
+        "build-mixture",
+        mix.out,
+        f"{mix.train_rows} train + {mix.validation_rows} validation rows; language share "
+        f"{100 * ratios['examples_language_share']:.1f}% of examples, "
+        f"{100 * ratios['tokens_language_share']:.1f}% of tokens",
+        t0,
+    )
+
+    t0 = time.perf_counter()
+    recipe = load_config(
+        resolve_config("tiny", "recipes"),
+        SFTRecipe,
+        [f"model.path={model_dir}", "data.spec=null", f"data.mixture={mix.out}", f"output.dir={out / 'sft'}"],
+    )
+    sft = run_sft(recipe)
+    stage(
+        "sft",
+        sft.output_dir,
+        f"{sft.steps} steps, loss {sft.first_loss:.2f} -> {sft.last_loss:.2f}"
+        + (f", validation loss {sft.eval_loss:.2f}" if sft.eval_loss is not None else ""),
+        t0,
+    )
+
+    t0 = time.perf_counter()
+    base_llm = save_language_model(model_dir, out / "base-llm")
+    merged = merge_models(
+        MergeConfig(
+            multimodal=str(sft.output_dir),
+            original=str(base_llm),
+            method="task_arithmetic",
+            alpha=0.1,
+            out=str(out / "merged"),
+        )
+    )
+    stage(
+        "merge",
+        merged.out,
+        f"{merged.method} alpha {merged.alpha}: {merged.merged_tensors} language-model tensors merged, "
+        f"{merged.copied_tensors} vision tensors copied",
+        t0,
+    )
+
+    t0 = time.perf_counter()
+    report = run_evaluation(
+        [base_llm, sft.output_dir, merged.out],
+        ["quickstart"],
+        limit=limit,
+        out_dir=out / "eval",
+        reference=str(base_llm),
+    )
+    result.table = report.table()
+    stage("eval", out / "eval", f"{len(report.models)} models x quickstart suite, {limit} questions per task", t0)
 
     atomic_write_json(out / "summary.json", [vars(r) for r in result.stages])
     return result
