@@ -280,3 +280,28 @@ def test_bad_input(tiny, tmp_path):
         with pytest.raises(MlanError) as e:
             validate_config(data, WingsConfig, source="recipe.yaml: wings")
         assert str(e.value).startswith(f"recipe.yaml: wings: {message}"), str(e.value)
+
+
+def test_router_forms_agree_with_their_definitions():
+    from mlan.wings.router import Router, modality_features_from_probs, modality_features_sdpa, position_features
+
+    g = torch.Generator().manual_seed(0)
+    b, heads, kv_heads, n, s, d = 2, 4, 2, 5, 9, 8
+    q, k = torch.randn(b, heads, n, d, generator=g), torch.randn(b, kv_heads, s, d, generator=g)
+    image = torch.rand(b, s, generator=g) > 0.5
+    visible = torch.rand(b, 1, n, s, generator=g) > 0.3
+    visible[..., 0] = True
+    mask = torch.zeros(b, 1, n, s).masked_fill(~visible, float("-inf"))
+    scores = q @ k.repeat_interleave(heads // kv_heads, dim=1).transpose(-1, -2) * d**-0.5 + mask
+    probs = scores.softmax(-1)
+    # The SDPA trick (values = image-key indicator) gives exactly the attention mass on image keys.
+    sdpa = modality_features_sdpa(q, k, image, mask, d**-0.5)
+    assert torch.allclose(sdpa, modality_features_from_probs(probs, image), atol=1e-6)
+    assert torch.allclose(sdpa[..., :heads] + sdpa[..., heads:], torch.ones(b, n, heads), atol=1e-6)
+    # The paper's router without the (B, L, positions) tensor equals its spelled-out form.
+    router = Router(6, init_std=0.5)
+    positions = torch.randint(0, 10, (b, s), generator=g)  # some beyond the 6 slots share the last
+    has_image = torch.tensor([True, False])
+    fast = router.forward_positions(probs, positions, has_image)
+    assert torch.allclose(fast, router(position_features(probs, positions, 6), has_image), atol=1e-6)
+    assert torch.equal(fast[1], torch.tensor([0.0, 1.0]).expand(n, 2))

@@ -34,7 +34,7 @@ from torch import nn
 from mlan.config.wings import WingsConfig
 from mlan.errors import MlanError
 from mlan.wings.lorra import LoRRA, rotate
-from mlan.wings.router import Router, modality_features_from_probs, modality_features_sdpa, position_features
+from mlan.wings.router import Router, modality_features_from_probs, modality_features_sdpa
 
 log = logging.getLogger(__name__)
 
@@ -348,7 +348,7 @@ def _learners(layer, runtime, ctx: _Context, h, position_embeddings, probs, capt
     if "textual" not in outputs and "visual" not in outputs:
         return None
     if routed:
-        weights = wings.router(_router_features(layer, runtime, ctx, probs, captured, cache, cos, sin), ctx.has_image)
+        weights = _route(layer, runtime, ctx, probs, captured, cache, cos, sin)
         w_v, w_t = weights[..., 0:1], weights[..., 1:2]
     else:
         # Stage 1 (and rows without images): the learners' outputs are added directly.
@@ -363,8 +363,10 @@ def _learners(layer, runtime, ctx: _Context, h, position_embeddings, probs, capt
     return delta
 
 
-def _router_features(layer, runtime, ctx: _Context, probs, captured, cache, cos, sin):
+def _route(layer, runtime, ctx: _Context, probs, captured, cache, cos, sin) -> torch.Tensor:
+    """Router weights (B, L, 2) of one layer from its main attention."""
     config = runtime.config
+    router: Router = layer.wings.router
     attn = layer.self_attn
     if config.router == "attention":
         if probs is None:
@@ -372,7 +374,11 @@ def _router_features(layer, runtime, ctx: _Context, probs, captured, cache, cos,
                 f"Wings router 'attention' needs eager attention probabilities, but the model uses "
                 f"{runtime.attn_implementation!r}: load it with attn_implementation='eager' or use router: modality"
             )
-        return position_features(probs, ctx.positions_all, config.router_max_positions)
+        return router.forward_positions(probs, ctx.positions_all, ctx.has_image)
+    return router(_modality_features(attn, ctx, probs, captured, cache, cos, sin), ctx.has_image)
+
+
+def _modality_features(attn, ctx: _Context, probs, captured, cache, cos, sin) -> torch.Tensor:
     if probs is not None:
         return modality_features_from_probs(probs, ctx.image_all)
     b, n, _ = captured["q"].shape

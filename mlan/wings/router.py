@@ -30,10 +30,25 @@ class Router(nn.Module):
 
     def forward(self, features: torch.Tensor, has_image: torch.Tensor) -> torch.Tensor:
         """Weights (B, L, 2) = (w_v, w_t) per token; `has_image` (B,) False forces (0, 1)."""
-        logits = F.silu(self.proj(features)).float()
+        return self.weights(self.proj(features), has_image)
+
+    def forward_positions(
+        self, probs: torch.Tensor, key_positions: torch.Tensor, has_image: torch.Tensor
+    ) -> torch.Tensor:
+        """The paper's router: `forward(position_features(probs, key_positions, in_features))`, computed
+        without materialising the (B, L, in_features) features: linear(scatter(p)) = p @ W[:, position]^T + b."""
+        size = self.proj.in_features
+        columns = self.proj.weight.t()[key_positions.clamp(0, size - 1)]  # (B, S, 2)
+        linear = probs.sum(1) @ columns.to(probs.dtype) + self.proj.bias.to(probs.dtype)
+        return self.weights(linear, has_image)
+
+    @staticmethod
+    def weights(linear: torch.Tensor, has_image: torch.Tensor) -> torch.Tensor:
+        """softmax(SiLU(linear)) over (visual, textual), the visual one off for rows without images."""
+        logits = F.silu(linear).float()
         visual = logits[..., 0].masked_fill(~has_image[:, None], float("-inf"))
         weights = torch.softmax(torch.stack((visual, logits[..., 1]), dim=-1), dim=-1)
-        return weights.to(features.dtype)
+        return weights.to(linear.dtype)
 
 
 def modality_features_from_probs(probs: torch.Tensor, image_keys: torch.Tensor) -> torch.Tensor:
@@ -73,6 +88,9 @@ def _mass_features(image: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
 
 def position_features(probs: torch.Tensor, key_positions: torch.Tensor, size: int) -> torch.Tensor:
     """(B, L, size): the paper's features, attention probabilities summed over heads, by key position.
+
+    Spelled out for reference and tests; `Router.forward_positions` computes the same routing
+    without this (B, L, size) tensor, which at 2k tokens x 4096 slots would cost GBs per batch.
 
     Keys are placed by their rotary position (not their slot in a padded batch, so left padding
     does not shift them); positions at or beyond `size` share the last slot.
