@@ -70,7 +70,7 @@ class LoRRA(nn.Module):
     ) -> torch.Tensor:
         """Learner output (B, L, hidden) for queries `h` at the positions of cos/sin.
 
-        `mask` (B, 1, L, N) is additive (0 where a query may see a key, -inf elsewhere); every row sees at least one key
+        `mask` (B, 1, L or 1, N) is additive (0 where a query may see a key, -inf elsewhere); every row sees at least one key
         (rows without any visible key are marked by `keep` = 0 and zeroed, which avoids NaNs).
         """
         b, n, _ = h.shape

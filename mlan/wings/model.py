@@ -61,8 +61,8 @@ class _Keys:
     x: torch.Tensor  # (B, n_new, d) key/value inputs of the new tokens
     cos: torch.Tensor  # rotary cos/sin at the new keys' positions
     sin: torch.Tensor
-    mask: torch.Tensor  # (B, 1, L, n_past + n_new) additive: 0 where visible, -inf elsewhere
-    keep: torch.Tensor  # (B, 1, L, 1): 0 where a query sees no key at all
+    mask: torch.Tensor  # (B, 1, L or 1, n_past + n_new) additive: 0 where visible, -inf elsewhere
+    keep: torch.Tensor  # (B, 1, L or 1, 1): 0 where a query sees no key at all
 
 
 @dataclass
@@ -88,7 +88,7 @@ class _Context:
     any_image: bool
     image_all: torch.Tensor  # (B, S) image keys of the main attention (past + new)
     positions_all: torch.Tensor  # (B, S)
-    main_mask: torch.Tensor  # (B, 1, L, S) additive mask: what the main attention lets each query see
+    main_mask: torch.Tensor | None  # (B, 1, L, S) additive: what the main attention lets each query see
     keys: dict[str, _Keys | None]
     state: _CacheState | None
 
@@ -202,8 +202,13 @@ class WingsRuntime:
         image_all = extend(state.image if state else None, image)
         valid_all = extend(state.valid if state else None, valid)
         positions_all = extend(state.positions if state else None, positions)
-        all_slots = torch.arange(image_all.shape[1], device=dev)
-        main_mask = valid_all[:, None, None, :] & (all_slots[None, None, None, :] <= slots[None, None, :, None])
+        main_mask = None
+        if self.use_router and self.config.router == "modality" and self.attn_implementation != "eager":
+            # Only the SDPA form of the modality router needs the main branch's mask, rebuilt here
+            # because each attention kernel receives it in its own format (or not at all).
+            all_slots = torch.arange(image_all.shape[1], device=dev)
+            main_mask = valid_all[:, None, None, :] & (all_slots[None, None, None, :] <= slots[None, None, :, None])
+            main_mask = _additive(main_mask | ~main_mask.any(-1, keepdim=True), hidden.dtype)
 
         keys: dict[str, _Keys | None] = {}
         for name, sel in (("visual", image), ("textual", text)):
@@ -221,7 +226,9 @@ class WingsRuntime:
             if key_valid.shape[1] == 0:
                 keys[name] = None
                 continue
-            visible = key_valid[:, None, None, :].expand(b, 1, n, key_valid.shape[1])
+            # Visual keys are unmasked (one mask row per batch row, broadcast over queries);
+            # textual keys are causal: a query sees text at or before its own slot.
+            visible = key_valid[:, None, None, :]
             if name == "textual":
                 visible = visible & (key_slots[:, None, None, :] <= slots[None, None, :, None])
             seen = visible.any(-1, keepdim=True)
@@ -243,7 +250,7 @@ class WingsRuntime:
             any_image=bool(has_image.any()) and keys["visual"] is not None,
             image_all=image_all,
             positions_all=positions_all,
-            main_mask=_additive(main_mask | ~main_mask.any(-1, keepdim=True), hidden.dtype),
+            main_mask=main_mask,
             keys=keys,
             state=state,
         )
