@@ -166,6 +166,9 @@ def test_sampler_groups_by_modality_and_length():
         real = sum(lengths[i] for b in per_device for i in b)
         return 1 - real / sum(max(lengths[i] for i in b) * len(b) for b in per_device)
 
+    text_only = list(ModalityLengthGroupedSampler(lengths, [False] * 1000, 4, 2, seed=7))
+    assert sorted(text_only) == list(range(1000))  # a language-only mixture (MLAN) is length-grouped only
+
     random_order = torch.randperm(1000, generator=torch.Generator().manual_seed(0)).tolist()
     assert padding(order) < 0.05 < 0.2 < padding(random_order)
 

@@ -113,3 +113,8 @@ def test_resume_refuses_checkpoints_of_another_recipe(cli, tiny_llava_dir, share
     (tmp_path / "run.checkpoints" / "recipe.json").write_text(json.dumps(fp))
     r = cli("sft", str(recipe))
     assert r.exit_code == 2 and "training.learning_rate differ" in r.stderr and "--no-resume" in r.stderr, r.output
+    # --no-resume discards them and trains from the start.
+    r = cli("sft", str(recipe), "--no-resume", "-o", "training.max_steps=2")
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "run" / "train_results.json").read_text())["resumed_from"] is None
+    assert not (tmp_path / "run.checkpoints").exists()

@@ -81,7 +81,8 @@ def row_lengths(
         rows = messages_only[start : start + batch_size]["messages"]
         convs = [prepare_multimodal_messages(msgs, images=[None] * counts[start + i]) for i, msgs in enumerate(rows)]
         texts = processor.apply_chat_template(convs, chat_template=chat_template, tokenize=False)
-        ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+        # verbose=False: rows longer than the tokenizer's model_max_length are expected here (they are dropped).
+        ids = tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
         lengths.extend(len(x) + counts[start + i] * (image_seq_length - 1) for i, x in enumerate(ids))
         if len(ds) > 20 * batch_size and (start // batch_size) % 20 == 0:
             log.info("measured %d / %d rows", start + len(rows), len(ds))

@@ -682,7 +682,9 @@ def run_sft(recipe: SFTRecipe, *, resume: bool | None = None, overwrite: bool = 
         eval_loss = float(trainer.evaluate(eval_dataset=val.dataset)["eval_loss"])
 
     checksums: list[str] = []
-    if state.num_processes > 1:
+    # Under DDP every process holds the whole model, and all copies must be equal; FSDP and
+    # DeepSpeed shard it, so there is no whole copy per process to compare.
+    if state.num_processes > 1 and not (trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled):
         from accelerate.utils import gather_object
 
         checksums = gather_object([_checksum(trainer.accelerator.unwrap_model(trainer.model))])
