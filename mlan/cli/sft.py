@@ -24,9 +24,9 @@ def sft(
 ) -> None:
     """Fine-tune a LLaVA-style model on a built mixture with TRL's SFTTrainer.
 
-    Checkpoints go to OUTPUT.checkpoints/ beside the output folder; a killed run continues from
-    the last one. For several GPUs run the same command under `accelerate launch`
-    (configs in recipes/accelerate/).
+    Output: runs/<recipe name>/ unless output.dir is set. Checkpoints go to OUTPUT.checkpoints/ beside it; a killed run continues from the last one.
+
+    Several GPUs: the same command under `accelerate launch --config_file recipes/accelerate/<ddp|fsdp|deepspeed_zero3>.yaml -m mlan sft ...`.
 
     Example: mlan sft recipes/tiny.yaml -o training.max_steps=20 -o output.dir=runs/tiny-short
     """

@@ -343,8 +343,6 @@ def _diff_paths(a: Any, b: Any, prefix: str = "") -> list[str]:
 
 def decide_resume(recipe: SFTRecipe, ckpt_dir: Path, resume: bool | None) -> Path | None:
     """The checkpoint to resume from (None: start fresh), checking it belongs to this recipe."""
-    import json
-
     last = last_complete_checkpoint(ckpt_dir)
     if resume is False:
         return None
@@ -440,8 +438,6 @@ _LLAVA_DISK_TO_MEMORY = (
 
 
 def _checkpoint_weight_files(folder: Path) -> list[Path]:
-    import json
-
     index = folder / "model.safetensors.index.json"
     if index.is_file():
         shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
