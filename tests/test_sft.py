@@ -281,6 +281,7 @@ def test_sft_tiny_lora_qlora(cli, tiny_llava_dir, mixture_dir, tmp_path, method)
 
     out = tmp_path / method
     args = ["-o", f"train.language_model={method}", "-o", "train.lora.r=8", "-o", "output.merge_lora=true"]
+    args += ["-o", "training.extra.adam_beta2=0.95"]  # any other SFTConfig field passes through
     r = cli(*_sft_args(tiny_llava_dir, mixture_dir, out, *args, "-o", "training.max_steps=3"))
     assert r.exit_code == 0, r.output
     cfg = json.loads((out / "adapter_config.json").read_text())
@@ -315,6 +316,7 @@ def _copy_model(src: Path, dst: Path, **config_changes) -> Path:
         ("missing_model", "model.path"),
         ("not_llava", "is not LLaVA-style"),
         ("image_token", "image token"),
+        ("image_features", "image features per image"),
         ("short_max_length", "shorter than one image row"),
         ("lora_targets", "match no linear layer"),
         ("bad_extra", "not an SFTConfig field (did you mean 'optim'?)"),
@@ -334,6 +336,11 @@ def test_sft_bad_input(cli, tiny_llava_dir, mixture_dir, tmp_path, case, message
         model = _copy_model(tiny_llava_dir, tmp_path / "m", model_type="llama")
     elif case == "image_token":
         model = _copy_model(tiny_llava_dir, tmp_path / "m", image_token_id=5)
+    elif case == "image_features":
+        model = _copy_model(tiny_llava_dir, tmp_path / "m")
+        proc = json.loads((model / "processor_config.json").read_text())
+        proc["patch_size"] = 4  # the processor would expand <image> into 64 tokens; the model makes 16 features
+        (model / "processor_config.json").write_text(json.dumps(proc))
     elif case == "short_max_length":
         extra = ["-o", "training.max_length=20"]
     elif case == "lora_targets":
@@ -352,3 +359,51 @@ def test_sft_bad_input(cli, tiny_llava_dir, mixture_dir, tmp_path, case, message
     line = r.stderr.strip()
     assert "\n" not in line and message in line, line
     assert not out.exists() and not (tmp_path / "out.checkpoints").exists()
+
+
+def test_template_without_generation_markers_falls_back_to_vicuna(tiny_llava_dir, tmp_path):
+    """A checkpoint whose chat template cannot mark assistant turns (e.g. llava-1.5-hf) trains with
+    mlan's Vicuna-v1 template, BOS first; assistant-only loss still covers exactly the answer."""
+    from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
+
+    from mlan.config.recipe import SFTRecipe
+    from mlan.train.sft import inspect_model
+
+    model = _copy_model(tiny_llava_dir, tmp_path / "m")
+    tpl = model / "chat_template.jinja"
+    tpl.write_text(tpl.read_text().replace("{% generation %}", "").replace("{% endgeneration %}", ""))
+    recipe = SFTRecipe.model_validate({"model": {"path": str(model)}, "data": {"mixture": "x"}})
+    info = inspect_model(recipe)
+    assert info.template_source == "vicuna_v1"
+    collate = DataCollatorForVisionLanguageModeling(
+        processor=info.processor, assistant_only_loss=True, chat_template=info.chat_template
+    )
+    row = {
+        "messages": [{"role": "user", "content": "Is ice cold?"}, {"role": "assistant", "content": "yes"}],
+        "images": [],
+    }
+    batch = collate([row])
+    tok = info.processor.tokenizer
+    assert batch["input_ids"][0, 0] == tok.bos_token_id
+    labels = batch["labels"][0]
+    assert tok.decode(labels[labels != -100]) == " yes</s>"
+
+
+@pytest.mark.parametrize(
+    "train,trainable",
+    [
+        ({"language_model": "frozen", "projector": True}, {"projector"}),  # stage 1: align the projector
+        ({"language_model": "full", "projector": False}, {"language_model", "lm_head"}),
+        ({"language_model": "full", "vision_tower": True}, {"language_model", "lm_head", "projector", "vision_tower"}),
+    ],
+)
+def test_freeze_by_component(train, trainable):
+    from mlan.config.recipe import TrainSection
+    from mlan.tiny import build_tiny_llava
+    from mlan.train.freeze import apply_freeze, parameter_report
+
+    model, _ = build_tiny_llava("tiny")
+    apply_freeze(model, TrainSection.model_validate(train))
+    report = parameter_report(model)
+    assert {c for c, v in report.items() if c != "all" and v["trainable"]} == trainable
+    assert all(v["trainable"] in (0, v["total"]) for v in report.values() if v is not report["all"])
