@@ -318,6 +318,7 @@ def _copy_model(src: Path, dst: Path, **config_changes) -> Path:
         ("image_token", "image token"),
         ("image_features", "image features per image"),
         ("short_max_length", "shorter than one image row"),
+        ("long_max_length", "longer than the language model's 2048 positions"),
         ("lora_targets", "match no linear layer"),
         ("bad_extra", "not an SFTConfig field (did you mean 'optim'?)"),
         ("managed_extra", "set training.learning_rate instead"),
@@ -343,6 +344,8 @@ def test_sft_bad_input(cli, tiny_llava_dir, mixture_dir, tmp_path, case, message
         (model / "processor_config.json").write_text(json.dumps(proc))
     elif case == "short_max_length":
         extra = ["-o", "training.max_length=20"]
+    elif case == "long_max_length":
+        extra = ["-o", "training.max_length=4096"]
     elif case == "lora_targets":
         extra = ["-o", "train.language_model=lora", "-o", "train.lora.target_modules=[qkv_proj]"]
     elif case == "bad_extra":

@@ -226,6 +226,12 @@ def inspect_model(recipe: SFTRecipe) -> ModelInfo:
             f"but the model makes {expected} image features per image (check patch_size / "
             "vision_feature_select_strategy in the processor)"
         )
+    positions = getattr(config.get_text_config(), "max_position_embeddings", None)
+    if positions and recipe.training.max_length > positions:
+        raise MlanError(
+            f"training.max_length {recipe.training.max_length}: longer than the language model's "
+            f"{positions} positions (max_position_embeddings)"
+        )
     template, source = _training_template(recipe, processor, path)
     min_row = _min_image_row(processor, template, image_seq_length)
     if recipe.training.max_length < min_row:
@@ -364,19 +370,27 @@ def decide_resume(recipe: SFTRecipe, ckpt_dir: Path, resume: bool | None) -> Pat
 # --------------------------------------------------------------------------- training
 
 
-def _image_token_masking(collator, image_token_id: int):
-    """Wrap TRL's collator so `<image>` placeholder tokens never count as targets.
+class _ImageTokenMasking:
+    """Wraps TRL's collator so `<image>` placeholder tokens never count as targets.
 
     With assistant-only loss they are masked already; without it TRL keeps them as labels
     (576 per image at LLaVA-1.5 scale), which trains the model to predict placeholders.
+    A class rather than a closure so that DataLoader workers started with `spawn` can pickle it.
     """
 
-    def collate(examples):
-        batch = collator(examples)
-        batch["labels"][batch["input_ids"] == image_token_id] = -100
+    def __init__(self, collator, image_token_id: int) -> None:
+        self.collator = collator
+        self.image_token_id = image_token_id
+
+    def __call__(self, examples):
+        batch = self.collator(examples)
+        batch["labels"][batch["input_ids"] == self.image_token_id] = -100
         return batch
 
-    return collate
+
+def _image_token_masking(collator, image_token_id: int) -> _ImageTokenMasking:
+    """TRL's collator with image placeholder tokens masked out of the labels."""
+    return _ImageTokenMasking(collator, image_token_id)
 
 
 def _trainer_class():
