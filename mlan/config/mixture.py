@@ -22,6 +22,7 @@ ADAPTERS: dict[str, Literal["language", "vision"] | None] = {
     "aokvqa": "vision",
     "chat": None,
     "qa": None,
+    "plain": None,
 }
 
 # Canonical evaluation dataset names a mixture can declare it covers (the evaluation contract).
@@ -50,7 +51,7 @@ def _error(message: str) -> PydanticCustomError:
 
 
 class Columns(StrictModel):
-    """Column names for the generic adapters (`qa` and `chat`); dotted names reach into structs."""
+    """Column names for the generic adapters (`qa`, `plain` and `chat`); dotted names reach into structs."""
 
     question: str = "question"
     """Column holding the question text (`qa`)."""
@@ -86,7 +87,8 @@ class SourceSpec(StrictModel):
     revision: str | None = None
     """Hub revision (branch, tag or commit) of the dataset."""
     adapter: str
-    """How rows become instructions: one of squad, strategyqa, commonsense_qa, cosmos_qa, arc, vqav2, aokvqa, chat, qa."""
+    """How rows become instructions: one of squad, strategyqa, commonsense_qa, cosmos_qa, arc, vqav2, aokvqa, chat, qa,
+    plain (question/answer columns as written, no instruction template: for data that carries its own phrasing)."""
     columns: Columns = Field(default_factory=Columns)
     """Column names for the generic `qa` and `chat` adapters."""
     image_root: str | None = None
@@ -127,7 +129,7 @@ class SourceSpec(StrictModel):
         fixed = ADAPTERS[self.adapter]
         if fixed:
             return fixed
-        col = self.columns.image if self.adapter == "qa" else self.columns.images
+        col = self.columns.image if self.adapter in ("qa", "plain") else self.columns.images
         return "vision" if col else "language"
 
     def covered_tasks(self) -> list[str]:

@@ -215,6 +215,18 @@ def qa(row: dict, src: SourceSpec) -> Item:
     return Item("short", question, str(answer).strip(), rid, context=context, images=images, rationale=rationale)
 
 
+def plain(row: dict, src: SourceSpec) -> Item:
+    """Question/answer columns turned into one user turn and one assistant turn exactly as written:
+    no instruction template, no context line (data in its own phrasing, e.g. a closed-vocabulary toy world)."""
+    cols: Columns = src.columns
+    question = _text(row, cols.question)
+    answer = _text(row, cols.answer)
+    images = [_get(row, cols.image)] if cols.image else None
+    rid = str(_get(row, cols.id)) if cols.id else ""
+    messages = [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+    return Item("chat", question, answer, rid, images=images, messages=messages)
+
+
 ADAPTER_FUNCS: dict[str, Callable[[dict, SourceSpec], Item]] = {
     "squad": squad,
     "strategyqa": strategyqa,
@@ -225,6 +237,7 @@ ADAPTER_FUNCS: dict[str, Callable[[dict, SourceSpec], Item]] = {
     "aokvqa": aokvqa,
     "chat": chat,
     "qa": qa,
+    "plain": plain,
 }
 
 
