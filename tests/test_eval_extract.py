@@ -107,3 +107,34 @@ def test_pope_metrics_never_count_unreadable_as_yes():
     assert metrics["acc"] == 0.5
     assert metrics["precision"] == 0.5 and metrics["recall"] == 0.5 and metrics["f1"] == 0.5
     assert metrics["yes_ratio"] == 0.5
+
+
+def test_exact_answers_match_whole():
+    from mlan.evaluate.extract import extract_exact
+
+    assert extract_exact("  E d  C b A. ") == "e d c b a"
+    assert extract_exact('"red"') == "red"
+    # Nothing is dropped or mapped: an article, a lead-in or a number word is part of the answer.
+    assert extract_exact("a b") != extract_exact("b") and extract_exact("two") != "2"
+    items = [Item(id=str(i), question="q", answer=a, kind="exact") for i, a in enumerate(["e d c b a", "5 7", "red"])]
+    metrics, samples = score_items(items, ["e d c b a", "5 7 1", "Red."])
+    assert [s["correct"] for s in samples] == [True, False, True]
+    assert metrics["acc"] == 2 / 3
+
+
+def test_qa_format_rows():
+    from mlan.config.suite import SuiteTask
+    from mlan.evaluate.tasks import TaskData, to_items
+
+    task = SuiteTask(name="t", format="qa", metric="acc", hub={"path": "x/y", "split": "test"})
+    rows = [
+        {"id": "a", "question": "1 + 2 =", "answer": "3"},
+        {"question": "is it red ?", "answer": "Yes"},
+        {"question": "pick", "answer": "dog", "choices": ["cat", "dog"]},
+    ]
+    items = to_items(task, TaskData(rows=rows, source="mem"))
+    assert [(it.id, it.kind, it.answer) for it in items] == [
+        ("a", "exact", "3"),
+        ("1", "yesno", "yes"),
+        ("2", "mc", "B"),
+    ]

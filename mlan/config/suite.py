@@ -32,6 +32,7 @@ GENERATE_FORMATS = (
     "arc_challenge",
     "commonsense_qa",
     "mmlu",
+    "qa",
 )
 LM_EVAL_TASKS = (
     "gsm8k",

@@ -152,3 +152,11 @@ def extract_open(response: str) -> str:
 def match_open(response: str, gold: str) -> bool:
     """Exact match of a normalised short answer against the normalised gold answer."""
     return extract_open(response) == normalize(gold)
+
+
+def extract_exact(response: str) -> str:
+    """A whole short answer for exact match: lowercase, surrounding quotes and trailing punctuation
+    removed, spaces collapsed. Unlike `extract_open`, words are kept as written (no articles or
+    lead-ins dropped, no number words mapped): the answer must be exactly the target."""
+    text = " ".join(response.lower().split())
+    return text.strip("\"'`*").strip().rstrip(".,;:!?").strip().strip("\"'`*").strip()

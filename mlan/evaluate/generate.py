@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from mlan.config.suite import EvalSuite, SuiteTask
-from mlan.evaluate.extract import extract_choice, extract_open, extract_yes_no, normalize
+from mlan.evaluate.extract import extract_choice, extract_exact, extract_open, extract_yes_no, normalize
 from mlan.evaluate.tasks import LETTERS, Item
 
 log = logging.getLogger(__name__)
@@ -107,6 +107,9 @@ def score_items(items: list[Item], responses: list[str]) -> tuple[dict[str, floa
         elif item.kind == "yesno":
             pred = extract_yes_no(resp)
             correct = pred == item.answer
+        elif item.kind == "exact":
+            pred = extract_exact(resp)
+            correct = pred == extract_exact(item.answer)
         else:
             pred = extract_open(resp)
             correct = pred == normalize(item.answer)

@@ -30,8 +30,8 @@ LETTERS = "ABCDEFGHIJ"
 class Item:
     """One question in a uniform shape.
 
-    `kind` is "mc" (gold `answer` is a letter of `choices`), "yesno" (gold "yes"/"no") or
-    "open" (gold is a short text). `image` is a PIL image, a file path, or None.
+    `kind` is "mc" (gold `answer` is a letter of `choices`), "yesno" (gold "yes"/"no"),
+    "open" (gold is a short text) or "exact" (gold is a short text matched whole: format `qa`). `image` is a PIL image, a file path, or None.
     """
 
     id: str
@@ -298,6 +298,28 @@ def _scienceqa(row, i) -> Item:
     )
 
 
+def _qa(row, i) -> Item:
+    # Generic short-answer rows {id, question, answer[, image][, choices]}: scored by exact match of the
+    # whole normalised answer ("exact"), a multiple choice when `choices` is given, yes/no for yes/no answers.
+    answer = str(row["answer"]).strip()
+    choices = row.get("choices")
+    if choices:
+        choices = [str(c) for c in choices]
+        if answer in LETTERS[: len(choices)]:
+            letter = answer
+        elif answer in choices:
+            letter = LETTERS[choices.index(answer)]
+        else:
+            letter = LETTERS[int(answer)]
+        return Item(id=str(row.get("id", i)), question=row["question"], choices=choices, answer=letter, kind="mc",
+                    image=row.get("image"))  # fmt: skip
+    kind = "yesno" if answer.lower() in ("yes", "no") else "exact"
+    return Item(
+        id=str(row.get("id", i)), question=str(row["question"]), answer=answer.lower() if kind == "yesno" else answer,
+        kind=kind, image=row.get("image"),
+    )  # fmt: skip
+
+
 def _open_kind(answer: str) -> str:
     return "yesno" if answer.lower() in ("yes", "no") else "open"
 
@@ -316,6 +338,7 @@ ADAPTERS = {
     "arc_challenge": _arc_like,
     "commonsense_qa": _arc_like,
     "mmlu": _mmlu,
+    "qa": _qa,
 }
 
 
