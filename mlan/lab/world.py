@@ -144,8 +144,8 @@ def write_world(out: str | Path, seed: int, n_train: int = 4000, n_test: int = 2
     """Write the world's datasets under `out` and return an index of what was written.
 
     Layout: `language_p1/`, `language_p2/`, `scenes_text/` (scene questions as text),
-    `scenes/` (with images), `captions/` (with images), each with `train.jsonl` and, per
-    task, `test_<task>.jsonl`; images under `images/`. Test items never appear in train.
+    `scenes/` (with images), `captions/` (with images), each with `train.jsonl` (language also
+    `train_<task>.jsonl`) and, per task, `test_<task>.jsonl`; images under `images/`. Test items never appear in train.
     """
     out = Path(out)
     rng = random.Random(seed)
@@ -182,6 +182,9 @@ def write_world(out: str | Path, seed: int, n_train: int = 4000, n_test: int = 2
                 continue
             train.append({"id": f"{task}-p{phrasing}-{len(train)}", "question": q, "answer": a, "task": task})
         dump(f"language_p{phrasing}", "train", train)
+        # Per task too, so that a mixture can weight the tasks (pretraining gives addition a larger share).
+        for task in LANGUAGE_TASKS:
+            dump(f"language_p{phrasing}", f"train_{task}", [r for r in train if r["task"] == task])
         for task, rows in tests.items():
             dump(f"language_p{phrasing}", f"test_{task}", rows)
 
