@@ -1,0 +1,184 @@
+"""`mlan lab`: a reduced lab runs every stage through mlan's own library functions and writes the
+report; the reading follows the numbers; bad input fails with one line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mlan.lab.run import LabPlan, read_effects, reading_text, run_lab
+
+# A lab shrunk to seconds: a few steps per stage, small test sets, two merge points.
+TINY = dict(
+    seeds=[3],
+    variants=["vision_only", "language_only", "mlan_v12"],
+    alphas=[0.5, 1.0],
+    n_train=400,
+    n_test=12,
+    n_images=160,
+    pretrain_steps=3,
+    stage1_steps=3,
+    stage2_steps=3,
+    pretrain_rows=160,
+    stage1_rows=80,
+    stage2_rows=96,
+    batch_size=16,
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_lab(tmp_path_factory):
+    out = tmp_path_factory.mktemp("lab") / "lab"
+    return run_lab(out, LabPlan(**TINY))
+
+
+def test_reduced_lab_goes_through_every_stage(tiny_lab):
+    out = tiny_lab.out
+    seed = out / "seed3"
+    data = json.loads((out / "lab.json").read_text())
+    assert (out / "lab.md").read_text().startswith("# mlan lab") and (out / "lab.png").stat().st_size > 1000
+
+    # mixtures: built by build_mixture (manifest), the stage-2 ones all the same size, split as asked
+    sizes = {}
+    for name in ("lab_pretrain", "lab_captions", "lab_vision_only", "lab_language_only", "lab_mlan_v12"):
+        m = json.loads((seed / "mixtures" / name / "manifest.json").read_text())
+        sizes[name] = (m["modalities"]["language"]["examples"], m["modalities"]["vision"]["examples"])
+        assert m["seed"] == 3 and str(seed / "world") in json.dumps(m["sources"])
+    assert sizes["lab_vision_only"] == (0, 96) and sizes["lab_language_only"] == (96, 0)
+    assert sizes["lab_mlan_v12"] == (84, 12) and sizes["lab_captions"] == (0, 80)
+    # the `plain` adapter keeps the world's phrasing verbatim (no instruction template)
+    from datasets import load_from_disk
+
+    world = {}
+    for f in (seed / "world").glob("*/train.jsonl"):
+        world.update({r["question"]: r["answer"] for r in map(json.loads, f.read_text().splitlines())})
+    rows = load_from_disk(str(seed / "mixtures" / "lab_mlan_v12"))["train"]
+    for row in rows.select(range(20)):
+        user, assistant = row["messages"]
+        assert world[user["content"]] == assistant["content"]
+        assert (len(row["images"]) == 1) == (row["modality"] == "vision")
+
+    # training: run_sft wrote each model with its results and the mixture manifest it saw
+    trained = {}
+    for name in ("pretrain", "stage1", "vision_only", "language_only", "mlan_v12"):
+        r = json.loads((seed / "models" / name / "train_results.json").read_text())
+        assert r["steps"] == 3 and (seed / "models" / name / "mixture_manifest.json").is_file()
+        trained[name] = r["parameters"]
+    assert trained["pretrain"]["vision_tower"]["trainable"] == trained["pretrain"]["projector"]["trainable"] == 0
+    assert trained["stage1"]["language_model"]["trainable"] == 0 and trained["stage1"]["vision_tower"]["trainable"]
+    assert trained["vision_only"]["vision_tower"]["trainable"] == 0 and trained["vision_only"]["projector"]["trainable"]
+    assert (seed / "models" / "pretrained_llm" / "config.json").is_file()  # extracted text-only LLM
+
+    # evaluation: run_evaluation results per model; the text-only LLM has no vision score
+    for name in ("pretrained_llm", "stage1", "vision_only", "language_only", "mlan_v12"):
+        res = json.loads((seed / "eval" / name / "results.json").read_text())["results"]
+        tasks = {(r["suite"], r["task"]): r["n"] for r in res}
+        assert tasks[("lab_language", "add")] == 12
+        assert (("lab_vision", "scenes") in tasks) == (name != "pretrained_llm")
+
+    # merging: sweep_merge kept each merged model with its manifest and evaluated it
+    sweep = json.loads((seed / "merge" / "sweep.json").read_text())
+    assert [p["alpha"] for p in sweep["points"]] == [0.5, 1.0]
+    for a in ("0.5", "1"):
+        mm = json.loads((seed / "merge" / "models" / f"a{a}-d1" / "merge_manifest.json").read_text())
+        assert mm["alpha"] == float(a)
+
+    # every resolved config was written and validates on its own
+    from mlan.config.base import load_config
+    from mlan.config.recipe import SFTRecipe
+
+    recipe = load_config(seed / "configs" / "recipe_vision_only.yaml", SFTRecipe)
+    assert recipe.data.mixture == str(seed / "mixtures" / "lab_vision_only") and recipe.training.max_steps == 3
+
+    # the report: every score per seed / variant / alpha, a summary row per model, a reading
+    assert set(data["seeds"]["3"]["scores"]) == {"pretrained_llm", "stage1", "vision_only", "language_only", "mlan_v12"}
+    assert set(data["seeds"]["3"]["merge"]) == {"0.5", "1"}
+    assert data["summary"]["merge_0.5"]["language"]["n"] == 1
+    assert set(data["effects"]) >= {"E1", "E2", "E3"}
+    for key in ("world", "pretrain", "stage1", "vision_only", "merge sweep"):
+        assert key in data["seeds"]["3"]["timings"]
+    assert "E1" in tiny_lab.reading and "| after stage 1 |" in tiny_lab.table
+    assert tiny_lab.data["plan"]["variants"] == TINY["variants"]
+
+
+def test_same_seed_same_world_and_mixtures(tiny_lab, tmp_path):
+    from mlan.lab.run import run_seed
+
+    plan = LabPlan(**{**TINY, "alphas": [], "variants": []})
+    again = run_seed(tmp_path / "seed3", 3, plan)
+    assert set(again["scores"]) == {"pretrained_llm", "stage1"}
+    first = json.loads((tiny_lab.out / "seed3" / "mixtures" / "lab_pretrain" / "manifest.json").read_text())
+    second = json.loads((tmp_path / "seed3" / "mixtures" / "lab_pretrain" / "manifest.json").read_text())
+    assert first["content_hash"] == second["content_hash"]
+    assert again["scores"]["stage1"] == tiny_lab.data["seeds"]["3"]["scores"]["stage1"]
+
+
+def _summary(values: dict[str, tuple[float | None, float | None]]) -> dict:
+    def stat(v):
+        return None if v is None else {"mean": v, "min": v, "max": v, "n": 1}
+
+    return {k: {"language": stat(lang), "vision": stat(vis)} for k, (lang, vis) in values.items()}
+
+
+def test_reading_follows_the_numbers():
+    plan = LabPlan(seeds=[0], variants=["vision_only", "mlan_v12"], alphas=[0.5, 1.0])
+    held = _summary(
+        {
+            "stage1": (0.95, 0.3),
+            "vision_only": (0.6, 1.0),
+            "mlan_v12": (0.93, 0.99),
+            "merge_0.5": (0.92, 0.95),
+            "merge_1": (0.95, 0.3),
+        }
+    )
+    e = read_effects(held, plan)
+    assert e["E1"]["shown"] and e["E2"]["shown"] and e["E3"]["shown"] and e["E3"]["alpha"] == 0.5
+    text = reading_text(e, plan, 60)
+    assert "E1 held" in text and "E2 held" in text and "E3 held" in text and "alpha 0.5" in text
+
+    not_held = _summary(
+        {
+            "stage1": (0.95, 0.3),
+            "vision_only": (0.94, 1.0),
+            "mlan_v12": (0.80, 0.7),
+            "merge_0.5": (0.95, 0.9),
+            "merge_1": (0.95, 0.3),
+        }
+    )
+    e = read_effects(not_held, plan)
+    assert not e["E1"]["shown"] and not e["E2"]["shown"] and not e["E3"]["shown"]
+    text = reading_text(e, plan, 60)
+    assert "E1 did NOT show" in text and "E2 did NOT show" in text and "E3 did NOT show" in text
+    assert "language fell" in text and "vision stayed below" in text and "little language to recover" in text
+
+    partial = read_effects(_summary({"stage1": (0.9, 0.3)}), plan)
+    assert "Not measured in this run: E1, E2, E3" in reading_text(partial, plan, 1)
+
+
+def test_lab_bad_input(cli, tmp_path):
+    r = cli("lab", "--seeds", "0,x", "--out", tmp_path / "a")
+    assert r.exit_code == 2 and "--seeds '0,x': expected comma-separated integers" in r.output
+    r = cli("lab", "--quick", "--seeds", "1,1", "--out", tmp_path / "b")
+    assert r.exit_code == 2 and "a seed appears twice" in r.output
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "x").write_text("")
+    r = cli("lab", "--quick", "--out", tmp_path / "c")
+    assert r.exit_code == 2 and "--overwrite" in r.output
+    assert not (tmp_path / "b").exists()
+
+
+def test_shipped_lab_configs_are_placeholders_that_validate():
+    from mlan.config.base import load_config
+    from mlan.config.mixture import MixtureSpec
+    from mlan.lab.run import VARIANTS, WORLD_PLACEHOLDER
+    from mlan.paths import shipped_dir
+
+    sizes = set()
+    for name in {v.mixture for v in VARIANTS.values()}:
+        spec = load_config(shipped_dir("data_mixtures") / f"{name}.yaml", MixtureSpec)
+        sizes.add(spec.modality_split.language + spec.modality_split.vision)
+        assert all(s.dataset.startswith(WORLD_PLACEHOLDER) and s.adapter == "plain" for s in spec.sources)
+    assert sizes == {2400}  # every stage-2 variant trains on the same number of examples
+    assert Path(shipped_dir("recipes") / "lab_stage2.yaml").is_file()
