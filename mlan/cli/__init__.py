@@ -65,13 +65,14 @@ def _main(
 
 
 def _register() -> None:
-    from mlan.cli import evaluate, merge, mixture, quickstart, sft, tiny, validate
+    from mlan.cli import evaluate, lab, merge, mixture, quickstart, sft, tiny, validate
 
     app.command("build-mixture")(mixture.build_mixture)
     app.command("sft")(sft.sft)
     app.command("eval")(evaluate.evaluate)
     app.command("merge")(merge.merge)
     app.command("quickstart")(quickstart.quickstart)
+    app.command("lab")(lab.lab)
     app.command("tiny-model")(tiny.tiny_model)
     app.command("validate")(validate.validate)
 
