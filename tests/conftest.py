@@ -49,3 +49,11 @@ def cli():
         return runner.invoke(app, [str(a) for a in args], catch_exceptions=False, **kwargs)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def eval_data(shared_data, tmp_path_factory) -> Path:
+    """Local data for every task of the shipped evaluation suites (see tests/evaldata.py)."""
+    from evaldata import write_eval_data
+
+    return write_eval_data(tmp_path_factory.mktemp("evaldata"), shared_data)

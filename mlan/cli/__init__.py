@@ -38,7 +38,12 @@ app = typer.Typer(
     help=(
         "Language-based instruction tuning of multimodal LLMs: build mixtures, fine-tune "
         "LLaVA-style models, evaluate language and vision reasoning, merge the original LLM back.\n\n"
-        "Start offline with: mlan quickstart --out runs/quickstart"
+        "In a project folder, each command finds the previous one's output:\n\n"
+        "\b\n"
+        "  mlan build-mixture            data_mixtures/mlan.yaml -> runs/mixtures/mlan\n"
+        "  mlan sft recipes/vicuna.yaml  runs/mixtures/mlan -> runs/vicuna (newest run)\n"
+        "  mlan eval --unseen            evaluates the newest run\n\n"
+        "Offline, on a CPU, the whole pipeline on bundled data: mlan quickstart"
     ),
     no_args_is_help=True,
     add_completion=False,

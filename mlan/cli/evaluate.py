@@ -66,7 +66,10 @@ def evaluate(
 
         latest = latest_run()
         if latest is None:
-            raise MlanError("no model given and no finished run recorded under runs/ (pass a model folder)")
+            raise MlanError(
+                "no model given and no finished run recorded under runs/: name one, "
+                "e.g. `mlan eval runs/<run>` or a hub id, or train one with `mlan sft RECIPE`"
+            )
         models = [str(latest)]
     names = list(suite) if suite else [DEFAULT_SUITE]
     if unseen:

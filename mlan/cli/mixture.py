@@ -11,14 +11,27 @@ from mlan.cli.common import Overrides, Overwrite, console, load
 
 
 def build_mixture(
-    spec: Annotated[str, typer.Argument(help="Mixture spec: a YAML file or a shipped name (mlan, quickstart, ...).")],
+    spec: Annotated[
+        str, typer.Argument(help="Mixture spec: a YAML file or a shipped name (mlan, mlan_v_vicuna, quickstart, ...).")
+    ] = "data_mixtures/mlan.yaml",
     out: Annotated[Path | None, typer.Option("--out", help="Output folder (default: runs/mixtures/<name>).")] = None,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--data-dir",
+            help="Read hub sources from local copies: DIR/<source name>/<split>.jsonl (or .parquet, or a "
+            "save_to_disk folder), e.g. for a machine without hub access.",
+        ),
+    ] = None,
     overrides: Overrides = None,
     overwrite: Overwrite = False,
 ) -> None:
     """Build an instruction mixture (train + validation Arrow dataset and manifest.json) from
     real datasets: sample each source with the spec's seed, render instructions from templates,
     remove duplicates, check contamination against evaluation data.
+
+    With no SPEC it builds the default MLAN mixture (data_mixtures/mlan.yaml: 80k language-only
+    rows from the hub) into runs/mixtures/mlan, where the shipped recipes look for it.
 
     Example: mlan build-mixture data_mixtures/quickstart.yaml --out runs/mixtures/quickstart
     """
@@ -30,6 +43,10 @@ def build_mixture(
     from mlan.runs import mixture_dir
 
     cfg = load(spec, "data_mixtures", MixtureSpec, overrides)
+    if data_dir is not None:
+        from mlan.data.sources import with_local_data
+
+        cfg = with_local_data(cfg, data_dir)
     # The library logs its own progress per source; datasets' per-file bars would only add noise.
     datasets.disable_progress_bars()
     result = build(cfg, out or mixture_dir(cfg.name), overwrite=overwrite)

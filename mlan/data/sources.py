@@ -52,11 +52,14 @@ def open_dataset(ref: str, *, config: str | None, split: str, revision: str | No
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise MlanError(f"{what}: cannot read {path}: {first}") from None
     else:
-        from mlan.hub import require_hub
+        from mlan.hub import hub_unreachable_reason
 
-        require_hub(
-            ref, what, "download it first or point `dataset` at a local JSONL/Parquet file or save_to_disk folder"
-        )
+        reason = hub_unreachable_reason()
+        if reason:
+            raise MlanError(
+                f"{what}: the Hugging Face Hub is unreachable ({reason}); point `dataset` at a local "
+                "JSONL/Parquet file or save_to_disk folder, or pass --data-dir DIR holding <source name>/<split>.jsonl"
+            )
         try:
             ds = datasets.load_dataset(ref, config, split=split, revision=revision)
         except Exception as e:  # unknown id, config or split on the hub: one line with the library's reason
@@ -119,3 +122,36 @@ def _read(name: str, root: Path | None) -> bytes:
         return p.read_bytes()
     except OSError as e:
         raise ValueError(f"cannot read image {p}: {e.strerror or e}") from None
+
+
+def _local_copy(data_dir: Path, name: str, split: str) -> Path | None:
+    """`<data_dir>/<name>/<split>.{jsonl,json,parquet}` or a save_to_disk folder `<data_dir>/<name>/<split>/`."""
+    folder = data_dir / name
+    for suffix in LOCAL_SUFFIXES:
+        if (folder / f"{split}{suffix}").is_file():
+            return folder / f"{split}{suffix}"
+    return folder / split if (folder / split / "dataset_info.json").is_file() else None
+
+
+def with_local_data(spec, data_dir: str | Path):
+    """A copy of a mixture spec whose hub datasets point at local copies under `data_dir`.
+
+    The layout mirrors `mlan eval --data-dir`: a source (or contamination set) named `squad`
+    reading split `train` becomes `<data_dir>/squad/train.jsonl` (or .json/.parquet, or a
+    save_to_disk folder `<data_dir>/squad/train/`) when that exists; image paths in such a file
+    are resolved against its folder. Sources without a local copy keep their hub id, so a
+    missing one still fails with the one-line hub message.
+    """
+    data_dir = Path(data_dir).expanduser()
+    if not data_dir.is_dir():
+        raise MlanError(f"--data-dir {data_dir}: folder not found")
+    spec = spec.model_copy(deep=True)
+    for src in spec.sources:
+        local = None if is_local(src.dataset) else _local_copy(data_dir, src.name, src.split)
+        if local is not None:
+            src.dataset, src.config, src.revision, src.image_root = str(local), None, None, None
+    for ev in spec.contamination.evals:
+        local = None if is_local(ev.dataset) else _local_copy(data_dir, ev.task, ev.split)
+        if local is not None:
+            ev.dataset, ev.config, ev.revision = str(local), None, None
+    return spec

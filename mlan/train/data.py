@@ -32,12 +32,25 @@ class PreparedSplit:
     dropped: dict[str, int]
 
 
+def _build_hint(mixture_dir: Path) -> str:
+    """The command that builds a missing mixture folder: the shipped spec of the same name when
+    the folder is a default location (`runs/mixtures/<name>`), else the general form."""
+    from mlan.paths import shipped_dir
+    from mlan.runs import mixture_dir as default_dir
+
+    name = mixture_dir.name
+    if mixture_dir == default_dir(name) and (shipped_dir("data_mixtures") / f"{name}.yaml").is_file():
+        command = "mlan build-mixture" if name == "mlan" else f"mlan build-mixture data_mixtures/{name}.yaml"
+        return f"build it with `{command}`"
+    return f"build it with `mlan build-mixture SPEC --out {mixture_dir}`"
+
+
 def load_mixture(mixture_dir: Path) -> tuple[Any, dict[str, Any] | None]:
     """The mixture's DatasetDict and its manifest (None when the folder has none)."""
     from datasets import DatasetDict, load_from_disk
 
     if not mixture_dir.is_dir():
-        raise MlanError(f"data.mixture {mixture_dir}: folder not found (build it with `mlan build-mixture SPEC`)")
+        raise MlanError(f"data.mixture {mixture_dir}: folder not found ({_build_hint(mixture_dir)})")
     try:
         dd = load_from_disk(str(mixture_dir))
     except (FileNotFoundError, ValueError) as e:

@@ -193,6 +193,13 @@ def inspect_model(recipe: SFTRecipe) -> ModelInfo:
         path = str(local)
         if not (local / "config.json").is_file():
             raise MlanError(f"model.path {path}: no config.json (not a Hugging Face model folder)")
+    elif path.count("/") != 1 or path.startswith((".", "/", "~")):
+        # Not a hub id (`org/name`): a local folder that is not there, e.g. the recipe's placeholder.
+        raise MlanError(f"model.path {path}: folder not found (set your checkpoint: -o model.path=DIR or a hub id)")
+    else:
+        from mlan.hub import require_hub
+
+        require_hub(path, "model.path", "set model.path to a local model folder (-o model.path=DIR)", model=True)
     try:
         config = AutoConfig.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as e:
