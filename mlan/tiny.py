@@ -126,11 +126,32 @@ def _strings(obj) -> list[str]:
     return []
 
 
+def _llama_style(tok, model_max_length: int, chat_template: str):
+    """Wrap a `tokenizers.Tokenizer` Llama-style: `<s>` prepended on encoding, left padding,
+    `<image>` as the image token, the given chat template."""
+    from tokenizers import processors
+    from transformers import PreTrainedTokenizerFast
+
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", tok.token_to_id("<s>"))]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        extra_special_tokens={"image_token": IMAGE_TOKEN},
+        padding_side="left",
+        model_max_length=model_max_length,
+        chat_template=chat_template,
+    )
+
+
 def build_tokenizer(vocab_size: int = VOCAB_SIZE):
     """A byte-level BPE tokenizer trained on the bundled text (deterministic), Llama-style:
     `<s>` is prepended on encoding, `<image>` is a special token."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -142,29 +163,13 @@ def build_tokenizer(vocab_size: int = VOCAB_SIZE):
         show_progress=False,
     )
     tok.train_from_iterator(_corpus(), trainer)
-    bos_id = tok.token_to_id("<s>")
-    tok.post_processor = processors.TemplateProcessing(
-        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos_id)]
-    )
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        unk_token="<unk>",
-        bos_token="<s>",
-        eos_token="</s>",
-        pad_token="<pad>",
-        extra_special_tokens={"image_token": IMAGE_TOKEN},
-        padding_side="left",
-        model_max_length=2048,
-        chat_template=CHAT_TEMPLATE,
-    )
-    return fast
+    return _llama_style(tok, model_max_length=2048, chat_template=CHAT_TEMPLATE)
 
 
 def build_word_tokenizer(words: list[str], chat_template: str | None = None):
     """A word-level tokenizer over a closed vocabulary (the lab's toy world): one token per
     whitespace-separated word, `<s>` prepended, `<image>` special. Unknown words map to `<unk>`."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
+    from tokenizers import Tokenizer, models, pre_tokenizers
 
     chat_words = ["USER:", "ASSISTANT:"]
     vocab = {
@@ -175,21 +180,8 @@ def build_word_tokenizer(words: list[str], chat_template: str | None = None):
     }
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.post_processor = processors.TemplateProcessing(
-        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", vocab["<s>"])]
-    )
     # No decoder: the tokenizers library then joins words with single spaces, as written.
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        unk_token="<unk>",
-        bos_token="<s>",
-        eos_token="</s>",
-        pad_token="<pad>",
-        extra_special_tokens={"image_token": IMAGE_TOKEN},
-        padding_side="left",
-        model_max_length=512,
-        chat_template=chat_template or vicuna_chat_template(system=""),
-    )
+    return _llama_style(tok, model_max_length=512, chat_template=chat_template or vicuna_chat_template(system=""))
 
 
 def build_tiny_llava(size: str = "tiny", seed: int = 0, tokenizer=None):
