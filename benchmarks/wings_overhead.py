@@ -60,7 +60,7 @@ def build_batch(processor, rows: int):
     return processor(text=texts, images=images, return_tensors="pt", padding=True)
 
 
-def timed_round_robin(fn, models, repeats: int, sync) -> list[list[float]]:
+def timed_round_robin(fn, models, repeats: int, sync, clock) -> list[list[float]]:
     """Seconds of each repeat of `fn(model)`, per model; the repeats go round the models in turn, so that
     load from other processes on a shared machine falls on every variant alike."""
     for model in models:  # warm-up
@@ -69,10 +69,10 @@ def timed_round_robin(fn, models, repeats: int, sync) -> list[list[float]]:
     times: list[list[float]] = [[] for _ in models]
     for _ in range(repeats):
         for i, model in enumerate(models):
-            t = time.perf_counter()
+            t = clock()
             fn(model)
             sync()
-            times[i].append(time.perf_counter() - t)
+            times[i].append(clock() - t)
     return times
 
 
@@ -114,6 +114,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--new-tokens", type=int, default=16, help="tokens generated in the generation timing")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="CPU threads (1: timings in this thread's CPU time, see above)"
+    )
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
@@ -127,6 +130,12 @@ def main() -> None:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    if device.type == "cpu":
+        torch.set_num_threads(args.threads)
+    # On one CPU thread all of torch's work runs in this thread, and its CPU time does not grow
+    # while other processes hold the cores; wall time on a shared machine varied 6x for one step.
+    cpu_clock = device.type == "cpu" and args.threads == 1
+    clock = time.thread_time if cpu_clock else time.perf_counter
     torch.manual_seed(0)
     base, processor = build_tiny_llava(args.size, seed=0)
     dtype = getattr(torch, args.dtype)
@@ -139,7 +148,8 @@ def main() -> None:
         f"model: tiny LLaVA '{args.size}' ({sum(p.numel() for p in base.parameters()) / 1e6:.1f}M parameters), "
         f"batch {args.batch} rows ({n_image} with an image, {args.batch - n_image} text-only) x "
         f"{inputs['input_ids'].shape[1]} tokens, rank {args.rank}, {args.dtype}, "
-        f"device {torch.cuda.get_device_name() if device.type == 'cuda' else f'cpu ({torch.get_num_threads()} threads)'}"
+        f"device {torch.cuda.get_device_name() if device.type == 'cuda' else f'cpu ({torch.get_num_threads()} threads)'}, "
+        f"times in {'thread CPU' if cpu_clock else 'wall-clock'} ms"
     )
 
     variants = [
@@ -187,7 +197,7 @@ def main() -> None:
     ):
         for model in models:
             model.train(train)
-        for r, t in zip(results, timed_round_robin(fn, models, repeats, sync), strict=True):
+        for r, t in zip(results, timed_round_robin(fn, models, repeats, sync, clock), strict=True):
             # Best of N: on a shared machine other processes only ever add time, and by several
             # times at moments (seen here: 0.8 s vs 5 s for the same step), which medians do not remove.
             r[key] = min(t)

@@ -18,7 +18,12 @@ How it attaches (no copy of any transformers model code):
   non-padding tokens, causally masked.
 - KV cache: the learners keep their own keys/values for past tokens beside the main
   `past_key_values` (weakly keyed by the cache object), so generation with the cache gives the
-  same tokens as without it.
+  same tokens as without it. Not supported: beam search and cache cropping (the learners'
+  cache is not reordered or cut; an error says so), static caches and 4D attention masks.
+- The visual learner is unmasked, as in the paper: a query also sees image tokens that come
+  after it in the same forward. With a cache, a later chunk that brings a new image is not seen
+  by the earlier tokens (generation, whose images all sit in the prompt, is unaffected).
+- DDP: a batch without images leaves the visual learners unused (set find_unused_parameters).
 """
 
 from __future__ import annotations
