@@ -431,7 +431,7 @@ BAD_CASES = {
     ),
     "hub offline": (
         lambda t, d: {"dataset": "rajpurkar/squad", "adapter": "squad", "count": 5},
-        "is not a local path and the Hugging Face Hub is unreachable",
+        "(rajpurkar/squad): the Hugging Face Hub is unreachable",
     ),
 }
 
