@@ -30,8 +30,7 @@ def build_mixture(
     real datasets: sample each source with the spec's seed, render instructions from templates,
     remove duplicates, check contamination against evaluation data.
 
-    With no SPEC it builds the default MLAN mixture (data_mixtures/mlan.yaml: 80k language-only
-    rows from the hub) into runs/mixtures/mlan, where the shipped recipes look for it.
+    With no SPEC it builds the default MLAN mixture (data_mixtures/mlan.yaml: 80k language-only rows from the hub) into runs/mixtures/mlan, where the shipped recipes look for it.
 
     Example: mlan build-mixture data_mixtures/quickstart.yaml --out runs/mixtures/quickstart
     """
