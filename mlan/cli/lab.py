@@ -34,7 +34,9 @@ def lab(
     ] = None,
     jobs: Annotated[
         int | None,
-        typer.Option("--jobs", min=1, help="Seeds run in parallel processes (default: one per CPU core, up to 3)."),
+        typer.Option(
+            "--jobs", min=1, help="Seeds run in parallel processes (default: every seed at once, up to 2 per CPU core)."
+        ),
     ] = None,
     overwrite: Overwrite = False,
 ) -> None:
@@ -53,6 +55,13 @@ def lab(
     if jobs is not None:
         plan.jobs = jobs
     quiet_libraries()
+    import logging
+
+    # One line per stage from the lab; the stages' own INFO lines only with --verbose.
+    lab_log = logging.getLogger("mlan.lab")
+    if logging.getLogger("mlan").level == logging.INFO:
+        lab_log.setLevel(logging.INFO)
+        logging.getLogger("mlan").setLevel(logging.WARNING)
     report = run_lab(out, plan, overwrite=overwrite)
     c = console()
     c.print(f"\nmlan lab ({'quick' if quick else 'full'}): {report.out}\n")
