@@ -158,7 +158,9 @@ def load_model(
     """Load a LLaVA folder (model + processor) or a plain causal LM (model + tokenizer), in eval mode.
 
     With `text_only=True` a LLaVA model is reduced to its language model
-    (`extract_language_model`), whose text logits equal the LLaVA's.
+    (`extract_language_model`), whose text logits equal the LLaVA's. A Wings folder
+    (`mlan.wings.is_wings_dir`) opens with its learners (`mlan.wings.load_wings_model`); it has
+    no text-only form, since its learners sit inside the language model's layers.
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoProcessor, AutoTokenizer, LlavaForConditionalGeneration
@@ -169,8 +171,20 @@ def load_model(
     src = str(Path(name_or_path).expanduser()) if Path(name_or_path).expanduser().is_dir() else str(name_or_path)
     torch_dtype = resolve_dtype(dtype, device)
     multimodal = is_llava_config(config)
+    wings = multimodal and Path(src).is_dir() and _is_wings_dir(src)
+    if wings and text_only:
+        raise MlanError(
+            f"{name_or_path}: a Wings model has no text-only form (its learners need the LLaVA model around them); "
+            "load it whole"
+        )
     log.info("loading %s (%s) on %s", name_or_path, "LLaVA" if multimodal else "causal LM", device)
-    if multimodal:
+    if wings:
+        from mlan.wings import load_wings_model
+
+        # Loaded on the CPU first so that the fp16 -> fp32 step below sees it before any move.
+        model, processor = load_wings_model(src, device="cpu", dtype=dtype)
+        tokenizer = processor.tokenizer
+    elif multimodal:
         model = LlavaForConditionalGeneration.from_pretrained(src, dtype=torch_dtype)
         processor = AutoProcessor.from_pretrained(src)
         tokenizer = processor.tokenizer
@@ -232,6 +246,12 @@ def save_language_model(llava_dir: str | Path, out: str | Path, *, overwrite: bo
         loaded.model.save_pretrained(tmp)
         loaded.tokenizer.save_pretrained(tmp)
     return Path(out)
+
+
+def _is_wings_dir(path: str) -> bool:
+    from mlan.wings import is_wings_dir
+
+    return is_wings_dir(path)
 
 
 def _looks_like_path(s: str) -> bool:

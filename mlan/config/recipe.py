@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from mlan.config.base import StrictModel
+from mlan.config.wings import WingsConfig
 
 # The linear layers of a Llama/Mistral/Vicuna decoder; LoRA wraps them inside the language model only.
 DEFAULT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -153,6 +154,24 @@ class OutputSection(StrictModel):
     """Keep the last resumable checkpoints in `checkpoints/` (they hold optimizer state: several times the model)."""
 
 
+# Fields of WingsConfig that shape the learners' tensors and routing: a stage-2 run that starts from a
+# stage-1 Wings folder must use the values that folder was saved with.
+WINGS_ARCHITECTURE_FIELDS = ("rank", "layers", "router", "router_max_positions")
+
+
+class WingsTraining(WingsConfig):
+    """Train a Wings model (Zhang et al. 2024): the learner settings plus which of the two stages this run is."""
+
+    stage: Literal[1, 2] = 1
+    """1: projector + visual learners (learners added directly, no router; LLM and vision tower frozen).
+    2: visual + textual learners + router + full LLM, projector at its own rate (vision tower frozen).
+    Stage 2 started from a stage-1 output folder continues with its learners."""
+
+    def learner_config(self) -> WingsConfig:
+        """The `WingsConfig` part (what a saved Wings folder records), without the stage."""
+        return WingsConfig.model_validate(self.model_dump(exclude={"stage"}))
+
+
 class SFTRecipe(StrictModel):
     """One fine-tuning run of a LLaVA-style model with TRL's SFTTrainer."""
 
@@ -171,9 +190,40 @@ class SFTRecipe(StrictModel):
     """Optimisation settings."""
     output: OutputSection = Field(default_factory=OutputSection)
     """Output folder and what is written there."""
+    wings: WingsTraining | None = None
+    """Train Wings learners (visual + textual low-rank attention beside every decoder layer, with a router)
+    instead of plain SFT. The stage decides what trains and at which rates (`wings.stage1` / `wings.stage2`
+    learning rates, not `training.learning_rate`); the output is a Wings folder (`mlan.wings.load_wings_model`)."""
 
     @model_validator(mode="after")
     def _merge_needs_lora(self) -> SFTRecipe:
         if self.output.merge_lora and self.train.language_model not in ("lora", "qlora"):
             raise ValueError("output.merge_lora needs train.language_model lora or qlora")
+        return self
+
+    @model_validator(mode="after")
+    def _wings_owns_what_trains(self) -> SFTRecipe:
+        # With Wings the stage decides the trainable parts and per-group rates; a `train` or
+        # `training.learning_rate` value written in the recipe that the stage would silently
+        # override is refused instead.
+        if self.wings is None:
+            return self
+        stage, tr = self.wings.stage, self.train
+        if tr.language_model in ("lora", "qlora"):
+            raise ValueError(
+                f"wings: train.language_model {tr.language_model} is not supported with Wings "
+                "(stage 1 freezes the language model, stage 2 trains it in full)"
+            )
+        if tr.vision_tower:
+            raise ValueError("wings: the vision tower stays frozen in both Wings stages (set train.vision_tower false)")
+        want = "frozen" if stage == 1 else "full"
+        if "language_model" in tr.model_fields_set and tr.language_model != want:
+            raise ValueError(
+                f"wings: stage {stage} trains the language model {want!r}, not {tr.language_model!r} "
+                "(leave train.language_model out)"
+            )
+        if "projector" in tr.model_fields_set and not tr.projector:
+            raise ValueError("wings: both Wings stages train the projector (leave train.projector out)")
+        if "learning_rate" in self.training.model_fields_set:
+            raise ValueError(f"wings: set the per-group rates in wings.stage{stage} instead of training.learning_rate")
         return self

@@ -128,8 +128,13 @@ def make_lm(loaded, batch_size: int | str = 8):
     from lm_eval.models.huggingface import HFLM
 
     from mlan.models import extract_language_model
+    from mlan.wings import get_runtime
 
     model = extract_language_model(loaded.model) if loaded.multimodal else loaded.model
+    if loaded.multimodal and get_runtime(loaded.model) is not None:
+        # A Wings model's learners hook into the LLaVA forward (they take their side inputs there), so
+        # the LLaVA itself serves as the causal LM: on text-only input it is one.
+        model = loaded.model
     return HFLM(pretrained=model, tokenizer=loaded.tokenizer, backend="causal", batch_size=batch_size)
 
 

@@ -42,6 +42,7 @@ from mlan.merge.layout import (
     resolve_model_dir,
 )
 from mlan.merge.methods import add_task_vector, apply_trim, merge_tensor, task_vector, trim_threshold
+from mlan.wings.io import WINGS_WEIGHTS
 
 if TYPE_CHECKING:
     from mlan.config.merge import MergeConfig
@@ -272,7 +273,10 @@ def _copy_side_files(mm: Checkpoint, out: Path) -> list[str]:
     for f in sorted(mm.path.iterdir()):
         if not f.is_file() or f.name in mm.weight_names or f.name == MANIFEST:
             continue
-        if f.suffix in (".safetensors", ".bin", ".pt", ".pth") or f.name.startswith("."):
+        # A Wings model's learners (wings.safetensors beside wings_config.json) are carried over unchanged:
+        # merging touches only the base language model's tensors, and the learners read its hidden states
+        # at the same size, so the merged folder is again a Wings folder (`mlan.wings.load_wings_model`).
+        if f.name != WINGS_WEIGHTS and (f.suffix in (".safetensors", ".bin", ".pt", ".pth") or f.name.startswith(".")):
             continue  # other weights or training state: not part of the merged model
         shutil.copy2(f, out / f.name)
         copied.append(f.name)

@@ -13,13 +13,15 @@ from collections.abc import Iterable
 from mlan.config.recipe import TrainSection
 from mlan.errors import MlanError
 
-COMPONENTS = ("vision_tower", "projector", "language_model", "lm_head", "lora")
+COMPONENTS = ("vision_tower", "projector", "language_model", "lm_head", "lora", "wings")
 
 
 def component_of(name: str) -> str:
     """The component a parameter belongs to (LoRA adapter weights are their own component)."""
     if "lora_" in name:
         return "lora"
+    if ".wings." in name:  # Wings learners and routers sit inside the decoder layers, but are their own part
+        return "wings"
     if "vision_tower" in name:
         return "vision_tower"
     if "multi_modal_projector" in name:

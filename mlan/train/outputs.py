@@ -104,6 +104,21 @@ def model_card(
         )
         + f", projector **{'trained' if tr.projector else 'frozen'}**, vision tower **{'trained' if tr.vision_tower else 'frozen'}**",
     ]
+    wings = getattr(recipe, "wings", None)
+    if wings is not None:
+        rates = wings.stage1 if wings.stage == 1 else wings.stage2
+        lines[-1] = f"- Trained: **Wings stage {wings.stage}** (Zhang et al. 2024, arXiv 2406.03496): " + (
+            "projector + visual learners (added directly, no router); language model and vision tower frozen"
+            if wings.stage == 1
+            else "visual + textual learners, router and the full language model, projector at its own rate; "
+            "vision tower frozen"
+        )
+        lines += [
+            f"- Wings learners: rank {wings.rank}, layers {wings.layers}, router {wings.router}; learning rates "
+            + ", ".join(f"{k} {v:g}" for k, v in rates.model_dump().items()),
+            "- Stored apart from the base: `wings.safetensors` + `wings_config.json` (the rest is a standard LLaVA "
+            "folder); open it with `mlan.wings.load_wings_model(path)` or `mlan eval`",
+        ]
     params = results.get("parameters", {}).get("all")
     if params:
         share = 100 * params["trainable"] / max(params["total"], 1)
@@ -124,7 +139,8 @@ def model_card(
     lines += [
         "",
         "## Training",
-        f"- lr {t.learning_rate:g}, {t.lr_scheduler_type} schedule, warmup {t.warmup_ratio:g}, weight decay {t.weight_decay:g}",
+        ("- lr per Wings group (above)" if wings is not None else f"- lr {t.learning_rate:g}")
+        + f", {t.lr_scheduler_type} schedule, warmup {t.warmup_ratio:g}, weight decay {t.weight_decay:g}",
         f"- Global batch {results.get('global_batch_size')} ({t.per_device_train_batch_size} per device x "
         f"{results.get('gradient_accumulation_steps')} accumulation x {results.get('world_size')} processes), "
         f"max length {t.max_length}, seed {t.seed}, precision {results.get('precision')}",

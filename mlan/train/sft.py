@@ -324,6 +324,78 @@ def check_extra(extra: dict[str, Any]) -> None:
             )
 
 
+def check_wings(recipe: SFTRecipe, info: ModelInfo) -> None:
+    """Wings pre-flight: add the learners to a weightless copy of the model (every check `add_wings`
+    makes: LLaVA-style, Llama-style layers, layer indices, router vs attention kernel), and, when
+    `model.path` is a Wings folder (stage 2 after stage 1), check its learners fit the recipe's."""
+    from accelerate import init_empty_weights
+    from transformers import LlavaForConditionalGeneration
+
+    from mlan.config.recipe import WINGS_ARCHITECTURE_FIELDS
+    from mlan.wings import add_wings, is_wings_dir
+    from mlan.wings.io import WINGS_WEIGHTS, read_wings_config
+
+    config = recipe.wings.learner_config()
+    local = Path(info.path)
+    if local.is_dir() and is_wings_dir(local):
+        saved, _ = read_wings_config(local)
+        for name in WINGS_ARCHITECTURE_FIELDS:
+            if getattr(saved, name) != getattr(config, name):
+                raise MlanError(
+                    f"wings.{name}: {getattr(config, name)!r}, but the Wings model at model.path {local} was saved "
+                    f"with {getattr(saved, name)!r} (set wings.{name}={getattr(saved, name)!r} to continue its learners)"
+                )
+        if not (local / WINGS_WEIGHTS).is_file():
+            raise MlanError(f"model.path {local}: Wings folder without learner weights ({WINGS_WEIGHTS})")
+    kwargs = {}
+    if recipe.model.attn_implementation:
+        kwargs["attn_implementation"] = recipe.model.attn_implementation
+    with init_empty_weights():
+        meta = LlavaForConditionalGeneration._from_config(info.config, **kwargs)
+    add_wings(meta, config)
+
+
+def _add_wings(model, recipe: SFTRecipe, path: str) -> list[dict]:
+    """Add the recipe's Wings learners (restored from `path` when it is a Wings folder); the stage's
+    optimizer groups (this also sets what trains and whether the router is used)."""
+    from mlan.wings import add_wings, is_wings_dir, load_wings_weights, wings_parameter_groups
+
+    config = recipe.wings.learner_config()
+    add_wings(model, config)
+    if Path(path).is_dir() and is_wings_dir(path):
+        # from_pretrained read the base only; the learners of the earlier stage live beside it.
+        load_wings_weights(model, path)
+        log.info("Wings: learners restored from %s", path)
+    return wings_parameter_groups(model, recipe.wings.stage, config)
+
+
+def _image_rows_only(split, mixture_dir: Path, name: str):
+    """Wings stage 1 trains only the projector and the visual learners, which a text-only row does not
+    reach: such rows give no gradient at all (a batch of them would fail the backward pass), so they
+    are left out, as the paper's stage 1 trains on image data only."""
+    keep = [i for i, has in enumerate(split.has_image) if has]
+    if name == "train" and not keep:
+        raise MlanError(
+            f"data.mixture {mixture_dir}: Wings stage 1 trains on image rows, and this mixture has none "
+            "(use a mixture with vision rows)"
+        )
+    if split.kept["language"]:
+        log.info(
+            "Wings stage 1: leaving out %d text-only %s rows (no gradient reaches the visual learners)",
+            split.kept["language"],
+            name,
+        )
+    if not keep:
+        return None
+    return dataclasses.replace(
+        split,
+        dataset=split.dataset.select(keep),
+        lengths=[split.lengths[i] for i in keep],
+        has_image=[True] * len(keep),
+        kept={"language": 0, "vision": len(keep)},
+    )
+
+
 def _resolve_precision(precision: str) -> tuple[str, bool]:
     """(precision actually used, whether a GPU is used)."""
     import torch
@@ -408,10 +480,42 @@ def _trainer_class():
     class MlanSFTTrainer(SFTTrainer):
         """SFTTrainer with the modality/length-grouped sampler on the Trainer's sampler hook."""
 
-        def __init__(self, *args, row_lengths=None, row_has_image=None, **kwargs):
+        def __init__(self, *args, row_lengths=None, row_has_image=None, wings_groups=None, **kwargs):
             self._row_lengths = row_lengths
             self._row_has_image = row_has_image
+            self._wings_groups = wings_groups
             super().__init__(*args, **kwargs)
+
+        def create_optimizer(self, model=None):
+            # Wings trains each part at its own rate. The Trainer's optimizer and kwargs
+            # (`optim`, betas, eps...) are kept; only the groups are ours, split by weight decay as
+            # the Trainer splits them, so its scheduler scales every group's own rate.
+            if self._wings_groups is None or self.optimizer is not None:
+                return super().create_optimizer(model)
+            import torch
+
+            opt_model = self.model if model is None else model
+            decay = set(self.get_decay_parameter_names(opt_model))
+            names = {id(p): n for n, p in opt_model.named_parameters()}
+            groups = []
+            for g in self._wings_groups:
+                for suffix, weight_decay, decayed in (("", self.args.weight_decay, True), ("_no_decay", 0.0, False)):
+                    params = [p for p in g["params"] if (names.get(id(p)) in decay) == decayed]
+                    if params:
+                        groups.append(
+                            {"name": g["name"] + suffix, "params": params, "lr": g["lr"], "weight_decay": weight_decay}
+                        )
+            cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+            if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)) or {
+                "params",
+                "model",
+                "optimizer_dict",
+            } & set(kwargs):
+                raise MlanError(
+                    f"training.extra.optim {self.args.optim}: not supported with Wings (use an AdamW variant)"
+                )
+            self.optimizer = cls(groups, **kwargs)
+            return self.optimizer
 
         def _get_train_sampler(self, train_dataset=None):
             if self._row_lengths is None:
@@ -441,6 +545,11 @@ def _trainer_class():
             if not plain or not _checkpoint_weight_files(folder):
                 return super()._load_from_checkpoint(resume_from_checkpoint, model)
             _load_llava_weights(model, folder)
+            from mlan.wings import get_runtime, load_wings_weights
+
+            if get_runtime(model) is not None:
+                # The checkpoint's model.safetensors holds the base only; the learners are beside it.
+                load_wings_weights(model, folder)
 
     return MlanSFTTrainer
 
@@ -483,7 +592,8 @@ def _load_llava_weights(model, folder: Path) -> None:
             state[key] = value
     result = model.load_state_dict(state, strict=False)
     tied = set(getattr(model, "_tied_weights_keys", None) or [])
-    missing = [k for k in result.missing_keys if k not in tied]
+    # Wings learners are stored apart (wings.safetensors) and restored by the caller.
+    missing = [k for k in result.missing_keys if k not in tied and ".wings." not in k]
     if missing or result.unexpected_keys:
         raise RuntimeError(
             f"{folder}: checkpoint weights do not fit the model "
@@ -541,6 +651,14 @@ def _peft_config(recipe: SFTRecipe):
     )
 
 
+def _wings_sft_defaults(recipe: SFTRecipe) -> dict[str, Any]:
+    """SFTConfig settings Wings needs unless `training.extra` sets them: a text-only batch leaves the
+    visual learners (and in stage 2 the router) without gradient, which DDP must be told about."""
+    if recipe.wings is None or "ddp_find_unused_parameters" in recipe.training.extra:
+        return {}
+    return {"ddp_find_unused_parameters": True}
+
+
 def _checksum(model) -> str:
     """SHA-256 over every parameter of this process's copy of the model, in name order."""
     h = hashlib.sha256()
@@ -570,6 +688,8 @@ def run_sft(recipe: SFTRecipe, *, resume: bool | None = None, overwrite: bool = 
         n = check_lora_targets_on_meta(recipe, info.config)
         log.info("LoRA targets match %d linear layers of the language model", n)
     check_extra(recipe.training.extra)
+    if recipe.wings is not None:
+        check_wings(recipe, info)
     precision, cuda = _resolve_precision(recipe.training.precision)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     t = recipe.training
@@ -598,6 +718,9 @@ def run_sft(recipe: SFTRecipe, *, resume: bool | None = None, overwrite: bool = 
         )
         if len(val.dataset) == 0:
             val = None
+    if recipe.wings is not None and recipe.wings.stage == 1:
+        train = _image_rows_only(train, mixture_dir, "train")
+        val = _image_rows_only(val, mixture_dir, "validation") if val is not None else None
     log.info(
         "train rows: %d language, %d vision (dropped as too long: %d language, %d vision)",
         train.kept["language"],
@@ -639,6 +762,7 @@ def run_sft(recipe: SFTRecipe, *, resume: bool | None = None, overwrite: bool = 
         save_total_limit=t.save_total_limit,
         dataloader_num_workers=t.dataloader_num_workers,
         report_to="none",
+        **_wings_sft_defaults(recipe),
         **t.extra,
     )
     from accelerate import PartialState
@@ -657,7 +781,10 @@ def run_sft(recipe: SFTRecipe, *, resume: bool | None = None, overwrite: bool = 
     set_seed(t.seed)  # the same initial state (LoRA init, dropout) on every process and every run
     model = _load_model(recipe, info, cuda)
     peft_config = None
-    if recipe.train.language_model in ("lora", "qlora"):
+    wings_groups = None
+    if recipe.wings is not None:
+        wings_groups = _add_wings(model, recipe, info.path)
+    elif recipe.train.language_model in ("lora", "qlora"):
         for p in model.parameters():
             p.requires_grad_(False)
         peft_config = _peft_config(recipe)
@@ -674,6 +801,7 @@ def run_sft(recipe: SFTRecipe, *, resume: bool | None = None, overwrite: bool = 
         peft_config=peft_config,
         row_lengths=train.lengths if t.group_by_modality_length else None,
         row_has_image=train.has_image,
+        wings_groups=wings_groups,
     )
     trainer.data_collator = _image_token_masking(trainer.data_collator, info.image_token_id)
     if recipe.train.language_model == "qlora" and precision == "fp32":
