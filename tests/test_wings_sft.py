@@ -239,3 +239,42 @@ def test_wings_bad_input(cli, tiny_llava_dir, mixture, text_mixture, stages, tmp
     line = r.stderr.strip()
     assert "\n" not in line and message in line, line
     assert not out.exists() and not (tmp_path / "out.checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_stage2(tiny_llava_dir, mixture, tmp_path):
+    """Stage 2 under `accelerate launch` with 2 CPU processes (DDP over gloo): text-only batches leave the
+    visual learners unused, which DDP accepts (find_unused_parameters); both copies end equal."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    import yaml
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "ddp"
+    recipe = {
+        "model": {"path": str(tiny_llava_dir)},
+        "data": {"mixture": str(mixture), "eval_at_end": False},
+        "wings": {"stage": 2, "rank": 8},
+        "training": {"max_steps": 6, "per_device_train_batch_size": 4, "global_batch_size": 8, "max_length": 512},
+        "output": {"dir": str(out)},
+    }
+    recipe["training"] |= {"precision": "fp32", "logging_steps": 1, "save_steps": 100}
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1"}
+    repo = Path(__file__).resolve().parents[1]
+    cmd = [
+        str(Path(sys.executable).parent / "accelerate"), "launch",
+        "--config_file", str(repo / "recipes" / "accelerate" / "cpu_ddp.yaml"), "--main_process_port", str(port),
+        "-m", "mlan", "-q", "sft", str(tmp_path / "r.yaml"),
+    ]  # fmt: skip
+    p = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=420)
+    assert p.returncode == 0, (p.stdout + p.stderr)[-4000:]
+    res = json.loads((out / "train_results.json").read_text())
+    assert res["world_size"] == 2 and res["steps"] == 6
+    assert len(res["rank_checksums"]) == 2 and res["rank_checksums"][0] == res["rank_checksums"][1]
+    assert (out / "wings.safetensors").is_file() and json.loads((out / "wings_config.json").read_text())["use_router"]
