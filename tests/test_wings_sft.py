@@ -181,6 +181,11 @@ def test_resume_restores_the_learners(cli, stages, mixture, tmp_path):
 
     ckpt = stages["stage2"] / "checkpoints" / "checkpoint-4"
     assert (ckpt / "wings.safetensors").is_file() and (ckpt / "trainer_state.json").is_file()
+    # The optimizer trained each Wings group at its own rate (recipes/wings_tiny.yaml), under one scheduler.
+    groups = torch.load(ckpt / "optimizer.pt", weights_only=False)["param_groups"]
+    rates = {g["name"]: g["initial_lr"] for g in groups}
+    assert rates == {"language_model": 1e-3, "language_model_no_decay": 1e-3, "projector": 1e-3,
+                     "projector_no_decay": 1e-3, "learners": 3e-3, "router": 3e-3, "router_no_decay": 3e-3}, rates  # fmt: skip
     # The Trainer's resume hook on a model with fresh learners brings back the checkpoint's learners and base.
     model = add_wings(LlavaForConditionalGeneration.from_pretrained(stages["base"]), WingsConfig(rank=8))
     trainer = types.SimpleNamespace(is_fsdp_enabled=False, is_deepspeed_enabled=False, model=model)

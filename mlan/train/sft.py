@@ -483,7 +483,13 @@ def _trainer_class():
         def __init__(self, *args, row_lengths=None, row_has_image=None, wings_groups=None, **kwargs):
             self._row_lengths = row_lengths
             self._row_has_image = row_has_image
-            self._wings_groups = wings_groups
+            self._wings_groups = None
+            if wings_groups is not None:
+                # Groups by parameter name, taken before any wrapping: FSDP2 replaces the parameter
+                # objects when it shards the model, before the Trainer creates the optimizer.
+                model = kwargs.get("model", args[0] if args else None)
+                names = {id(p): n for n, p in model.named_parameters()}
+                self._wings_groups = [{**g, "params": {names[id(p)] for p in g["params"]}} for g in wings_groups]
             super().__init__(*args, **kwargs)
 
         def create_optimizer(self, model=None):
@@ -496,11 +502,18 @@ def _trainer_class():
 
             opt_model = self.model if model is None else model
             decay = set(self.get_decay_parameter_names(opt_model))
-            names = {id(p): n for n, p in opt_model.named_parameters()}
+            by_name = {_unwrapped_name(n): (n, p) for n, p in opt_model.named_parameters()}
             groups = []
             for g in self._wings_groups:
+                lost = sorted(g["params"] - by_name.keys())
+                if lost:
+                    raise MlanError(
+                        f"wings: parameter {lost[0]} is not found in the wrapped model (FSDP1 without "
+                        "use_orig_params flattens parameters; use FSDP2, DeepSpeed or DDP)"
+                    )
+                own = [by_name[n] for n in sorted(g["params"])]
                 for suffix, weight_decay, decayed in (("", self.args.weight_decay, True), ("_no_decay", 0.0, False)):
-                    params = [p for p in g["params"] if (names.get(id(p)) in decay) == decayed]
+                    params = [p for n, p in own if (n in decay) == decayed]
                     if params:
                         groups.append(
                             {"name": g["name"] + suffix, "params": params, "lr": g["lr"], "weight_decay": weight_decay}
@@ -552,6 +565,14 @@ def _trainer_class():
                 load_wings_weights(model, folder)
 
     return MlanSFTTrainer
+
+
+_WRAPPER_SEGMENTS = re.compile(r"(?:^|(?<=\.))(?:_fsdp_wrapped_module|_checkpoint_wrapped_module|module|_orig_mod)\.")
+
+
+def _unwrapped_name(name: str) -> str:
+    """A parameter's name without the segments DDP / FSDP / activation checkpointing / compile add."""
+    return _WRAPPER_SEGMENTS.sub("", name)
 
 
 # save_pretrained writes LLaVA weights in the original hub layout (`language_model.model.*`,
