@@ -28,6 +28,8 @@ def sft(
 
     Several GPUs: the same command under `accelerate launch --config_file recipes/accelerate/<ddp|fsdp|deepspeed_zero3>.yaml -m mlan sft ...`.
 
+    Wings (a `wings:` section, stage 1 then 2): mlan sft wings_tiny_stage1 && mlan sft wings_tiny
+
     Example: mlan sft recipes/tiny.yaml -o training.max_steps=20 -o output.dir=runs/tiny-short
     """
     from mlan.config.recipe import SFTRecipe
