@@ -404,7 +404,17 @@ def run_lab(out: str | Path, plan: LabPlan, *, overwrite: bool = False) -> LabRe
     out.mkdir(parents=True)
     t_start = time.perf_counter()
     results = _run_seeds(out, plan)
-    data = summarise(plan, results, seconds=time.perf_counter() - t_start)
+    data, table, reading = write_report(out, plan, results, time.perf_counter() - t_start)
+    files = {k: str(out / f"lab.{k}") for k in ("json", "md", "png")}
+    log.info("lab finished in %.0f s: %s", time.perf_counter() - t_start, out)
+    return LabReport(out=out, data=data, table=table, reading=reading, files=files)
+
+
+def write_report(
+    out: Path, plan: LabPlan, results: list[dict[str, Any]], seconds: float
+) -> tuple[dict[str, Any], str, str]:
+    """Summarise the seeds' results and write `lab.png`, `lab.md` and (last) `lab.json` to `out`."""
+    data = summarise(plan, results, seconds=seconds)
     table = lab_table(data)
     reading = data["reading"]
     plot_lab(data, out / "lab.png")
@@ -415,9 +425,7 @@ def run_lab(out: str | Path, plan: LabPlan, *, overwrite: bool = False) -> LabRe
         f"## Time per stage (s)\n\n{timings_table(data)}\n",
     )
     atomic_write_json(out / "lab.json", data)
-    files = {k: str(out / f"lab.{k}") for k in ("json", "md", "png")}
-    log.info("lab finished in %.0f s: %s", time.perf_counter() - t_start, out)
-    return LabReport(out=out, data=data, table=table, reading=reading, files=files)
+    return data, table, reading
 
 
 def _run_seeds(root: Path, plan: LabPlan) -> list[dict[str, Any]]:
@@ -507,24 +515,28 @@ def read_effects(summary: dict[str, Any], plan: LabPlan) -> dict[str, Any]:
             "language": lang[v12],
             "vision": vis[v12],
             "vision_only_vision": vis["vision_only"],
+            "stage1_language": s1,
             "language_only": {"language": lang.get("language_only"), "vision": vis.get("language_only")},
         }
     merges = [(a, lang.get(f"merge_{a:g}"), vis.get(f"merge_{a:g}")) for a in plan.alphas]
     merges = [m for m in merges if m[1] is not None]
     if merges and vo is not None:
+        vo_vis = vis.get("vision_only")
         best = max(merges, key=lambda m: (m[1], -m[0]))
-        # The smallest alpha that recovers the language: the merge that gives up the least vision.
-        recovering = [m for m in merges if m[1] >= vo + MARGIN]
-        pick = min(recovering, key=lambda m: m[0]) if recovering else best
+        # "Recovers language while keeping most vision": the merge with the best language among those
+        # whose vision stays within the margin of the vision-only model's.
+        keeps = [m for m in merges if vo_vis is None or (m[2] is not None and m[2] >= vo_vis - MARGIN - 1e-9)]
+        pick = max(keeps, key=lambda m: (m[1], -m[0])) if keeps else None
         effects["E3"] = {
-            "shown": bool(recovering),
+            "shown": pick is not None and pick[1] >= vo + MARGIN,
             "best_alpha": best[0],
             "best_language": best[1],
-            "alpha": pick[0],
-            "language": pick[1],
-            "vision": pick[2],
+            "best_vision": best[2],
+            "alpha": pick[0] if pick else None,
+            "language": pick[1] if pick else None,
+            "vision": pick[2] if pick else None,
             "vision_only_language": vo,
-            "vision_only_vision": vis.get("vision_only"),
+            "vision_only_vision": vo_vis,
             "meaningful": bool(effects.get("E1", {}).get("shown")),
         }
     return effects
@@ -556,7 +568,8 @@ def reading_text(effects: dict[str, Any], plan: LabPlan, seconds: float) -> str:
         lo = e2["language_only"]
         parts.append(
             f"E2 {'held' if e2['shown'] else 'did NOT show'}: the 12.5% vision mixture scored "
-            f"{_pct(e2['language'])} language / {_pct(e2['vision'])} vision against vision-only's "
+            f"{_pct(e2['language'])} language (stage 1: {_pct(e2['stage1_language'])}) / {_pct(e2['vision'])} vision "
+            f"against vision-only's "
             f"{_pct(e2['vision_only_vision'])} vision" + (f" ({'; '.join(why)})" if why else "")
             + (f"; language-only scored {_pct(lo['language'])} / {_pct(lo['vision'])}." if lo["language"] is not None else ".")
         )  # fmt: skip
@@ -565,13 +578,15 @@ def reading_text(effects: dict[str, Any], plan: LabPlan, seconds: float) -> str:
         if e3["shown"]:
             text = (
                 f"E3 held: merging the pretrained LLM back at alpha {e3['alpha']:g} recovered language "
-                f"{_pct(e3['vision_only_language'])} -> {_pct(e3['language'])} with vision "
-                f"{_pct(e3['vision_only_vision'])} -> {_pct(e3['vision'])}"
+                f"{_pct(e3['vision_only_language'])} -> {_pct(e3['language'])} while vision stayed "
+                f"{_pct(e3['vision'])} (vision-only {_pct(e3['vision_only_vision'])}); at alpha {e3['best_alpha']:g} "
+                f"language reached {_pct(e3['best_language'])} with vision {_pct(e3['best_vision'])}"
             )
         else:
             text = (
                 f"E3 did NOT show: no merge alpha raised language by the margin over vision-only's "
-                f"{_pct(e3['vision_only_language'])} (best {_pct(e3['best_language'])} at alpha {e3['best_alpha']:g})"
+                f"{_pct(e3['vision_only_language'])} while keeping its vision (best language {_pct(e3['best_language'])} "
+                f"at alpha {e3['best_alpha']:g}, vision {_pct(e3['best_vision'])})"
             )
         if not e3["meaningful"]:
             text += " (E1 did not show, so there was little language to recover)"
@@ -677,7 +692,7 @@ def plot_lab(data: dict[str, Any], path: Path) -> None:
     ax.set_title(
         f"mlan lab: language vs vision ({'mean over ' + str(n) + ' seeds, bars: range' if n > 1 else 'one seed'})"
     )
-    ax.set_xlim(-2, 102)
+    ax.set_xlim(-2, 110)
     ax.set_ylim(-2, 102)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower left")
