@@ -57,3 +57,18 @@ def eval_data(shared_data, tmp_path_factory) -> Path:
     from evaldata import write_eval_data
 
     return write_eval_data(tmp_path_factory.mktemp("evaldata"), shared_data)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _scratch_session_cwd(tmp_path_factory):
+    """Session- and module-scoped fixtures run in a scratch folder too, never in the repository."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(tmp_path_factory.mktemp("session-cwd"))
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _scratch_cwd(tmp_path_factory, monkeypatch):
+    """Every test runs in a fresh working folder: commands that default to `runs/` (the latest
+    run pointer, default outputs) never write into the repository or see another test's runs."""
+    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
