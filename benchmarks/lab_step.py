@@ -4,9 +4,13 @@ One world and one tiny lab LLaVA; the stage-1 recipe (captions, 64 images per ba
 pretraining recipe (128 text rows per batch) each run `--steps` steps through `mlan.train.sft.run_sft`
 under four settings, measured in the same process after a warm-up run:
 - baseline: torch's default thread count, no dataloader worker (run_sft's defaults);
-- 1 thread: `torch.set_num_threads(1)` (the lab's setting);
-- 1 thread + 1 dataloader worker (the lab's recipes: the next batch is rendered, tokenized and its
-  images decoded while this process computes).
+- 1 thread: `torch.set_num_threads(1)`;
+- default threads + 1 dataloader worker (the next batch is rendered, tokenized and its images
+  decoded while this process computes);
+- 1 thread + 1 dataloader worker (what `mlan lab` uses, quick and full).
+On an idle 2-core machine the default threads win by 15-20%; with other processes on the cores
+(several seeds at once, or other users) one thread was 3x faster per step and the worker 25% more,
+so the lab takes the setting that degrades least.
 Printed: seconds per optimizer step of each setting and its speed-up over the baseline.
 
     python benchmarks/lab_step.py            # about 3 minutes on 2 CPU cores
@@ -73,7 +77,8 @@ def main() -> None:
         settings = [
             ("baseline (default threads, no worker)", default_threads, 0),
             ("1 thread", 1, 0),
-            ("1 thread + 1 dataloader worker (lab)", 1, 1),
+            ("default threads + 1 dataloader worker", default_threads, 1),
+            ("1 thread + 1 dataloader worker", 1, 1),
         ]
         for recipe, what in (("lab_pretrain", "128 text rows"), ("lab_stage1", "64 image rows")):
             step_time(recipe, 1, 0, 3)  # warm-up: imports, kernels
