@@ -36,9 +36,10 @@ log = logging.getLogger(__name__)
 
 # The placeholder prefix of every path in the lab's shipped configs; replaced per seed.
 WORLD_PLACEHOLDER = "runs/lab/world"
-# At this model size (hidden 128, sequences of ~30 tokens) one intra-op thread per process is
-# fastest: measured 0.15 s against 0.45 s per 128-row training step with 2 threads on a busy 2-core
-# machine (OpenMP threads spin while they wait for a core). Parallel seeds use the cores instead.
+# One intra-op thread per process. On an idle 2-core machine torch's default (2 threads) is 15-20%
+# faster per step, but with other processes on the cores (parallel seeds, other users) one thread was
+# 3x faster (OpenMP threads spin while they wait for a core): this degrades least. See
+# benchmarks/lab_step.py. The cores are used by running seeds in parallel processes instead.
 DEFAULT_THREADS = 1
 
 
