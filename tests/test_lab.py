@@ -162,7 +162,7 @@ def test_reading_follows_the_numbers():
 
 def test_lab_bad_input(cli, tmp_path):
     r = cli("lab", "--seeds", "0,x", "--out", tmp_path / "a")
-    assert r.exit_code == 2 and "--seeds '0,x': expected comma-separated integers" in r.output
+    assert r.exit_code == 2 and "--seeds '0,x': expected a comma-separated list of integers, e.g. 0,1,2" in r.output
     r = cli("lab", "--quick", "--seeds", "1,1", "--out", tmp_path / "b")
     assert r.exit_code == 2 and "a seed appears twice" in r.output
     (tmp_path / "c").mkdir()

@@ -294,7 +294,7 @@ def test_yaml_config_with_override(cli, models, tmp_path):
         ("alpha", "alpha: value error, alpha must be in [0, 1], got 1.5"),
         ("density", "density must be in (0, 1], got 0.0"),
         ("density_method", "density: method task_arithmetic keeps the whole task vector"),
-        ("bad_number", "--alpha 'x': expected a number"),
+        ("bad_number", "--alpha 'x': expected a comma-separated list of numbers, e.g. 0,0.1,0.2"),
         ("no_weights", "no model weights"),
         ("tokenizer", "tokenizers differ at id 100: "),
     ],

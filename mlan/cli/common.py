@@ -19,6 +19,21 @@ Overrides = Annotated[
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace the output folder if it exists.")]
 
 M = TypeVar("M")
+N = TypeVar("N", int, float)
+
+
+def parse_list(option: str, value: str, kind: type[N], example: str) -> list[N]:
+    """A comma-separated option value (`--alpha 0,0.1,0.2`, `--seeds 0,1,2`) as numbers, or one line."""
+    from mlan.errors import MlanError
+
+    try:
+        values = [kind(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values:
+        what = "integers" if kind is int else "numbers"
+        raise MlanError(f"{option} {value!r}: expected a comma-separated list of {what}, e.g. {example}")
+    return values
 
 
 def load(path: str | Path, kind: str, model: type[M], overrides: list[str] | None = None) -> M:

@@ -8,18 +8,7 @@ from typing import Annotated
 
 import typer
 
-from mlan.cli.common import Overwrite, console
-from mlan.errors import MlanError
-
-
-def _seeds(value: str) -> list[int]:
-    try:
-        seeds = [int(v) for v in value.split(",") if v.strip()]
-    except ValueError:
-        raise MlanError(f"--seeds {value!r}: expected comma-separated integers, e.g. 0,1,2") from None
-    if not seeds:
-        raise MlanError(f"--seeds {value!r}: expected comma-separated integers, e.g. 0,1,2")
-    return seeds
+from mlan.cli.common import Overwrite, console, parse_list
 
 
 def lab(
@@ -43,14 +32,13 @@ def lab(
     """Reproduce the three effects in miniature, through mlan's own stages: a seeded toy world, a tiny
     LLaVA, LLM pretraining, stage-1 alignment, stage-2 variants, evaluation and a merge sweep.
 
-    Prints the table of language and vision scores per variant and merge alpha, and the reading of
-    which effects held; writes lab.json, lab.md and lab.png to --out.
+    Prints the table of language and vision scores per variant and merge alpha, and the reading of which effects held; writes lab.json, lab.md and lab.png to --out.
 
     Example: mlan lab --quick --out runs/lab-quick
     """
     from mlan.lab.run import full_plan, quick_plan, quiet_libraries, run_lab
 
-    chosen = _seeds(seeds) if seeds is not None else None
+    chosen = parse_list("--seeds", seeds, int, "0,1,2") if seeds is not None else None
     plan = quick_plan(chosen) if quick else full_plan(chosen)
     if jobs is not None:
         plan.jobs = jobs

@@ -7,17 +7,13 @@ from typing import Annotated, Any
 
 import typer
 
-from mlan.cli.common import Overrides, Overwrite, console
+from mlan.cli.common import Overrides, Overwrite, console, parse_list
 from mlan.errors import MlanError
 
 
 def _numbers(option: str, value: str) -> float | list[float]:
-    try:
-        values = [float(v) for v in value.split(",") if v.strip()]
-    except ValueError:
-        raise MlanError(f"{option} {value!r}: expected a number or comma-separated numbers, e.g. 0,0.1,0.2") from None
-    if not values:
-        raise MlanError(f"{option} {value!r}: expected a number or comma-separated numbers, e.g. 0,0.1,0.2")
+    """One number, or a list of them (a sweep)."""
+    values = parse_list(option, value, float, "0,0.1,0.2")
     return values[0] if len(values) == 1 else values
 
 
