@@ -201,3 +201,38 @@ def test_ruff_clean():
     repo = Path(__file__).resolve().parents[1]
     result = subprocess.run([str(ruff), "check", "--no-cache", str(repo)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _one_line_error(result) -> str:
+    assert result.exit_code == 2, result.output
+    lines = [x for x in result.output.splitlines() if x.strip()]
+    assert len(lines) == 1, result.output
+    return lines[0]
+
+
+def test_config_errors_through_the_cli(cli, tmp_path):
+    from mlan.paths import shipped_dir
+
+    recipe = tmp_path / "recipe.yaml"
+    text = (shipped_dir("recipes") / "tiny.yaml").read_text()
+
+    recipe.write_text(text.replace("  learning_rate:", "  learnin_rate:"))
+    msg = _one_line_error(cli("sft", recipe))
+    assert msg == f"error: {recipe}: training.learnin_rate: unknown field (did you mean 'learning_rate'?)"
+
+    recipe.write_text(text.replace("  per_device_train_batch_size: 8", "  per_device_train_batch_size: eight"))
+    msg = _one_line_error(cli("validate", "--kind", "recipe", recipe))
+    assert msg == (
+        f"error: {recipe}: training.per_device_train_batch_size: input should be a valid integer, "
+        "unable to parse string as an integer (got 'eight')"
+    )
+
+    msg = _one_line_error(cli("build-mixture", tmp_path / "missing.yaml"))
+    assert msg.startswith(f"error: {tmp_path / 'missing.yaml'}: file not found (shipped data_mixtures: ")
+
+    recipe.write_text(text)
+    msg = _one_line_error(cli("sft", recipe, "-o", "training.warmup_ratio=2"))
+    assert msg == (
+        f"error: {recipe}: training.warmup_ratio: input should be less than 1 (got 2) (from -o training.warmup_ratio=2)"
+    )
+    assert not (tmp_path / "runs").exists()
