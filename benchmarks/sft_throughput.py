@@ -91,7 +91,9 @@ def _text_pool() -> list[str]:
 
 def build_mixture(out: Path, tokenizer, rows: int, vision_share: float, seed: int) -> dict:
     """An MLAN_v-style mixture folder (the mixture-stage contract) with realistic row lengths."""
-    from datasets import Dataset, DatasetDict, Features, Image, List, Value
+    from datasets import Dataset, DatasetDict
+
+    from mlan.data.mixture import features as mixture_features
 
     rnd = random.Random(seed)
     words = _text_pool()
@@ -131,15 +133,7 @@ def build_mixture(out: Path, tokenizer, rows: int, vision_share: float, seed: in
             }
         )
     rnd.shuffle(out_rows)
-    features = Features(
-        {
-            "messages": List({"role": Value("string"), "content": Value("string")}),
-            "images": List(Image()),
-            "modality": Value("string"),
-            "source": Value("string"),
-            "id": Value("string"),
-        }
-    )
+    features = mixture_features()  # the mixture folder contract, as build-mixture writes it
     DatasetDict({"train": Dataset.from_list(out_rows, features=features)}).save_to_disk(str(out))
     manifest = {"name": "bench", "covers_eval_tasks": []}
     (out / "manifest.json").write_text(json.dumps(manifest))

@@ -62,7 +62,9 @@ def _image_rows(n: int) -> list[dict]:
 def make_mixture(out: Path, shared_data: Path, n_language: int = 48, n_vision: int = 16, n_long: int = 1) -> Path:
     """A small mixture folder: ARC-Easy + CommonsenseQA letter-answer rows, image rows, and
     `n_long` over-long rows of each modality (which training must drop and count)."""
-    from datasets import Dataset, DatasetDict, Features, Image, List, Value
+    from datasets import Dataset, DatasetDict
+
+    from mlan.data.mixture import features as mixture_features
 
     lang = _mc_rows(shared_data / "arc_easy" / "train.jsonl", "arc_easy", n_language // 2)
     lang += _mc_rows(shared_data / "commonsense_qa" / "train.jsonl", "commonsense_qa", n_language - n_language // 2)
@@ -74,15 +76,7 @@ def make_mixture(out: Path, shared_data: Path, n_language: int = 48, n_vision: i
             row["messages"][0]["content"] = ("Context: " + lang[i]["messages"][0]["content"] + "\n") * 40
             row["id"] += "-long"
             long_rows.append(row)
-    features = Features(
-        {
-            "messages": List({"role": Value("string"), "content": Value("string")}),
-            "images": List(Image()),
-            "modality": Value("string"),
-            "source": Value("string"),
-            "id": Value("string"),
-        }
-    )
+    features = mixture_features()  # the mixture folder contract, as build-mixture writes it
     train = lang + vision + long_rows
     val = _mc_rows(shared_data / "arc_easy" / "validation.jsonl", "arc_easy", 8) + _image_rows(4)
     dd = DatasetDict(

@@ -170,27 +170,20 @@ def _race(row, i) -> Item:
     )
 
 
+def _arc_like(row, i, question_key: str = "question") -> Item:
+    # ai2_arc, commonsense_qa and openbookqa (question_stem): choices{text,label}, answerKey (ARC labels may be 1-4).
+    ch = row["choices"]
+    return Item(
+        id=str(row.get("id", i)),
+        question=row[question_key],
+        choices=list(ch["text"]),
+        answer=_letter_of(list(ch["label"]), row["answerKey"]),
+        kind="mc",
+    )
+
+
 def _openbookqa(row, i) -> Item:
-    ch = row["choices"]
-    return Item(
-        id=str(row.get("id", i)),
-        question=row["question_stem"],
-        choices=list(ch["text"]),
-        answer=_letter_of(list(ch["label"]), row["answerKey"]),
-        kind="mc",
-    )
-
-
-def _arc_like(row, i) -> Item:
-    # ai2_arc and commonsense_qa: question, choices{text,label}, answerKey (ARC labels may be 1-4).
-    ch = row["choices"]
-    return Item(
-        id=str(row.get("id", i)),
-        question=row["question"],
-        choices=list(ch["text"]),
-        answer=_letter_of(list(ch["label"]), row["answerKey"]),
-        kind="mc",
-    )
+    return _arc_like(row, i, question_key="question_stem")
 
 
 def _mmlu(row, i) -> Item:
