@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlan.errors import MlanError
+from mlan.errors import MlanError, first_line
+from mlan.paths import looks_like_path
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ def read_model_config(name_or_path: str | Path) -> dict:
         return json.loads(cfg.read_text(encoding="utf-8"))
     if p.exists():
         raise MlanError(f"{p}: expected a model folder, got a file")
-    if _looks_like_path(str(name_or_path)):
+    if looks_like_path(str(name_or_path)):
         raise MlanError(f"{name_or_path}: model folder not found")
     try:
         from transformers import AutoConfig
@@ -72,7 +73,7 @@ def read_model_config(name_or_path: str | Path) -> dict:
         return AutoConfig.from_pretrained(str(name_or_path)).to_dict()
     except OSError as e:
         raise MlanError(
-            f"{name_or_path}: no model folder or reachable hub model of that name ({_first_line(e)})"
+            f"{name_or_path}: no model folder or reachable hub model of that name ({first_line(e)})"
         ) from None
 
 
@@ -252,11 +253,3 @@ def _is_wings_dir(path: str) -> bool:
     from mlan.wings import is_wings_dir
 
     return is_wings_dir(path)
-
-
-def _looks_like_path(s: str) -> bool:
-    return s.startswith((".", "/", "~")) or s.count("/") > 1 or "\\" in s
-
-
-def _first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]

@@ -47,6 +47,12 @@ def resolve_config(path: str | Path, kind: str) -> Path:
     raise MlanError(f"{path}: file not found (shipped {kind}: {names})")
 
 
+def looks_like_path(ref: str) -> bool:
+    """Whether a model reference is meant as a local path rather than a hub id (`org/name` or a
+    bare legacy name): a missing one is then reported as a missing folder, not looked up on the hub."""
+    return ref.startswith((".", "/", "~")) or ref.count("/") > 1 or "\\" in ref
+
+
 def resolve_data_path(value: str | Path) -> Path:
     """A data path from a config: `bundled:<rel>` points into mlan's bundled data."""
     s = str(value)

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from mlan.errors import MlanError
+from mlan.errors import MlanError, first_line
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -39,7 +39,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        problem = getattr(e, "problem", None) or first_line(e)
         raise MlanError(f"{path}: {where}invalid YAML ({problem})") from None
     if data is None:
         data = {}

@@ -25,7 +25,7 @@ from mlan.data.hygiene import ContaminationChecker, Deduplicator
 from mlan.data.manifest import build_manifest
 from mlan.data.sources import base_folder, load_image_bytes, open_dataset
 from mlan.data.templates import render
-from mlan.errors import MlanError
+from mlan.errors import MlanError, first_line
 from mlan.io import atomic_dir, atomic_write_json, check_output_dir
 from mlan.paths import resolve_data_path
 
@@ -147,7 +147,7 @@ def _tokenizer(spec: MixtureSpec):
     try:
         return AutoTokenizer.from_pretrained(ref), spec.tokenizer
     except Exception as e:  # not a tokenizer folder / unknown id: one line
-        raise MlanError(f"tokenizer: cannot load {spec.tokenizer!r}: {str(e).strip().splitlines()[0]}") from None
+        raise MlanError(f"tokenizer: cannot load {spec.tokenizer!r}: {first_line(e)}") from None
 
 
 _TINY = None
@@ -180,9 +180,7 @@ def image_tokens_per_image(value: int | str) -> tuple[int, str]:
         token_id = proc.tokenizer.convert_tokens_to_ids(token)
         enc = proc(text=token, images=Image.new("RGB", (336, 336)), return_tensors="np")
     except Exception as e:  # not a multimodal processor: one line
-        raise MlanError(
-            f"image_tokens: cannot measure with processor {value!r}: {str(e).strip().splitlines()[0]}"
-        ) from None
+        raise MlanError(f"image_tokens: cannot measure with processor {value!r}: {first_line(e)}") from None
     n = int((enc["input_ids"][0] == token_id).sum())
     if n == 0:
         raise MlanError(f"image_tokens: processor {value!r} produced no {token!r} tokens for an image")

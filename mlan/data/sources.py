@@ -11,7 +11,7 @@ import io
 import logging
 from pathlib import Path
 
-from mlan.errors import MlanError
+from mlan.errors import MlanError, first_line
 from mlan.paths import BUNDLED_PREFIX, resolve_data_path
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ def open_dataset(ref: str, *, config: str | None, split: str, revision: str | No
         except MlanError:
             raise
         except Exception as e:  # pyarrow/json parse errors of a user's file: name the file, keep it one line
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            first = first_line(e)
             raise MlanError(f"{what}: cannot read {path}: {first}") from None
     else:
         from mlan.hub import hub_unreachable_reason
@@ -63,7 +63,7 @@ def open_dataset(ref: str, *, config: str | None, split: str, revision: str | No
         try:
             ds = datasets.load_dataset(ref, config, split=split, revision=revision)
         except Exception as e:  # unknown id, config or split on the hub: one line with the library's reason
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            first = first_line(e)
             raise MlanError(
                 f"{what}: cannot load hub dataset {ref!r} (config {config}, split {split}): {first}"
             ) from None

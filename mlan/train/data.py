@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mlan.errors import MlanError
+from mlan.errors import MlanError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def load_mixture(mixture_dir: Path) -> tuple[Any, dict[str, Any] | None]:
     try:
         dd = load_from_disk(str(mixture_dir))
     except (FileNotFoundError, ValueError) as e:
-        raise MlanError(f"data.mixture {mixture_dir}: not a saved dataset ({str(e).splitlines()[0]})") from None
+        raise MlanError(f"data.mixture {mixture_dir}: not a saved dataset ({first_line(e)})") from None
     if not isinstance(dd, DatasetDict) or "train" not in dd:
         raise MlanError(f"data.mixture {mixture_dir}: expected a DatasetDict with a 'train' split")
     missing = [c for c in REQUIRED_COLUMNS if c not in dd["train"].column_names]

@@ -26,8 +26,9 @@ from typing import Any
 
 from mlan.config.base import dump_config
 from mlan.config.recipe import SFTRecipe
-from mlan.errors import MlanError
+from mlan.errors import MlanError, first_line
 from mlan.io import atomic_dir, atomic_write_json, atomic_write_text, check_output_dir
+from mlan.paths import looks_like_path
 
 log = logging.getLogger(__name__)
 
@@ -193,8 +194,8 @@ def inspect_model(recipe: SFTRecipe) -> ModelInfo:
         path = str(local)
         if not (local / "config.json").is_file():
             raise MlanError(f"model.path {path}: no config.json (not a Hugging Face model folder)")
-    elif path.count("/") != 1 or path.startswith((".", "/", "~")):
-        # Not a hub id (`org/name`): a local folder that is not there, e.g. the recipe's placeholder.
+    elif looks_like_path(path):
+        # Not a hub id: a local folder that is not there, e.g. the shipped recipes' placeholder.
         raise MlanError(f"model.path {path}: folder not found (set your checkpoint: -o model.path=DIR or a hub id)")
     else:
         from mlan.hub import require_hub
@@ -203,7 +204,7 @@ def inspect_model(recipe: SFTRecipe) -> ModelInfo:
     try:
         config = AutoConfig.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as e:
-        raise MlanError(f"model.path {path}: cannot load the model config ({str(e).splitlines()[0]})") from None
+        raise MlanError(f"model.path {path}: cannot load the model config ({first_line(e)})") from None
     if config.model_type != "llava":
         raise MlanError(
             f"model.path {path}: model type {config.model_type!r} is not LLaVA-style "
@@ -212,7 +213,7 @@ def inspect_model(recipe: SFTRecipe) -> ModelInfo:
     try:
         processor = AutoProcessor.from_pretrained(path, **kwargs)
     except (OSError, ValueError, TypeError) as e:
-        raise MlanError(f"model.path {path}: cannot load the processor ({str(e).splitlines()[0]})") from None
+        raise MlanError(f"model.path {path}: cannot load the processor ({first_line(e)})") from None
     if not hasattr(processor, "image_processor") or not getattr(processor, "image_token", None):
         raise MlanError(f"model.path {path}: the processor ({type(processor).__name__}) has no image processor/token")
     tokenizer = processor.tokenizer

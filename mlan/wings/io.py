@@ -16,7 +16,7 @@ from pathlib import Path
 
 from mlan.config.base import validate_config
 from mlan.config.wings import WingsConfig
-from mlan.errors import MlanError
+from mlan.errors import MlanError, first_line
 from mlan.io import atomic_dir, atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -132,7 +132,7 @@ def load_wings_weights(model, path: str | Path) -> None:
         try:
             layer.load_state_dict(own, strict=True)
         except RuntimeError as e:
-            raise MlanError(f"{weights}: layer {i}: {str(e).strip().splitlines()[0]}") from None
+            raise MlanError(f"{weights}: layer {i}: {first_line(e)}") from None
     extra = sorted(k for k in state if int(k.split(".")[1]) not in layers)
     if extra:
         raise MlanError(f"{weights}: tensor {extra[0]} belongs to a layer without learners in this model")
