@@ -100,7 +100,8 @@ def test_each_learner_output_added_once(tiny):
         layer.register_forward_pre_hook(
             lambda m, a, k: seen.__setitem__("x", a[0] if a else k["hidden_states"]), with_kwargs=True
         ),
-        layer.self_attn.register_forward_hook(lambda m, i, o: seen.__setitem__("attn", o[0])),
+        # The main attention's own output (Wings adds its learners to the attention module's output).
+        layer.self_attn.o_proj.register_forward_hook(lambda m, i, o: seen.__setitem__("attn", o)),
         layer.wings.visual.register_forward_hook(lambda m, i, o: seen.__setitem__("v", o)),
         layer.wings.textual.register_forward_hook(lambda m, i, o: seen.__setitem__("t", o)),
         layer.wings.router.register_forward_hook(lambda m, i, o: seen.__setitem__("w", o)),
@@ -150,6 +151,25 @@ def test_generation_with_cache_equals_without(tiny, router, attn):
         cached = model.generate(**inputs, max_new_tokens=6, do_sample=False)
         uncached = model.generate(**inputs, max_new_tokens=6, do_sample=False, use_cache=False)
         assert torch.equal(cached, uncached), rows
+
+
+def test_decoder_layers_receive_the_cache(tiny):
+    """The transformers behaviour Wings relies on by name (mlan.wings.model._layer_cache): during
+    cached generation every decoder layer is called with the cache object as a keyword argument,
+    `cache` (transformers >= 5.24) or `past_key_values` (before)."""
+    from transformers import Cache
+
+    from mlan.wings.model import _layer_cache
+
+    model = copy.deepcopy(tiny[0])
+    seen = []
+    hook = model.model.language_model.layers[0].register_forward_pre_hook(
+        lambda m, a, k: seen.append(_layer_cache(k)), with_kwargs=True
+    )
+    model.generate(**_batch(tiny, [MIXED[0]]), max_new_tokens=3, do_sample=False)
+    hook.remove()
+    assert len(seen) == 3 and all(isinstance(c, Cache) for c in seen)
+    assert seen[0] is seen[-1] and seen[-1].get_seq_length() > 0
 
 
 def test_mixed_batch_rows_match_single_rows(tiny):

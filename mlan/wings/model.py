@@ -1,24 +1,30 @@
 """Wings on a LLaVA-style model: learners and router per decoder layer, side inputs, KV cache.
 
-How it attaches (no copy of any transformers model code):
+How it attaches (public PyTorch module hooks only: no copy of transformers model code, no
+replaced `forward`, no private attention helpers or cache internals):
 
 - Each chosen decoder layer gets a `wings` submodule (`WingsLayer`: visual + textual LoRRA and
-  a router) and an instance-level `forward` that runs the layer's own submodules in the same
-  order as Llama's decoder layer and adds `w_v * LoRRA_v(H) + w_t * LoRRA_t(H)` once, to the
-  hidden state H after the attention residual, before the MLP's layer norm. The base weights
-  keep their names, so the base saves as a standard LLaVA folder.
+  a router). A forward hook on the layer's attention turns its output `a` into
+  `a + w_v * LoRRA_v(H) + w_t * LoRRA_t(H)` with `H = layer input + a`, the hidden state after the
+  attention residual: the layer then adds it to its residual stream, so the learners are added
+  once, before the MLP's layer norm. The base weights keep their names, so the base saves as a
+  standard LLaVA folder.
 - Side inputs travel as keyword arguments, not global state: a pre-hook on `LlavaModel` adds
   the image-token mask, a pre-hook on the language model turns it and the input embeddings
-  into a `_Chunk` that transformers passes down to every decoder layer. Gradient
-  checkpointing replays a layer with the same keyword arguments, so its side inputs stay right
-  even when another forward ran in between.
+  into a `_Chunk` that transformers passes down to every decoder layer (its `**kwargs`, the
+  channel transformers documents for extra attention inputs). A pre-hook on each decoder layer
+  takes it out again (no attention kernel sees it) and hands the Wings layer's input to its
+  attention hooks. Gradient checkpointing replays a layer with the same keyword arguments, so
+  its side inputs stay right even when another forward ran in between.
+- The one transformers detail read by name, the decoder layers' cache argument (`cache` since
+  5.24, `past_key_values` before), lives in `_layer_cache`, with a test that checks it.
 - Visual keys/values are the projector's image features: LLaVA scatters them into the input
   embeddings at the image-token positions, so they are read there (multi-image and mixed
   batches need no extra bookkeeping). Textual keys/values are the embeddings of the other
   non-padding tokens, causally masked.
-- KV cache: the learners keep their own keys/values for past tokens beside the main
-  `past_key_values` (weakly keyed by the cache object), so generation with the cache gives the
-  same tokens as without it. Not supported: beam search and cache cropping (the learners'
+- KV cache: the learners keep their own keys/values for past tokens beside the main cache
+  (weakly keyed by the cache object, whose length is read with the public `get_seq_length`),
+  so generation with the cache gives the same tokens as without it. Not supported: beam search and cache cropping (the learners'
   cache is not reordered or cut; an error says so), static caches and 4D attention masks.
 - The visual learner is unmasked, as in the paper: a query also sees image tokens that come
   after it in the same forward. With a cache, a later chunk that brings a new image is not seen
@@ -32,6 +38,7 @@ import logging
 import types
 import weakref
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 from torch import nn
@@ -80,6 +87,7 @@ class _CacheState:
     positions: torch.Tensor | None = None  # (B, S) per slot: rotary position
     keys_meta: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)  # learner -> (valid, slot)
     kv: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    main_keys: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> main branch's rotated keys
 
 
 @dataclass
@@ -88,6 +96,8 @@ class _Context:
 
     past: int
     positions: torch.Tensor  # (B, L) rotary positions of the new tokens
+    cos: torch.Tensor  # rotary cos/sin of the new tokens (the queries), from the model's own rotary module
+    sin: torch.Tensor
     query_slots: torch.Tensor  # (L,)
     has_image: torch.Tensor  # (B,)
     any_image: bool
@@ -114,19 +124,33 @@ class WingsRuntime:
     def __init__(self, model, config: WingsConfig, layer_ids: list[int], use_router: bool):
         self.config = config
         self.layer_ids = layer_ids
+        self.layer_set = frozenset(layer_ids)
         self.use_router = use_router
         self.image_token_id = _image_token_id(model.config)
         self.language_model = model.model.language_model
         self.text_config = model.config.text_config
         self.caches: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self.pending: dict[int, _Pending] = {}
         self.hooks = [
             model.model.register_forward_pre_hook(self._llava_pre_hook, with_kwargs=True),
             self.language_model.register_forward_pre_hook(self._lm_pre_hook, with_kwargs=True),
         ]
+        # Public PyTorch hooks only; the decoder layers and their attention keep their own forward.
+        for i, layer in enumerate(self.language_model.layers):
+            self.hooks.append(layer.register_forward_pre_hook(partial(_layer_pre_hook, self, i), with_kwargs=True))
+            if i in self.layer_set:
+                attn = layer.self_attn
+                self.hooks.append(attn.register_forward_pre_hook(partial(_attn_pre_hook, self, i), with_kwargs=True))
+                self.hooks.append(attn.register_forward_hook(partial(_attn_hook, self, i)))
 
     @property
     def attn_implementation(self) -> str:
         return getattr(self.language_model.config, "_attn_implementation", None) or "eager"
+
+    @property
+    def eager(self) -> bool:
+        """Eager attention returns its probabilities, which the routers read directly."""
+        return self.attn_implementation == "eager"
 
     # -- side inputs -------------------------------------------------------------------------
     def _llava_pre_hook(self, module, args, kwargs):
@@ -208,7 +232,7 @@ class WingsRuntime:
         valid_all = extend(state.valid if state else None, valid)
         positions_all = extend(state.positions if state else None, positions)
         main_mask = None
-        if self.use_router and self.config.router == "modality" and self.attn_implementation != "eager":
+        if self.use_router and self.config.router == "modality" and not self.eager:
             # Only the SDPA form of the modality router needs the main branch's mask, rebuilt here
             # because each attention kernel receives it in its own format (or not at all).
             all_slots = torch.arange(image_all.shape[1], device=dev)
@@ -247,9 +271,12 @@ class WingsRuntime:
         if state is not None:
             state.image, state.valid, state.positions = image_all, valid_all, positions_all
             state.length = past + n
+        cos, sin = self.language_model.rotary_emb(hidden, positions)
         chunk.context = _Context(
             past=past,
             positions=positions,
+            cos=cos,
+            sin=sin,
             query_slots=slots,
             has_image=has_image,
             any_image=bool(has_image.any()) and keys["visual"] is not None,
@@ -275,76 +302,95 @@ def _image_token_id(config) -> int:
     raise MlanError("Wings: the model config has no image_token_id")
 
 
-def _wings_layer_forward(
-    self,
-    hidden_states: torch.Tensor,
-    attention_mask=None,
-    position_ids=None,
-    past_key_values=None,
-    use_cache=False,
-    position_embeddings=None,
-    **kwargs,
-):
-    """Llama-style decoder layer with the Wings learners added once after the attention residual."""
-    chunk: _Chunk | None = kwargs.pop(_CHUNK_KW, None)
-    runtime: WingsRuntime = self._wings_runtime
-    attn = self.self_attn
-    if chunk is None:
+def _layer_cache(kwargs: dict):
+    """The KV cache a decoder layer was called with, or None.
+
+    The one place that knows the keyword's name: transformers 5.24 renamed the decoder layers'
+    `past_key_values` argument to `cache` (the old name is deprecated until 5.40), so both are
+    read. `tests/test_wings.py::test_decoder_layers_receive_the_cache` checks this behaviour on
+    the installed release.
+    """
+    cache = kwargs.get("cache")
+    return cache if cache is not None else kwargs.get("past_key_values")
+
+
+@dataclass
+class _LayerInput:
+    """What one Wings layer's attention hooks need: the forward's side inputs and the layer's input."""
+
+    chunk: _Chunk
+    residual: torch.Tensor  # the decoder layer's input: the attention output is added to it
+
+
+@dataclass
+class _Pending:
+    """Between a Wings attention's pre-hook and its forward hook (the same call, nothing in between)."""
+
+    inputs: _LayerInput
+    captured: dict[str, torch.Tensor]
+    hooks: list
+
+
+def _layer_pre_hook(runtime: WingsRuntime, index: int, layer, args, kwargs):
+    """Every decoder layer: take the side inputs out of the keyword arguments (no attention kernel sees
+    them); a Wings layer builds the forward's shared context and hands its own input to its attention.
+
+    Keyword arguments survive gradient checkpointing's replay (transformers checkpoints the layer's
+    `forward` with the same arguments), so the replayed attention gets the same side inputs even when
+    another forward ran in between.
+    """
+    chunk = kwargs.pop(_CHUNK_KW, None)
+    if index not in runtime.layer_set:
+        return args, kwargs
+    if not isinstance(chunk, _Chunk):
         raise MlanError("Wings: a decoder layer was called without its side inputs (call the LLaVA model)")
-    ctx = runtime.context(chunk, hidden_states, position_ids, past_key_values, attn.layer_idx)
-    if position_embeddings is None:
-        position_embeddings = runtime.language_model.rotary_emb(hidden_states, ctx.positions)
-    routed = runtime.use_router and ctx.any_image
-    eager = runtime.attn_implementation == "eager"
-    want_qk = routed and runtime.config.router == "modality" and not eager
+    hidden = args[0] if args else kwargs["hidden_states"]
+    runtime.context(chunk, hidden, kwargs.get("position_ids"), _layer_cache(kwargs), index)
+    kwargs[_CHUNK_KW] = _LayerInput(chunk, hidden)
+    return args, kwargs
+
+
+def _attn_pre_hook(runtime: WingsRuntime, index: int, attn, args, kwargs):
+    inputs = kwargs.pop(_CHUNK_KW)
+    ctx = inputs.chunk.context
     captured: dict[str, torch.Tensor] = {}
     hooks = []
-    if want_qk:
+    if runtime.use_router and ctx.any_image and runtime.config.router == "modality" and not runtime.eager:
         # The main branch's own projections (whatever module sits there now, e.g. a PEFT-wrapped
         # Linear), captured instead of recomputed.
         hooks = [
             attn.q_proj.register_forward_hook(lambda m, i, o: captured.__setitem__("q", o)),
             attn.k_proj.register_forward_hook(lambda m, i, o: captured.__setitem__("k", o)),
         ]
-
-    residual = hidden_states
-    hidden_states = self.input_layernorm(hidden_states)
-    try:
-        hidden_states, probs = attn(
-            hidden_states=hidden_states,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            past_key_values=past_key_values,
-            use_cache=use_cache,
-            position_embeddings=position_embeddings,
-            **kwargs,
-        )
-    finally:
-        for h in hooks:
-            h.remove()
-    hidden_states = residual + hidden_states
-
-    delta = _learners(self, runtime, ctx, hidden_states, position_embeddings, probs, captured, past_key_values, routed)
-    if delta is not None:
-        hidden_states = hidden_states + delta
-
-    residual = hidden_states
-    hidden_states = self.post_attention_layernorm(hidden_states)
-    hidden_states = self.mlp(hidden_states)
-    return residual + hidden_states
+    runtime.pending[index] = _Pending(inputs, captured, hooks)
+    return args, kwargs
 
 
-def _plain_layer_forward(self, *args, **kwargs):
-    """A layer without learners: drop the side inputs so that they never reach an attention kernel."""
-    kwargs.pop(_CHUNK_KW, None)
-    return type(self).forward(self, *args, **kwargs)
+def _attn_hook(runtime: WingsRuntime, index: int, attn, args, output):
+    """attention output a -> a + w_v * LoRRA_v(h) + w_t * LoRRA_t(h), with h = layer input + a.
+
+    The decoder layer adds this to its residual, so the next sublayer (post-attention norm + MLP)
+    and the residual stream see h + delta: the learners are added once, after the attention residual.
+    """
+    pending = runtime.pending.pop(index)
+    for h in pending.hooks:
+        h.remove()
+    out, probs = output[0], output[1] if len(output) > 1 else None
+    ctx = pending.inputs.chunk.context
+    layer = runtime.language_model.layers[index]
+    hidden = pending.inputs.residual + out
+    delta = _learners(layer, runtime, ctx, hidden, probs, pending.captured)
+    if delta is None:
+        return output
+    return (out + delta, *output[1:])
 
 
-def _learners(layer, runtime, ctx: _Context, h, position_embeddings, probs, captured, cache, routed):
+def _learners(layer, runtime, ctx: _Context, h, probs, captured):
     """w_v * LoRRA_v(h) + w_t * LoRRA_t(h) for one layer (None when no learner has any key)."""
     wings: WingsLayer = layer.wings
     idx = layer.self_attn.layer_idx
-    cos, sin = position_embeddings
+    cos, sin = ctx.cos, ctx.sin
+    routed = runtime.use_router and ctx.any_image
     outputs = {}
     for name, learner in (("visual", wings.visual), ("textual", wings.textual)):
         keys = ctx.keys[name]
@@ -360,7 +406,7 @@ def _learners(layer, runtime, ctx: _Context, h, position_embeddings, probs, capt
     if "textual" not in outputs and "visual" not in outputs:
         return None
     if routed:
-        weights = _route(layer, runtime, ctx, probs, captured, cache, cos, sin)
+        weights = _route(layer, runtime, ctx, probs, captured)
         w_v, w_t = weights[..., 0:1], weights[..., 1:2]
     else:
         # Stage 1 (and rows without images): the learners' outputs are added directly.
@@ -375,7 +421,7 @@ def _learners(layer, runtime, ctx: _Context, h, position_embeddings, probs, capt
     return delta
 
 
-def _route(layer, runtime, ctx: _Context, probs, captured, cache, cos, sin) -> torch.Tensor:
+def _route(layer, runtime, ctx: _Context, probs, captured) -> torch.Tensor:
     """Router weights (B, L, 2) of one layer from its main attention."""
     config = runtime.config
     router: Router = layer.wings.router
@@ -387,21 +433,23 @@ def _route(layer, runtime, ctx: _Context, probs, captured, cache, cos, sin) -> t
                 f"{runtime.attn_implementation!r}: load it with attn_implementation='eager' or use router: modality"
             )
         return router.forward_positions(probs, ctx.positions_all, ctx.has_image)
-    return router(_modality_features(attn, ctx, probs, captured, cache, cos, sin), ctx.has_image)
+    return router(_modality_features(attn, ctx, probs, captured), ctx.has_image)
 
 
-def _modality_features(attn, ctx: _Context, probs, captured, cache, cos, sin) -> torch.Tensor:
+def _modality_features(attn, ctx: _Context, probs, captured) -> torch.Tensor:
     if probs is not None:
         return modality_features_from_probs(probs, ctx.image_all)
     b, n, _ = captured["q"].shape
     head_dim = attn.head_dim
-    q = rotate(captured["q"].view(b, n, -1, head_dim).transpose(1, 2), cos, sin)
-    if cache is not None:
-        k = cache.layers[attn.layer_idx].keys
-        if k.shape[-2] != ctx.image_all.shape[1]:
-            raise MlanError("Wings: router 'modality' supports the dynamic KV cache only")
-    else:
-        k = rotate(captured["k"].view(b, n, -1, head_dim).transpose(1, 2), cos, sin)
+    q = rotate(captured["q"].view(b, n, -1, head_dim).transpose(1, 2), ctx.cos, ctx.sin)
+    k = rotate(captured["k"].view(b, n, -1, head_dim).transpose(1, 2), ctx.cos, ctx.sin)
+    if ctx.state is not None:
+        # With a KV cache the router needs the main keys of past tokens too. The learners keep their
+        # own copy (one layer's keys, only for this router on a fused kernel) instead of reading the
+        # cache's storage, whose layout is not public API and has changed between releases.
+        old = ctx.state.main_keys.get(attn.layer_idx)
+        k = k if old is None else torch.cat((old, k), dim=2)
+        ctx.state.main_keys[attn.layer_idx] = k
     scale = getattr(attn, "scaling", head_dim**-0.5)
     return modality_features_sdpa(q, k.to(q.dtype), ctx.image_all, ctx.main_mask, scale)
 
@@ -468,20 +516,12 @@ def add_wings(model, config: WingsConfig | None = None, *, use_router: bool = Tr
     if hidden % head_dim:
         raise MlanError(f"Wings: hidden size {hidden} is not a multiple of the head size {head_dim}")
     main_heads = text_config.num_attention_heads
-    runtime = WingsRuntime(model, config, layers, use_router)
-    for i, layer in enumerate(lm.layers):
-        # Under accelerate's device map the instance `forward` is its device-moving wrapper, which
-        # calls `_old_forward`: replace that one so the wrapper stays.
-        target = "_old_forward" if hasattr(layer, "_hf_hook") else "forward"
-        if i in layers:
-            ref = next(layer.parameters())
-            layer.wings = WingsLayer(hidden, hidden // head_dim, head_dim, main_heads, config).to(ref.device, ref.dtype)
-            setattr(layer, target, types.MethodType(_wings_layer_forward, layer))
-        else:
-            setattr(layer, target, types.MethodType(_plain_layer_forward, layer))
-        # A plain attribute, not a submodule: the runtime must not appear in state dicts.
-        layer.__dict__["_wings_runtime"] = runtime
-    model.__dict__["_wings_runtime"] = runtime
+    for i in layers:
+        layer = lm.layers[i]
+        ref = next(layer.parameters())
+        layer.wings = WingsLayer(hidden, hidden // head_dim, head_dim, main_heads, config).to(ref.device, ref.dtype)
+    # A plain attribute, not a submodule: the runtime must not appear in state dicts.
+    model.__dict__["_wings_runtime"] = WingsRuntime(model, config, layers, use_router)
     from mlan.wings.io import wings_save_pretrained
 
     # Every save (the Trainer's checkpoints too) keeps the base a standard LLaVA folder.
