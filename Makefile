@@ -1,11 +1,19 @@
-# Usual targets; each one sets up .venv first (CPU torch pinned, see scripts/setup.sh).
-.PHONY: setup test lint format quickstart bench
+# Usual targets; each one sets up .venv first (the locked versions of scripts/lock.txt, CPU torch).
+.PHONY: setup test test-fast test-latest lint format quickstart bench
 
 setup:
 	./scripts/setup.sh
 
 test: setup
 	.venv/bin/python -m pytest -q
+
+# The inner loop: everything but the tests marked slow (training, the lab, subprocesses).
+test-fast: setup
+	.venv/bin/python -m pytest -q -m "not slow"
+
+# Not in CI: the suite on the newest releases (.venv-latest), then the versions that differ from the lock.
+test-latest:
+	./scripts/test-latest.sh
 
 lint: setup
 	.venv/bin/ruff check . && .venv/bin/ruff format --check .
