@@ -107,10 +107,17 @@ SIZES: dict[str, TinySize] = {
 VOCAB_SIZE = 2048
 
 
+# Bundled slices kept out of the tokenizer's corpus: POPE (added for the tests) is mostly COCO
+# file names, which would reshape the tiny vocabulary and so every tiny model built before it.
+_NOT_IN_CORPUS = {"pope_coco"}
+
+
 def _corpus() -> list[str]:
     """Text for training the tokenizer: the bundled data slices, in a fixed file order."""
     texts = [VICUNA_SYSTEM, "USER: ASSISTANT: The best answer is A B C D E yes no"]
     for f in sorted(BUNDLED_DATA_DIR.glob("*/*.jsonl")):
+        if f.parent.name in _NOT_IN_CORPUS:
+            continue
         for line in f.read_text(encoding="utf-8").splitlines():
             texts.extend(_strings(json.loads(line)))
     return texts

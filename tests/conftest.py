@@ -1,7 +1,8 @@
 """Shared fixtures: a tiny LLaVA built once per session, the real data slices, a CLI runner.
 
-Everything is offline: models are built from config, data comes from `../shared/data`
-(real public slices beside the repository) or from the slices bundled in the package.
+Everything is offline and inside the repository: models are built from config, data comes from
+the slices bundled in the package (`mlan/assets/data`), and rows of datasets that may not be
+redistributed are written by the tests in their Hugging Face schemas (tests/evaldata.py).
 """
 
 from __future__ import annotations
@@ -17,15 +18,15 @@ os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parents[1]
-# CI clones the repository with shared/ beside it; fall back to the bundled copies.
-_SHARED = REPO.parent / "shared" / "data"
-SHARED_DATA = _SHARED if _SHARED.is_dir() else REPO / "mlan" / "assets" / "data"
+# The tests read nothing outside the repository: the data slices bundled in the package.
+BUNDLED_DATA = REPO / "mlan" / "assets" / "data"
 
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """The real public data slices (Hugging Face schemas), one folder per dataset."""
-    return SHARED_DATA
+    """The real public data slices bundled in the repository (Hugging Face schemas), one folder
+    per dataset: `mlan/assets/data` of this checkout, never a folder beside it."""
+    return BUNDLED_DATA
 
 
 @pytest.fixture(scope="session")

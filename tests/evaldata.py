@@ -1,6 +1,7 @@
 """Local evaluation data for tests: `<dir>/<task>/<split>.jsonl` for every task of the shipped
-suites. Real slices where they exist (../shared/data); rows written here in the Hugging Face
-schemas where no redistributable copy exists (RACE, HellaSwag, RealWorldQA, AI2D, GQA)."""
+suites. Real slices where the repository bundles them (`mlan/assets/data`); rows written here in
+the Hugging Face schemas where no redistributable copy exists (RACE, HellaSwag, RealWorldQA,
+AI2D, GQA, ScienceQA). Nothing is read from outside the repository."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import json
 import shutil
 from pathlib import Path
 
-BUNDLED_IMAGES = Path(__file__).resolve().parents[1] / "mlan" / "assets" / "data" / "images"
+BUNDLED_DATA = Path(__file__).resolve().parents[1] / "mlan" / "assets" / "data"
+BUNDLED_IMAGES = BUNDLED_DATA / "images"
 
 # RACE and HellaSwag have no redistributable slices: a few rows written here in their HF schemas.
 RACE_ROWS = [
@@ -144,14 +146,166 @@ GQA_ROWS = [
 ]
 
 
+# ScienceQA is CC BY-NC-SA 4.0: none of its rows are copied here. The questions below were written
+# for mlan's tests, in the schema of `derek-thomas/ScienceQA` (question, choices, answer as the
+# index of the right choice, hint, image, task, grade, subject, topic, category, skill, lecture,
+# solution) plus the `pid` and `split` of the official problems.json; `image` is a file name, and
+# the image lies at `<image dir>/<pid>/image.png` as in the official release.
+def _sqa(pid: int, question: str, choices: list[str], answer: int, **fields) -> dict:
+    row = {"pid": str(pid), "question": question, "choices": choices, "answer": answer, "hint": "", "image": None}
+    row |= {"task": "closed choice", "grade": "grade3", "subject": "natural science", "topic": "", "category": ""}
+    row |= {"skill": "", "lecture": "", "solution": ""}
+    row |= fields
+    return {**row, "split": "test"}
+
+
+# Rows with an image: pid -> (bundled image shown, row).
+_SQA_IMAGE_ROWS = {
+    "9001": ("skimage_coins.png", _sqa(
+        9001, "What are the round objects in the picture?", ["buttons", "coins", "cookies"], 1,
+        subject="social science", topic="economics", category="Money", skill="Identify coins",
+        solution="The round metal objects with pictures stamped on them are coins.",
+    )),
+    "9002": ("skimage_rocket.jpg", _sqa(
+        9002, "Which force pulls the rocket back toward Earth?", ["gravity", "magnetism", "friction"], 0,
+        hint="The picture shows a rocket lifting off from a launch pad.", topic="physics", category="Forces",
+        skill="Identify forces", lecture="A force is a push or a pull.",
+        solution="Gravity pulls every object toward the center of Earth, so gravity pulls the rocket back.",
+    )),
+    "9003": ("llava_waterview.jpg", _sqa(
+        9003, "What is the large area of water in this picture?", ["a desert", "a glacier", "a lake"], 2,
+        subject="social science", topic="geography", category="Landforms",
+        skill="Identify landforms and bodies of water",
+        solution="A lake is a large area of still water surrounded by land.",
+    )),
+    "9004": ("skimage_clock_motion.png", _sqa(
+        9004, "What does this object measure?", ["weight", "time", "temperature"], 1, grade="grade2",
+        topic="units and measurement", category="Measurement", skill="Choose the right tool to measure",
+        solution="The object is a clock. Its hands show the hours and minutes, so it measures time.",
+    )),
+}  # fmt: skip
+_STATES = [  # (thing, state, hint)
+    ("a wooden spoon", "solid", ""),
+    ("the steam above a pot of soup", "gas", "Omar heats a pot of soup on the stove."),
+    ("apple juice in a glass", "liquid", ""),
+    ("the helium inside a party balloon", "gas", ""),
+    ("a glass marble", "solid", "Ines rolls a marble across the floor."),
+    ("olive oil in a bottle", "liquid", ""),
+]
+_STATE_WHY = {
+    "solid": "keeps its own shape, so it is a solid",
+    "liquid": "takes the shape of its container, so it is a liquid",
+    "gas": "spreads out to fill the space around it, so it is a gas",
+}
+_CHANGES = [  # (change, chemical?)
+    ("frying an egg", True),
+    ("folding a paper airplane", False),
+    ("an iron nail rusting in the rain", True),
+    ("an ice pop melting in the sun", False),
+    ("baking bread", True),
+    ("cutting a sheet of paper in half", False),
+]
+_ANIMALS = [  # (group, choices, answer)
+    ("a mammal", ["trout", "goat", "lizard"], 1),
+    ("a bird", ["owl", "frog", "shark"], 0),
+    ("a fish", ["turtle", "bat", "tuna"], 2),
+    ("a reptile", ["crocodile", "robin", "toad"], 0),
+    ("an amphibian", ["eel", "salamander", "horse"], 1),
+    ("an insect", ["spider", "worm", "beetle"], 2),
+]
+_LANGUAGE = "language science"
+_SOCIAL = "social science"
+_SQA_OTHER = [
+    _sqa(
+        9119, "Which word is a verb?", ["tall", "run", "window"], 1, grade="grade2", subject=_LANGUAGE,
+        topic="grammar", category="Parts of speech", skill="Identify verbs",
+        solution="Run names an action, so it is a verb. Tall describes a thing and window names one.",
+    ),
+    _sqa(
+        9120, "Which word would come first in alphabetical order?", ["pencil", "lamp", "garden"], 2, grade="grade2",
+        subject=_LANGUAGE, topic="reference-skills", category="Alphabetical order",
+        skill="Put words in alphabetical order",
+        solution="Compare the first letters: g comes before l and p in the alphabet, so garden comes first.",
+    ),
+    _sqa(
+        9121, "In which tense is this sentence written?\nThe children painted the fence yesterday.",
+        ["future tense", "past tense", "present tense"], 1, subject=_LANGUAGE, topic="verbs",
+        category="Verb tense", skill="Identify the tense of a sentence",
+        solution="Painted ends in -ed and tells about something that already happened, so it is past tense.",
+    ),
+    _sqa(
+        9122, "Which ocean is the largest?", ["Atlantic Ocean", "Indian Ocean", "Pacific Ocean", "Arctic Ocean"], 2,
+        grade="grade4", subject=_SOCIAL, topic="geography", category="Oceans and continents",
+        skill="Identify oceans", solution="The Pacific Ocean covers more of Earth than any other ocean.",
+    ),
+    _sqa(
+        9123, "Which of these is a continent?", ["Brazil", "Africa", "Lake Superior"], 1, subject=_SOCIAL,
+        topic="geography", category="Oceans and continents", skill="Identify continents",
+        solution="Africa is one of the seven continents. Brazil is a country and Lake Superior is a lake.",
+    ),
+    _sqa(
+        9124, "Is a haircut a good or a service?", ["a good", "a service"], 1,
+        hint="Lena pays a barber to cut her hair.", grade="grade2", subject=_SOCIAL, topic="economics", category="Goods and services",
+        skill="Identify goods and services", solution="A haircut is a job that someone does for you: a service.",
+    ),
+]  # fmt: skip
+
+
+def _scienceqa_rows() -> list[dict]:
+    rows = [{**row, "image": "image.png"} for _, row in _SQA_IMAGE_ROWS.values()]
+    states = ["a solid", "a liquid", "a gas"]
+    for k, (thing, state, hint) in enumerate(_STATES):
+        rows.append(_sqa(
+            9101 + k, f"Is {thing} a solid, a liquid, or a gas?", states, states.index(f"a {state}"), hint=hint,
+            topic="physics", category="States of matter", skill="Identify solids, liquids, and gases",
+            lecture="Matter can be a solid, a liquid, or a gas. A solid keeps its own shape. A liquid takes the "
+            "shape of its container. A gas spreads out to fill all the space it is in.",
+            solution=f"{thing[0].upper()}{thing[1:]} {_STATE_WHY[state]}.",
+        ))  # fmt: skip
+    changes = ["a physical change", "a chemical change"]
+    for k, (change, chemical) in enumerate(_CHANGES):
+        why = "forms a different type of matter" if chemical else "changes how matter looks, but no new matter forms"
+        rows.append(_sqa(
+            9107 + k, f"What kind of change is {change}?", changes, int(chemical), grade="grade4",
+            topic="chemistry", category="Physical and chemical change", skill="Identify physical and chemical changes",
+            lecture="In a chemical change, a different type of matter forms. In a physical change, the type of "
+            "matter stays the same.",
+            solution=f"{change[0].upper()}{change[1:]} {why}. So it is {changes[int(chemical)]}.",
+        ))  # fmt: skip
+    for k, (group, choices, answer) in enumerate(_ANIMALS):
+        rows.append(_sqa(
+            9113 + k, f"Which animal is {group}?", choices, answer, grade="grade2", topic="biology",
+            category="Classification", skill="Identify groups of animals",
+            lecture="Scientists sort animals into groups by the traits they share.",
+            solution=f"The {choices[answer]} is {group}. The other animals belong to other groups.",
+        ))  # fmt: skip
+    return rows + _SQA_OTHER
+
+
+# 4 rows with an image first, then 24 without: ScienceQA's test split has both kinds.
+SCIENCEQA_ROWS = _scienceqa_rows()
+
+
+def write_scienceqa(path: Path, images: Path) -> Path:
+    """The ScienceQA-schema rows at `path` (jsonl), their images at `<images>/<pid>/image.png`."""
+    from PIL import Image
+
+    _write_jsonl(path, SCIENCEQA_ROWS)
+    for pid, (name, _) in _SQA_IMAGE_ROWS.items():
+        (images / pid).mkdir(parents=True, exist_ok=True)
+        Image.open(BUNDLED_IMAGES / name).convert("RGB").save(images / pid / "image.png")
+    return path
+
+
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
 
 
-def write_eval_data(d: Path, shared_data: Path) -> Path:
-    """`<dir>/<task>/<split>.jsonl` for every task of the shipped suites: real slices where they
-    exist, rows written in the HF schema where they do not, and images for the vision rows."""
+def write_eval_data(d: Path, shared_data: Path = BUNDLED_DATA) -> Path:
+    """`<dir>/<task>/<split>.jsonl` for every task of the shipped suites: real slices bundled in
+    the repository (`shared_data`) where they exist, rows written in the HF schema where they do
+    not, and images for the vision rows."""
     from PIL import Image
 
     copies = {
@@ -181,12 +335,6 @@ def write_eval_data(d: Path, shared_data: Path) -> Path:
     pope = [json.loads(x) for x in (d / "pope" / "test.jsonl").read_text().splitlines()]
     for k, name in enumerate(dict.fromkeys(r["image"] for r in pope[:40])):
         Image.new("RGB", (48, 40), (40 * k % 255, 90, 160)).save(images / name)
-    # ScienceQA: the real text-only test rows plus real image-row metadata with stand-in images.
-    sqa = [json.loads(x) for x in (shared_data / "scienceqa" / "test.jsonl").read_text().splitlines()]
-    meta = [json.loads(x) for x in (shared_data / "scienceqa" / "image_rows_metadata.jsonl").read_text().splitlines()]
-    img_rows = [r for r in meta if r["split"] == "test"][:4]
-    for r in img_rows:
-        (images / r["pid"]).mkdir()
-        Image.new("RGB", (36, 36), (200, 30, int(r["pid"]) % 255)).save(images / r["pid"] / r["image"])
-    _write_jsonl(d / "scienceqa" / "test.jsonl", [*img_rows, *sqa[:4]])
+    # ScienceQA (CC BY-NC-SA 4.0, not redistributable): rows written in its schema, with and without images.
+    write_scienceqa(d / "scienceqa" / "test.jsonl", images)
     return d

@@ -26,12 +26,8 @@ def pair(tiny_llava_dir, tmp_path_factory) -> dict[str, Path]:
     for f in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy2(tiny_llava_dir / f, root / "llm" / f)
 
-    shared = Path(__file__).resolve().parents[2] / "shared" / "data" / "pope_coco" / "random.jsonl"
-    rows = [json.loads(x) for x in shared.read_text().splitlines()[:3]] if shared.is_file() else []
-    if not rows:  # POPE's schema, for a checkout without the shared data
-        rows = [
-            {"question_id": i, "image": "a.jpg", "text": "Is there a cat in the image?", "label": "no"} for i in (1, 2)
-        ]
+    pope = Path(__file__).resolve().parents[1] / "mlan" / "assets" / "data" / "pope_coco" / "random.jsonl"
+    rows = [json.loads(x) for x in pope.read_text().splitlines()[:3]]  # bundled POPE rows (MIT)
     (root / "images").mkdir()
     for name in {r["image"] for r in rows}:
         Image.new("RGB", (40, 32), (30, 120, 200)).save(root / "images" / name)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from evaldata import SCIENCEQA_ROWS
 
 from mlan.data.templates import CHAIN_OF_THOUGHT, MULTIPLE_CHOICE, SHORT_ANSWER, YES_NO
 
@@ -212,7 +213,7 @@ def test_generic_chat_and_qa_adapters_and_chain_of_thought(cli, shared_data, tmp
         }
         for i, name in enumerate(sorted(p.name for p in (shared_data / "images").iterdir()))
     ]
-    sqa = [r for r in read_jsonl(shared_data / "scienceqa/test.jsonl") if r["solution"]]
+    sqa = [r for r in SCIENCEQA_ROWS if r["solution"] and r["image"] is None]  # ScienceQA schema, text rows
     spec = write_spec(
         tmp_path / "g.yaml",
         sources=[
