@@ -18,18 +18,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlan.errors import MlanError, first_line
-from mlan.paths import looks_like_path
+from mlan.errors import MlanError
+
+# Folder facts live one layer down (mlan.wings uses them too); re-exported for the stages.
+from mlan.folders import (  # noqa: F401
+    TOKENIZER_FILES,
+    WEIGHT_FILES,
+    check_model_dir,
+    default_device,
+    is_llava,
+    is_llava_config,
+    read_model_config,
+    resolve_dtype,
+)
+from mlan.io import atomic_dir
 
 log = logging.getLogger(__name__)
 
-WEIGHT_FILES = (
-    "model.safetensors",
-    "model.safetensors.index.json",
-    "pytorch_model.bin",
-    "pytorch_model.bin.index.json",
-)
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json")
 MIXTURE_MANIFEST = "mixture_manifest.json"
 
 
@@ -55,65 +60,6 @@ class LoadedModel:
         return next(self.model.parameters()).device
 
 
-def read_model_config(name_or_path: str | Path) -> dict:
-    """The model's `config.json` as a dict (a local folder, or a hub id when online)."""
-    p = Path(name_or_path).expanduser()
-    if p.is_dir():
-        cfg = p / "config.json"
-        if not cfg.is_file():
-            raise MlanError(f"{p}: not a model folder (no config.json)")
-        return json.loads(cfg.read_text(encoding="utf-8"))
-    if p.exists():
-        raise MlanError(f"{p}: expected a model folder, got a file")
-    if looks_like_path(str(name_or_path)):
-        raise MlanError(f"{name_or_path}: model folder not found")
-    try:
-        from transformers import AutoConfig
-
-        return AutoConfig.from_pretrained(str(name_or_path)).to_dict()
-    except OSError as e:
-        raise MlanError(
-            f"{name_or_path}: no model folder or reachable hub model of that name ({first_line(e)})"
-        ) from None
-
-
-def is_llava_config(config: dict) -> bool:
-    """True for a LLaVA-style config (a `text_config` and a `vision_config` around a language model)."""
-    archs = config.get("architectures") or []
-    return (
-        config.get("model_type") in ("llava", "llava_next", "llava_onevision")
-        or any("Llava" in a for a in archs)
-        or ("text_config" in config and "vision_config" in config)
-    )
-
-
-def is_llava(name_or_path: str | Path) -> bool:
-    """True when the folder (or hub id) holds a LLaVA-style multimodal model."""
-    return is_llava_config(read_model_config(name_or_path))
-
-
-def check_model_dir(path: str | Path, *, need_processor: bool | None = None) -> None:
-    """Fail with one line if a local model folder lacks weights, tokenizer or (for LLaVA) image processor.
-
-    Hub ids are not checked here (loading reports what is missing). `need_processor=None`
-    requires an image processor exactly when the config is LLaVA-style.
-    """
-    p = Path(path).expanduser()
-    if not p.is_dir():
-        return
-    config = read_model_config(p)
-    if not any((p / f).is_file() for f in WEIGHT_FILES):
-        raise MlanError(f"{p}: no model weights (expected model.safetensors or pytorch_model.bin)")
-    if not any((p / f).is_file() for f in TOKENIZER_FILES):
-        raise MlanError(f"{p}: no tokenizer files (expected tokenizer.json or tokenizer_config.json)")
-    if need_processor is None:
-        need_processor = is_llava_config(config)
-    if need_processor and not any((p / f).is_file() for f in ("preprocessor_config.json", "processor_config.json")):
-        raise MlanError(
-            f"{p}: LLaVA folder without an image processor (no preprocessor_config.json); save the processor beside the model"
-        )
-
-
 def read_mixture_manifest(path: str | Path) -> dict:
     """The copy of the training mixture's manifest in a model folder, or {} if there is none."""
     f = Path(path).expanduser() / MIXTURE_MANIFEST
@@ -123,30 +69,6 @@ def read_mixture_manifest(path: str | Path) -> dict:
         return json.loads(f.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise MlanError(f"{f}: invalid JSON ({e})") from None
-
-
-def resolve_dtype(dtype: str | None, device: str):
-    """A torch dtype from a name; "auto" keeps the checkpoint's own, except fp16 on CPU (slow, unsafe) -> fp32.
-
-    Evaluating a bf16 checkpoint in fp16 changes its answers (a defect of the public MLAN
-    scripts), so "auto" never converts between the two half types.
-    """
-    import torch
-
-    if dtype in (None, "auto"):
-        return "auto"
-    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
-    names |= {"float16": torch.float16, "fp16": torch.float16}
-    if dtype not in names:
-        raise MlanError(f"dtype {dtype!r}: expected one of auto, {', '.join(names)}")
-    return names[dtype]
-
-
-def default_device() -> str:
-    """cuda when a GPU is visible, else cpu."""
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def load_model(
@@ -172,7 +94,10 @@ def load_model(
     src = str(Path(name_or_path).expanduser()) if Path(name_or_path).expanduser().is_dir() else str(name_or_path)
     torch_dtype = resolve_dtype(dtype, device)
     multimodal = is_llava_config(config)
-    wings = multimodal and Path(src).is_dir() and _is_wings_dir(src)
+    # Imported here: mlan.wings loads torch, and this module is imported by light CLI paths.
+    from mlan.wings import is_wings_dir, load_wings_model
+
+    wings = multimodal and Path(src).is_dir() and is_wings_dir(src)
     if wings and text_only:
         raise MlanError(
             f"{name_or_path}: a Wings model has no text-only form (its learners need the LLaVA model around them); "
@@ -180,8 +105,6 @@ def load_model(
         )
     log.info("loading %s (%s) on %s", name_or_path, "LLaVA" if multimodal else "causal LM", device)
     if wings:
-        from mlan.wings import load_wings_model
-
         # Loaded on the CPU first so that the fp16 -> fp32 step below sees it before any move.
         model, processor = load_wings_model(src, device="cpu", dtype=dtype)
         tokenizer = processor.tokenizer
@@ -240,16 +163,8 @@ def extract_language_model(llava) -> Any:
 
 def save_language_model(llava_dir: str | Path, out: str | Path, *, overwrite: bool = False) -> Path:
     """Write the language model of a LLaVA folder as a plain causal-LM folder (weights + tokenizer)."""
-    from mlan.io import atomic_dir
-
     loaded = load_model(llava_dir, device="cpu", text_only=True)
     with atomic_dir(out, overwrite=overwrite) as tmp:
         loaded.model.save_pretrained(tmp)
         loaded.tokenizer.save_pretrained(tmp)
     return Path(out)
-
-
-def _is_wings_dir(path: str) -> bool:
-    from mlan.wings import is_wings_dir
-
-    return is_wings_dir(path)

@@ -154,12 +154,12 @@ def test_generation_with_cache_equals_without(tiny, router, attn):
 
 
 def test_decoder_layers_receive_the_cache(tiny):
-    """The transformers behaviour Wings relies on by name (mlan.wings.model._layer_cache): during
+    """The transformers behaviour Wings relies on by name (mlan.wings.runtime._layer_cache): during
     cached generation every decoder layer is called with the cache object as a keyword argument,
     `cache` (transformers >= 5.24) or `past_key_values` (before)."""
     from transformers import Cache
 
-    from mlan.wings.model import _layer_cache
+    from mlan.wings.runtime import _layer_cache
 
     model = copy.deepcopy(tiny[0])
     seen = []

@@ -6,10 +6,16 @@ merged and evaluated and the best one is chosen (see `mlan.merge.sweep`).
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, field_validator, model_validator
 
 from mlan.config.base import StrictModel
-from mlan.merge.methods import SPARSE_METHODS, MergeMethod
+
+MergeMethod = Literal["linear", "task_arithmetic", "ties", "dare_ties", "dare_linear"]
+METHODS: tuple[str, ...] = ("linear", "task_arithmetic", "ties", "dare_ties", "dare_linear")
+SPARSE_METHODS: tuple[str, ...] = ("ties", "dare_ties", "dare_linear")
+RANDOM_METHODS: tuple[str, ...] = ("dare_ties", "dare_linear")
 
 
 class SweepSettings(StrictModel):

@@ -31,15 +31,13 @@ Why not call mergekit here (its formulas are the reference the tests compare aga
 from __future__ import annotations
 
 import hashlib
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
+
+# The method names belong to the config layer (which validates them); the maths lives here.
+from mlan.config.merge import METHODS, RANDOM_METHODS
 
 if TYPE_CHECKING:
     import torch
-
-MergeMethod = Literal["linear", "task_arithmetic", "ties", "dare_ties", "dare_linear"]
-METHODS: tuple[str, ...] = ("linear", "task_arithmetic", "ties", "dare_ties", "dare_linear")
-SPARSE_METHODS: tuple[str, ...] = ("ties", "dare_ties", "dare_linear")
-RANDOM_METHODS: tuple[str, ...] = ("dare_ties", "dare_linear")
 
 
 def tensor_seed(seed: int, name: str) -> int:

@@ -42,7 +42,7 @@ from mlan.merge.layout import (
     resolve_model_dir,
 )
 from mlan.merge.methods import add_task_vector, apply_trim, merge_tensor, task_vector, trim_threshold
-from mlan.wings.io import WINGS_WEIGHTS
+from mlan.wings.save import WINGS_WEIGHTS
 
 if TYPE_CHECKING:
     from mlan.config.merge import MergeConfig

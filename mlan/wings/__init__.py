@@ -12,15 +12,10 @@ A Wings model's own `save_pretrained` (so the Trainer's checkpoints too) writes 
 """
 
 from mlan.config.wings import WingsConfig
-from mlan.wings.io import is_wings_dir, load_wings_model, load_wings_weights, save_wings_model, wings_state_dict
-from mlan.wings.model import (
-    add_wings,
-    get_runtime,
-    set_routing,
-    wings_layers,
-    wings_parameter_groups,
-    wings_parameters,
-)
+from mlan.wings.io import is_wings_dir, load_wings_model, load_wings_weights
+from mlan.wings.model import add_wings, wings_parameter_groups
+from mlan.wings.runtime import get_runtime, set_routing, wings_layers, wings_parameters
+from mlan.wings.save import save_wings_model, wings_state_dict
 
 __all__ = [
     "WingsConfig",
