@@ -7,16 +7,15 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from mlan.config.base import load_config
+from mlan.config.merge import MergeConfig
+from mlan.config.mixture import MixtureSpec
+from mlan.config.recipe import SFTRecipe
+from mlan.config.suite import EvalSuite
 from mlan.paths import shipped_files
 
 
 def kind_models() -> dict[str, type[BaseModel]]:
-    """The config model of each shipped folder (imported here, not at package import)."""
-    from mlan.config.merge import MergeConfig
-    from mlan.config.mixture import MixtureSpec
-    from mlan.config.recipe import SFTRecipe
-    from mlan.config.suite import EvalSuite
-
+    """The config model of each shipped folder."""
     return {"data_mixtures": MixtureSpec, "recipes": SFTRecipe, "evaluations": EvalSuite, "merges": MergeConfig}
 
 

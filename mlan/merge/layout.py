@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from mlan.errors import MlanError
+from mlan.hub import hub_unreachable_reason, require_hub
 
 log = logging.getLogger(__name__)
 
@@ -226,11 +227,7 @@ def resolve_model_dir(name: str | Path, what: str) -> Path:
     s = str(name)
     if s.startswith((".", "/", "~")) or s.count("/") != 1:
         raise MlanError(f"{what} {name}: model folder not found")
-    from mlan.hub import require_hub
-
     require_hub(s, what, "download it first or pass a local model folder", model=True)
-    from mlan.hub import hub_unreachable_reason
-
     patterns = ["*.json", "*.jinja", "*.model", "*.txt"]
     try:
         from huggingface_hub import list_repo_files, snapshot_download

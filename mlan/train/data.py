@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from mlan.errors import MlanError, first_line
+from mlan.paths import shipped_dir
+from mlan.runs import mixture_dir as default_dir
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +37,6 @@ class PreparedSplit:
 def _build_hint(mixture_dir: Path) -> str:
     """The command that builds a missing mixture folder: the shipped spec of the same name when
     the folder is a default location (`runs/mixtures/<name>`), else the general form."""
-    from mlan.paths import shipped_dir
-    from mlan.runs import mixture_dir as default_dir
-
     name = mixture_dir.name
     if mixture_dir == default_dir(name) and (shipped_dir("data_mixtures") / f"{name}.yaml").is_file():
         command = "mlan build-mixture" if name == "mlan" else f"mlan build-mixture data_mixtures/{name}.yaml"
