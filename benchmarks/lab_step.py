@@ -41,7 +41,8 @@ def main() -> None:
 
     from mlan.config.base import validate_config
     from mlan.config.recipe import SFTRecipe
-    from mlan.lab.run import LabPlan, _resolved, _Seed, quiet_libraries
+    from mlan.lab.plan import LabPlan, resolved
+    from mlan.lab.run import SeedRun, quiet_libraries
     from mlan.lab.world import vocabulary, write_world
     from mlan.tiny import build_word_tokenizer, save_tiny_llava, vicuna_chat_template
     from mlan.train.sft import run_sft
@@ -51,7 +52,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         plan = LabPlan(seeds=[0], variants=[], n_train=8000, n_images=1000)
-        s = _Seed(root, 0, plan)
+        s = SeedRun(root, 0, plan)
         s.configs.mkdir(parents=True)
         write_world(s.world, 0, n_train=plan.n_train, n_test=10, n_images=plan.n_images)
         tok = build_word_tokenizer(vocabulary(), chat_template="{{- bos_token -}}" + vicuna_chat_template(system=""))
@@ -63,7 +64,7 @@ def main() -> None:
 
         def step_time(recipe: str, threads: int, workers: int, steps: int) -> float:
             torch.set_num_threads(threads)
-            base, _ = _resolved("recipes", recipe, SFTRecipe, s.world, s.configs, {}, f"bench_{recipe}")
+            base, _ = resolved("recipes", recipe, SFTRecipe, s.world, s.configs, {}, f"bench_{recipe}")
             data = base.model_dump(mode="json")
             data["model"]["path"] = str(init)
             data["data"]["mixture"] = str(mixtures[recipe])

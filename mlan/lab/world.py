@@ -140,6 +140,31 @@ def vocabulary() -> list[str]:
 CAPTION_QUESTION = "describe the image ."
 
 
+def _language_rows(phrasing: int, rng: random.Random, n_train: int, n_test: int):
+    """One phrasing's train rows and test rows per task. The test questions are drawn first, so that
+    train can skip them."""
+    seen: set[str] = set()
+    tests: dict[str, list[dict]] = {}
+    for task in LANGUAGE_TASKS:
+        rows = []
+        while len(rows) < n_test:
+            q, a = language_item(task, phrasing, rng)
+            # Capitals are a fixed fact table of 24 entries: they repeat in test and train
+            # alike (the skill is recall); every other test question is unique and unseen.
+            if task == "capital" or q not in seen:
+                seen.add(q)
+                rows.append({"id": f"{task}-p{phrasing}-test-{len(rows)}", "question": q, "answer": a, "task": task})
+        tests[task] = rows
+    train: list[dict] = []
+    while len(train) < n_train:
+        task = LANGUAGE_TASKS[len(train) % len(LANGUAGE_TASKS)]
+        q, a = language_item(task, phrasing, rng)
+        if q in seen and task != "capital":
+            continue
+        train.append({"id": f"{task}-p{phrasing}-{len(train)}", "question": q, "answer": a, "task": task})
+    return train, tests
+
+
 def write_world(out: str | Path, seed: int, n_train: int = 4000, n_test: int = 200, n_images: int = 2000) -> dict:
     """Write the world's datasets under `out` and return an index of what was written.
 
@@ -160,27 +185,7 @@ def write_world(out: str | Path, seed: int, n_train: int = 4000, n_test: int = 2
         index.setdefault(folder, {})[name] = len(rows)
 
     for phrasing in (1, 2):
-        seen: set[str] = set()
-        tests: dict[str, list[dict]] = {}
-        for task in LANGUAGE_TASKS:
-            rows = []
-            while len(rows) < n_test:
-                q, a = language_item(task, phrasing, rng)
-                # Capitals are a fixed fact table of 24 entries: they repeat in test and train
-                # alike (the skill is recall); every other test question is unique and unseen.
-                if task == "capital" or q not in seen:
-                    seen.add(q)
-                    rows.append(
-                        {"id": f"{task}-p{phrasing}-test-{len(rows)}", "question": q, "answer": a, "task": task}
-                    )
-            tests[task] = rows
-        train = []
-        while len(train) < n_train:
-            task = LANGUAGE_TASKS[len(train) % len(LANGUAGE_TASKS)]
-            q, a = language_item(task, phrasing, rng)
-            if q in seen and task != "capital":
-                continue
-            train.append({"id": f"{task}-p{phrasing}-{len(train)}", "question": q, "answer": a, "task": task})
+        train, tests = _language_rows(phrasing, rng, n_train, n_test)
         dump(f"language_p{phrasing}", "train", train)
         # Per task too, so that a mixture can weight the tasks (pretraining gives addition a larger share).
         for task in LANGUAGE_TASKS:
