@@ -6,7 +6,7 @@ import pytest
 
 from mlan.evaluate.extract import extract_choice, extract_open, extract_yes_no, match_open, normalize
 from mlan.evaluate.generate import cut_at_stop, score_items
-from mlan.evaluate.tasks import Item
+from mlan.schemas import Item
 
 FOG = ["a marsh", "a tundra", "the plains", "a desert"]
 

@@ -15,9 +15,9 @@ from pydantic import Field, field_validator, model_validator
 
 from mlan.config.base import StrictModel
 
-# Formats the generate engine knows how to turn into prompts (one adapter per dataset schema,
-# in mlan/evaluate/tasks.py), and the lm-eval tasks the lm_eval engine can run. Kept here so
-# a suite file is validated without importing the evaluation code.
+# Formats the generate engine knows how to turn into prompts (each read by its dataset schema in
+# mlan/schemas, rendered in mlan/evaluate/tasks.py), and the lm-eval tasks the lm_eval engine can
+# run. Kept here so a suite file is validated without importing the evaluation code.
 GENERATE_FORMATS = (
     "race_high",
     "openbookqa",

@@ -21,7 +21,7 @@ import re
 import unicodedata
 from dataclasses import dataclass, field
 
-from mlan.data.templates import Item
+from mlan.schemas import Item
 
 _NON_WORD = re.compile(r"[^0-9a-z]+")
 

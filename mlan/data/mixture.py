@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from mlan.config.mixture import MixtureSpec, SourceSpec
-from mlan.data.adapters import ADAPTER_FUNCS, BadRow, required_columns
+from mlan.data.adapters import ADAPTER_FUNCS, required_columns
 from mlan.data.hygiene import ContaminationChecker, Deduplicator
 from mlan.data.manifest import build_manifest
 from mlan.data.sources import base_folder, load_image_bytes, open_dataset
@@ -28,6 +28,7 @@ from mlan.data.templates import render
 from mlan.errors import MlanError, first_line
 from mlan.io import atomic_dir, atomic_write_json, check_output_dir
 from mlan.paths import resolve_data_path
+from mlan.schemas import BadRow
 
 log = logging.getLogger(__name__)
 

@@ -13,10 +13,9 @@ from pathlib import Path
 
 from mlan.errors import MlanError, first_line
 from mlan.paths import BUNDLED_PREFIX, resolve_data_path
+from mlan.schemas import LOCAL_SUFFIXES, find_local, open_local
 
 log = logging.getLogger(__name__)
-
-LOCAL_SUFFIXES = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 
 
 def is_local(ref: str) -> bool:
@@ -32,25 +31,7 @@ def open_dataset(ref: str, *, config: str | None, split: str, revision: str | No
     import datasets
 
     if is_local(ref):
-        path = resolve_data_path(ref)
-        if not path.exists():
-            raise MlanError(f"{what}: file not found: {path}")
-        try:
-            if path.is_dir():
-                ds = datasets.load_from_disk(str(path))
-                if isinstance(ds, datasets.DatasetDict):
-                    if split not in ds:
-                        raise MlanError(f"{what}: {path} has no split {split!r} (splits: {', '.join(ds)})")
-                    ds = ds[split]
-            elif path.suffix in LOCAL_SUFFIXES:
-                ds = datasets.load_dataset(LOCAL_SUFFIXES[path.suffix], data_files=str(path), split="train")
-            else:
-                raise MlanError(f"{what}: {path}: expected a .jsonl, .json or .parquet file or a save_to_disk folder")
-        except MlanError:
-            raise
-        except Exception as e:  # pyarrow/json parse errors of a user's file: name the file, keep it one line
-            first = first_line(e)
-            raise MlanError(f"{what}: cannot read {path}: {first}") from None
+        ds = open_local(resolve_data_path(ref), split=split, what=what)
     else:
         from mlan.hub import hub_unreachable_reason
 
@@ -124,15 +105,6 @@ def _read(name: str, root: Path | None) -> bytes:
         raise ValueError(f"cannot read image {p}: {e.strerror or e}") from None
 
 
-def _local_copy(data_dir: Path, name: str, split: str) -> Path | None:
-    """`<data_dir>/<name>/<split>.{jsonl,json,parquet}` or a save_to_disk folder `<data_dir>/<name>/<split>/`."""
-    folder = data_dir / name
-    for suffix in LOCAL_SUFFIXES:
-        if (folder / f"{split}{suffix}").is_file():
-            return folder / f"{split}{suffix}"
-    return folder / split if (folder / split / "dataset_info.json").is_file() else None
-
-
 def with_local_data(spec, data_dir: str | Path):
     """A copy of a mixture spec whose hub datasets point at local copies under `data_dir`.
 
@@ -147,11 +119,11 @@ def with_local_data(spec, data_dir: str | Path):
         raise MlanError(f"--data-dir {data_dir}: folder not found")
     spec = spec.model_copy(deep=True)
     for src in spec.sources:
-        local = None if is_local(src.dataset) else _local_copy(data_dir, src.name, src.split)
+        local = None if is_local(src.dataset) else find_local(data_dir / src.name, src.split)
         if local is not None:
             src.dataset, src.config, src.revision, src.image_root = str(local), None, None, None
     for ev in spec.contamination.evals:
-        local = None if is_local(ev.dataset) else _local_copy(data_dir, ev.task, ev.split)
+        local = None if is_local(ev.dataset) else find_local(data_dir / ev.task, ev.split)
         if local is not None:
             ev.dataset, ev.config, ev.revision = str(local), None, None
     return spec

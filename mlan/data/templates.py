@@ -1,4 +1,5 @@
-"""Instruction templates: about twenty paraphrases per question kind, chosen at random (seeded).
+"""Instruction templates: about twenty paraphrases per question kind, chosen at random (seeded),
+and `render`, which turns an item (mlan.schemas) into the user and assistant turns of a mixture row.
 
 Layout of a user turn, following MLAN: `[Context: <c>\\n]<question>\\n<instruction>[\\n<options>]`;
 options are lettered `A. text` and the target is the letter alone, yes/no targets are `yes`/`no`,
@@ -9,7 +10,8 @@ target becomes `<rationale>\\nSo the answer is <answer>.`
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+
+from mlan.schemas import LETTERS, Item
 
 MULTIPLE_CHOICE = (
     "Choose the best option from the choices provided.",
@@ -97,33 +99,12 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
     "short": SHORT_ANSWER,
     "cot": CHAIN_OF_THOUGHT,
 }
-LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
 def template_text(template_id: str) -> str:
     """The instruction of a template id such as `mc/03`."""
     kind, _, num = template_id.partition("/")
     return TEMPLATES[kind][int(num)]
-
-
-@dataclass
-class Item:
-    """One question, adapter output and template input. `answer` is the choice index for
-    multiple-choice items, `yes`/`no` for yes/no items and the answer text otherwise."""
-
-    kind: str  # "mc", "yesno", "short" or "chat"
-    question: str
-    answer: str | int
-    id: str
-    choices: list[str] | None = None
-    context: str | None = None
-    images: list | None = None
-    rationale: str | None = None
-    messages: list[dict] | None = None  # chat rows: the conversation as given
-
-    def target(self) -> str:
-        """The direct answer string."""
-        return LETTERS[self.answer] if self.kind == "mc" else str(self.answer)
 
 
 def render(item: Item, rng: random.Random, cot_share: float) -> tuple[list[dict], list[str]]:

@@ -12,7 +12,10 @@ from __future__ import annotations
 import re
 import string
 
-LETTERS = "ABCDEFGHIJ"
+from mlan.schemas import LETTERS as _ALL_LETTERS
+
+# Answers are read as one of at most ten options (A-J), the most any evaluated dataset has.
+LETTERS = _ALL_LETTERS[:10]
 
 NUMBER_WORDS = {
     "zero": "0",

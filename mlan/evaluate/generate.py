@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 from mlan.config.suite import EvalSuite, SuiteTask
 from mlan.evaluate.extract import extract_choice, extract_exact, extract_open, extract_yes_no, normalize
-from mlan.evaluate.tasks import LETTERS, Item
+from mlan.schemas import LETTERS, Item
 
 log = logging.getLogger(__name__)
 
