@@ -8,11 +8,12 @@ module beside this file and are registered here explicitly (no plugin discovery)
 
 from __future__ import annotations
 
-import logging
+import inspect
+import re
 import sys
 
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 from mlan.errors import MlanError
 
@@ -32,10 +33,44 @@ class _Group(TyperGroup):
         return list(self.commands)
 
 
+class _Command(TyperCommand):
+    """A command that loads models or data: the libraries' logging and progress bars are set up
+    once its options are parsed (not for `--help`, which stays instant)."""
+
+    def invoke(self, ctx):
+        from mlan.console import quiet_libraries
+
+        quiet_libraries()
+        return super().invoke(ctx)
+
+
+def prose(text: str) -> str:
+    """Help text as Typer's rich mode should show it: the lines of a paragraph joined, so the
+    terminal wraps sentences instead of the source's line breaks; list items ("- ", "* ", "1. ")
+    start their own line; a paragraph that starts with \\b keeps its lines as written."""
+    out = []
+    for para in inspect.cleandoc(text).split("\n\n"):
+        if para.startswith("\b"):
+            out.append(para[1:].lstrip("\n"))  # Typer's rich mode would print the \b itself
+            continue
+        lines: list[str] = []
+        for line in para.splitlines():
+            line = line.strip()
+            if lines and not _LIST_ITEM.match(line):
+                lines[-1] += " " + line
+            else:
+                lines.append(line)
+        out.append("\n".join(lines))
+    return "\n\n".join(out)
+
+
+_LIST_ITEM = re.compile(r"([-*]|\d+[.)])\s")
+
+
 app = typer.Typer(
     cls=_Group,
     name="mlan",
-    help=(
+    help=prose(
         "Language-based instruction tuning of multimodal LLMs: build mixtures, fine-tune "
         "LLaVA-style models, evaluate language and vision reasoning, merge the original LLM back.\n\n"
         "In a project folder, each command finds the previous one's output:\n\n"
@@ -54,32 +89,34 @@ app = typer.Typer(
 
 @app.callback()
 def _main(
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show debug logging."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only warnings and errors."),
+    verbose: bool = typer.Option(
+        False,
+        "--verbose",
+        "-v",
+        help="Show everything: debug logging of mlan and the libraries, their warnings and progress bars.",
+    ),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only warnings and errors, no progress bars."),
 ) -> None:
-    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
-    from rich.logging import RichHandler
+    from mlan.console import NORMAL, QUIET, VERBOSE, setup
 
-    logging.basicConfig(
-        level=logging.WARNING,
-        format="%(message)s",
-        handlers=[RichHandler(show_path=False, show_time=False, markup=False)],
-        force=True,
-    )
-    logging.getLogger("mlan").setLevel(level)
+    setup(VERBOSE if verbose else QUIET if quiet else NORMAL)
 
 
 def _register() -> None:
     from mlan.cli import evaluate, lab, merge, mixture, quickstart, sft, tiny, validate
 
-    app.command("build-mixture")(mixture.build_mixture)
-    app.command("sft")(sft.sft)
-    app.command("eval")(evaluate.evaluate)
-    app.command("merge")(merge.merge)
-    app.command("quickstart")(quickstart.quickstart)
-    app.command("lab")(lab.lab)
-    app.command("tiny-model")(tiny.tiny_model)
-    app.command("validate")(validate.validate)
+    # validate reads YAML only: no library to set up.
+    for name, fn, cls in (
+        ("build-mixture", mixture.build_mixture, _Command),
+        ("sft", sft.sft, _Command),
+        ("eval", evaluate.evaluate, _Command),
+        ("merge", merge.merge, _Command),
+        ("quickstart", quickstart.quickstart, _Command),
+        ("lab", lab.lab, _Command),
+        ("tiny-model", tiny.tiny_model, _Command),
+        ("validate", validate.validate, TyperCommand),
+    ):
+        app.command(name, cls=cls, help=prose(fn.__doc__ or ""))(fn)
 
 
 _register()

@@ -9,10 +9,17 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from mlan.config.base import StrictModel
 from mlan.config.wings import WingsConfig
+
+# Experiment trackers the Trainer reports to (transformers' integrations; kept in step with
+# transformers.integrations.integration_utils.INTEGRATION_TO_CALLBACK by a test).
+TRACKERS = (
+    "azure_ml", "clearml", "codecarbon", "comet_ml", "dagshub", "dvclive", "flyte",
+    "kubeflow", "mlflow", "neptune", "swanlab", "tensorboard", "trackio", "wandb",
+)  # fmt: skip
 
 # The linear layers of a Llama/Mistral/Vicuna decoder; LoRA wraps them inside the language model only.
 DEFAULT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -127,8 +134,26 @@ class TrainingSection(StrictModel):
     """Checkpoints kept; at least 2 so a checkpoint cut short by a crash still leaves a complete one."""
     dataloader_num_workers: int = Field(0, ge=0)
     """Worker processes decoding images and tokenizing batches."""
+    report_to: str | list[str] = "none"
+    """Experiment trackers that receive the training and validation metrics (loss, learning rate, grad norm,
+    tokens): `none`, `all` (every installed one), or one or a list of tensorboard, wandb, trackio, mlflow,
+    comet_ml, clearml, dvclive, neptune, swanlab, codecarbon, dagshub, azure_ml, flyte, kubeflow. Each must be
+    installed. TensorBoard writes its event files to `<output>/tensorboard/` (while the run lasts:
+    `<output>.checkpoints/tensorboard/`; TENSORBOARD_LOGGING_DIR overrides); the others read their own
+    environment variables (WANDB_PROJECT, MLFLOW_TRACKING_URI, ...). The run is named after the recipe."""
     extra: dict[str, Any] = Field(default_factory=dict)
     """Further SFTConfig fields, passed unchanged (e.g. {optim: adamw_torch_fused, torch_compile: true})."""
+
+    @field_validator("report_to")
+    @classmethod
+    def _known_trackers(cls, value: str | list[str]) -> str | list[str]:
+        names = [value] if isinstance(value, str) else value
+        for name in names:
+            if name not in (*TRACKERS, "none", "all"):
+                raise ValueError(f"unknown tracker {name!r} (none, all, or one or a list of {', '.join(TRACKERS)})")
+        if len(names) > 1 and {"none", "all"} & set(names):
+            raise ValueError("none and all stand alone, not in a list of trackers")
+        return value
 
     @model_validator(mode="after")
     def _batch(self) -> TrainingSection:

@@ -16,6 +16,7 @@ Two deliberate departures, both score-preserving at lm-eval's default 0-shot:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import tempfile
@@ -25,7 +26,8 @@ import yaml
 
 from mlan.config.suite import SuiteTask
 from mlan.errors import MlanError
-from mlan.evaluate.tasks import local_path, read_rows
+from mlan.evaluate.tasks import local_path
+from mlan.schemas import read_rows
 
 log = logging.getLogger(__name__)
 
@@ -154,17 +156,18 @@ def run_lm_eval_tasks(
             (workdir / f"mlan_{t.name}.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
         # include_defaults=False: indexing lm-eval's ~10k built-in YAMLs costs seconds; ours include them by path.
         tm = TaskManager(include_path=str(workdir), include_defaults=False)
-        res = lm_eval.simple_evaluate(
-            model=lm,
-            tasks=[f"mlan_{t.name}" for t in tasks],
-            task_manager=tm,
-            limit=limit,
-            log_samples=False,
-            random_seed=seed,
-            numpy_random_seed=seed,
-            torch_random_seed=seed,
-            fewshot_random_seed=seed,
-        )
+        with _quiet_lm_eval():
+            res = lm_eval.simple_evaluate(
+                model=lm,
+                tasks=[f"mlan_{t.name}" for t in tasks],
+                task_manager=tm,
+                limit=limit,
+                log_samples=False,
+                random_seed=seed,
+                numpy_random_seed=seed,
+                torch_random_seed=seed,
+                fewshot_random_seed=seed,
+            )
     for t in tasks:
         key = f"mlan_{t.name}"
         raw = res["results"][key]
@@ -172,6 +175,42 @@ def run_lm_eval_tasks(
         n = res.get("n-samples", {}).get(key, {}).get("effective")
         out[t.name] = {"metrics": metrics, "n": n, "source": sources[t.name]}
     return out
+
+
+@contextlib.contextmanager
+def _quiet_lm_eval():
+    """While lm-eval runs: no `git describe` error on stderr, and no tqdm bars when the caller
+    turned transformers' bars off (the mlan CLI does; it shows one bar for the evaluation).
+
+    lm-eval records the git commit of the working folder in its results, which mlan does not keep,
+    by running `git describe` with stderr left on the terminal ("fatal: not a git repository"
+    outside one); and it draws tqdm bars per task and request type with no switch to turn them off.
+    Both are replaced in lm-eval's own modules for the duration of the call only.
+    """
+    import lm_eval.api.model
+    import lm_eval.api.task
+    import lm_eval.evaluator
+    import lm_eval.models.huggingface
+    import transformers
+
+    patches = [(lm_eval.evaluator, "get_git_commit_hash", lambda: None)]
+    if not transformers.utils.logging.is_progress_bar_enabled():
+        for module in (lm_eval.api.model, lm_eval.api.task, lm_eval.models.huggingface):
+            patches.append((module, "tqdm", _silent_tqdm))
+    saved = [(module, name, getattr(module, name)) for module, name, _ in patches]
+    try:
+        for module, name, value in patches:
+            setattr(module, name, value)
+        yield
+    finally:
+        for module, name, value in saved:
+            setattr(module, name, value)
+
+
+def _silent_tqdm(*args, **kwargs):
+    from tqdm import tqdm
+
+    return tqdm(*args, **{**kwargs, "disable": True})
 
 
 def pick_metric(metrics: dict[str, float], metric: str) -> tuple[float, float | None]:

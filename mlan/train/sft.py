@@ -54,12 +54,18 @@ MANAGED_SFT_FIELDS = {
     "fp16": "training.precision",
     "use_cpu": "training.precision",
     "gradient_checkpointing": "training.gradient_checkpointing",
+    "activation_checkpointing": "training.gradient_checkpointing",
+    "report_to": "training.report_to",
     "logging_steps": "training.logging_steps",
     "save_steps": "training.save_steps",
     "save_total_limit": "training.save_total_limit",
     "dataloader_num_workers": "training.dataloader_num_workers",
     "train_sampling_strategy": "training.group_by_modality_length",
 }
+
+# Where TensorBoard event files go: `<output>.checkpoints/tensorboard/` while the run lasts (kept
+# for a resumed run), then `<output>/tensorboard/`.
+TENSORBOARD_DIR = "tensorboard"
 
 
 @dataclass
@@ -415,6 +421,9 @@ def _recipe_fingerprint(recipe: SFTRecipe) -> dict[str, Any]:
     d.pop("output", None)
     d.pop("name", None)
     d.pop("description", None)
+    # Trackers do not change the training: a resumed run may report elsewhere (and checkpoints
+    # written before the field existed still match).
+    d["training"].pop("report_to", None)
     return d
 
 
@@ -681,6 +690,64 @@ def _wings_sft_defaults(recipe: SFTRecipe) -> dict[str, Any]:
     return {"ddp_find_unused_parameters": True}
 
 
+def _checkpointing_args(recipe: SFTRecipe) -> dict[str, Any]:
+    """Activation checkpointing under its transformers 5 name (`gradient_checkpointing` is a deprecated
+    alias that warns); non-reentrant unless `training.extra` sets the kwargs."""
+    t = recipe.training
+    args: dict[str, Any] = {"activation_checkpointing": t.gradient_checkpointing}
+    own_kwargs = {"activation_checkpointing_kwargs", "gradient_checkpointing_kwargs"} & set(t.extra)
+    if t.gradient_checkpointing and not own_kwargs:
+        args["activation_checkpointing_kwargs"] = {"use_reentrant": False}
+    return args
+
+
+def _tracking_args(recipe: SFTRecipe) -> dict[str, Any]:
+    """Experiment tracking: the recipe's trackers, the run named after the recipe unless `training.extra` names it."""
+    args: dict[str, Any] = {"report_to": recipe.training.report_to}
+    if "run_name" not in recipe.training.extra:
+        args["run_name"] = recipe.name or output_dir(recipe).name
+    return args
+
+
+def check_report_to(report_to: str | list[str]) -> None:
+    """Each tracker in `training.report_to` is installed (the Trainer would fail only once the model is loaded)."""
+    from transformers.integrations import integration_utils
+
+    # transformers' availability check and pip package per tracker, where the names differ from the tracker's.
+    checks = {"azure_ml": "azureml", "comet_ml": "comet", "flyte": "flytekit"}
+    packages = {"azure_ml": "azureml-core", "flyte": "flytekit"}
+    for name in [report_to] if isinstance(report_to, str) else report_to:
+        available = getattr(integration_utils, f"is_{checks.get(name, name)}_available", None)
+        if name not in ("none", "all") and available is not None and not available():
+            raise MlanError(
+                f"training.report_to {name}: not installed in this environment (pip install {packages.get(name, name)})"
+            )
+
+
+def _set_up_reporting(trainer, ckpt_dir: Path) -> None:
+    """mlan's progress display instead of the Trainer's printed dicts; TensorBoard logs beside the checkpoints."""
+    from transformers.integrations import TensorBoardCallback
+
+    from mlan.train.progress import use_mlan_progress
+
+    use_mlan_progress(trainer)
+    for cb in trainer.callback_handler.callbacks:
+        # Its default is a timestamped folder under the checkpoint folder; TENSORBOARD_LOGGING_DIR still wins.
+        if isinstance(cb, TensorBoardCallback) and cb.logging_dir is None:
+            cb.logging_dir = str(ckpt_dir / TENSORBOARD_DIR)
+
+
+def _close_tensorboard(trainer) -> None:
+    # The final evaluation is logged after training closed the writer, which reopens it: close it
+    # again before its folder moves into the output folder.
+    from transformers.integrations import TensorBoardCallback
+
+    for cb in trainer.callback_handler.callbacks:
+        if isinstance(cb, TensorBoardCallback) and cb.tb_writer is not None:
+            cb.tb_writer.close()
+            cb.tb_writer = None
+
+
 def _checksum(model) -> str:
     """SHA-256 over every parameter of this process's copy of the model, in name order."""
     h = hashlib.sha256()
@@ -710,6 +777,7 @@ def run_sft(recipe: SFTRecipe, *, resume: bool | None = None, overwrite: bool = 
         n = check_lora_targets_on_meta(recipe, info.config)
         log.info("LoRA targets match %d linear layers of the language model", n)
     check_extra(recipe.training.extra)
+    check_report_to(recipe.training.report_to)
     if recipe.wings is not None:
         check_wings(recipe, info)
     precision, cuda = _resolve_precision(recipe.training.precision)
@@ -772,8 +840,6 @@ def run_sft(recipe: SFTRecipe, *, resume: bool | None = None, overwrite: bool = 
         bf16=precision == "bf16",
         fp16=precision == "fp16",
         use_cpu=not cuda,
-        gradient_checkpointing=t.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
         assistant_only_loss=t.assistant_only_loss,
         # Rows were measured and the long ones dropped: nothing may be truncated (it would cut image tokens).
         max_length=None,
@@ -783,7 +849,8 @@ def run_sft(recipe: SFTRecipe, *, resume: bool | None = None, overwrite: bool = 
         save_steps=t.save_steps,
         save_total_limit=t.save_total_limit,
         dataloader_num_workers=t.dataloader_num_workers,
-        report_to="none",
+        **_checkpointing_args(recipe),
+        **_tracking_args(recipe),
         **_wings_sft_defaults(recipe),
         **t.extra,
     )
@@ -826,6 +893,7 @@ def run_sft(recipe: SFTRecipe, *, resume: bool | None = None, overwrite: bool = 
         wings_groups=wings_groups,
     )
     trainer.data_collator = _image_token_masking(trainer.data_collator, info.image_token_id)
+    _set_up_reporting(trainer, ckpt_dir)
     if recipe.train.language_model == "qlora" and precision == "fp32":
         # TRL casts every trainable parameter of a quantized model to bf16 (the QLoRA paper's
         # choice under bf16 autocast); without autocast (fp32 on a CPU) the bf16 projector copy
@@ -847,6 +915,7 @@ def run_sft(recipe: SFTRecipe, *, resume: bool | None = None, overwrite: bool = 
     eval_loss = None
     if val is not None:
         eval_loss = float(trainer.evaluate(eval_dataset=val.dataset)["eval_loss"])
+    _close_tensorboard(trainer)
 
     checksums: list[str] = []
     # Under DDP every process holds the whole model, and all copies must be equal; FSDP and
@@ -934,6 +1003,8 @@ def _write_output(
         recipe_yaml = dump_config(recipe)
         atomic_write_text(tmp / "recipe.yaml", recipe_yaml)
         write_loss_log(tmp / "loss_log.json", log_data)
+        if (final_dir.parent / TENSORBOARD_DIR).is_dir():
+            shutil.move(str(final_dir.parent / TENSORBOARD_DIR), tmp / TENSORBOARD_DIR)
         plot_loss(tmp / "loss_curve.png", log_data, name)
         results = res.to_json()
         results["output_dir"] = str(out)

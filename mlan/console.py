@@ -1,0 +1,116 @@
+"""What the command line shows: mlan's own lines, one progress bar per stage, and from the
+libraries only what is a real problem (`mlan -v` shows everything).
+
+Nothing here runs on import: `mlan.*` used as a library leaves logging, warnings and the
+libraries' progress bars as its caller set them. The CLI calls `setup()` once per invocation and
+`quiet_libraries()` when a command that loads models or data starts.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import warnings
+
+QUIET, NORMAL, VERBOSE = -1, 0, 1
+
+# Library log records that every mlan run meets and that ask nothing of the user; shown with -v.
+# (logger name prefix, message pattern)
+EXPECTED_RECORDS: tuple[tuple[str, str], ...] = (
+    # Without torchvision transformers uses the PIL image processor, the one mlan's CPU path is tested with.
+    ("transformers", r"requires torchvision \(not installed\); falling back to"),
+    # Checkpoints written less than a second apart (a tiny model) look to transformers like a filesystem
+    # without modification times; the numerical order it falls back to is the right one anyway.
+    ("transformers.trainer_utils", r"mtime may not be reliable on this filesystem"),
+    # mlan hands lm-eval a model it has already loaded, on purpose: one load serves every suite.
+    ("lm_eval", r"`pretrained` model kwarg is not of type `str`"),
+    ("lm_eval", r"Passed an already-initialized model through `pretrained`"),
+)
+
+# Library loggers lowered to ERROR unless -v: they warn at import about optional extras.
+QUIET_LOGGERS: tuple[str, ...] = (
+    # On a CPU with AVX512-BF16, importing bitsandbytes (transformers' integrations do) looks for the
+    # optional `kernels` package's 4-bit matmul and warns when it is absent; its own kernel is used then.
+    "bitsandbytes.backends.cpu.ops",
+)
+
+# Python warnings one library raises on another's use of it, which nothing mlan passes can avoid;
+# shown with -v. (category, message regex, module regex of the warning's origin)
+EXPECTED_WARNINGS: tuple[tuple[type[Warning], str, str], ...] = (
+    # peft 0.21 reads transformers 5's deprecated `is_gradient_checkpointing` alias on every LoRA/QLoRA
+    # model it wraps or loads (training, and merging an adapter into its base).
+    (FutureWarning, r"`is_gradient_checkpointing` is deprecated", r"transformers\.modeling_utils"),
+)
+
+_verbosity = NORMAL
+
+
+class _ExpectedRecords(logging.Filter):
+    """Drops the records listed in EXPECTED_RECORDS (attached to the console handler)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._rules = [(name, re.compile(pattern)) for name, pattern in EXPECTED_RECORDS]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for name, pattern in self._rules:
+            if (record.name == name or record.name.startswith(name + ".")) and pattern.search(record.getMessage()):
+                return False
+        return True
+
+
+def setup(verbosity: int = NORMAL) -> None:
+    """Logging and warnings for one CLI invocation: QUIET (-q), NORMAL or VERBOSE (-v).
+
+    Every record goes through one rich handler on the console the progress bars use, so log
+    lines print above a running bar. Python warnings become log records ("py.warnings") in the
+    same format. NORMAL: mlan at INFO, libraries at WARNING, known harmless messages dropped.
+    VERBOSE: everything at DEBUG, every warning shown once per place (DeprecationWarning too).
+    """
+    global _verbosity
+    from rich.logging import RichHandler
+
+    _verbosity = verbosity
+    handler = RichHandler(show_path=False, show_time=False, markup=False)
+    if verbosity < VERBOSE:
+        handler.addFilter(_ExpectedRecords())
+    logging.basicConfig(
+        level=logging.DEBUG if verbosity >= VERBOSE else logging.WARNING,
+        format="%(message)s",
+        handlers=[handler],
+        force=True,
+    )
+    mlan_level = {QUIET: logging.WARNING, NORMAL: logging.INFO}.get(verbosity, logging.DEBUG)
+    logging.getLogger("mlan").setLevel(mlan_level)
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.NOTSET if verbosity >= VERBOSE else logging.ERROR)
+    logging.captureWarnings(True)
+    if verbosity >= VERBOSE:
+        warnings.simplefilter("default")
+    else:
+        for category, message, module in EXPECTED_WARNINGS:
+            warnings.filterwarnings("ignore", message=message, category=category, module=module)
+
+
+def quiet_libraries() -> None:
+    """Route transformers' and datasets' logging through mlan's handler at the level `setup` chose,
+    and turn off their per-file progress bars (loading weights, writing shards, generating splits)
+    unless -v: mlan shows one bar per training or evaluation stage. Hub download bars stay."""
+    import datasets
+    import transformers
+
+    verbose = _verbosity >= VERBOSE
+    level = logging.DEBUG if verbose else logging.WARNING
+    # Both libraries print through a stream handler of their own ("[transformers] ..." without
+    # propagation; datasets with propagation, so twice); mlan's handler formats every line alike.
+    transformers.utils.logging.set_verbosity(level)
+    transformers.utils.logging.disable_default_handler()
+    transformers.utils.logging.enable_propagation()
+    datasets.utils.logging.set_verbosity(level)
+    own = logging.getLogger("datasets")
+    for h in list(own.handlers):  # datasets has no disable_default_handler()
+        own.removeHandler(h)
+    datasets.utils.logging.enable_propagation()
+    if not verbose:
+        transformers.utils.logging.disable_progress_bar()
+        datasets.disable_progress_bars()
