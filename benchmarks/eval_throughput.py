@@ -34,17 +34,18 @@ OBJECTS = ["person", "dog", "car", "clock", "rocket", "tree", "boat", "coin"]
 def language(base: Path, work: Path, limit: int, batch_size: int, task_name: str) -> None:
     import yaml
 
-    from mlan.evaluate import load_suite, run_evaluation
+    from mlan.evaluate import EvalRun, load_suite, run_evaluation
     from mlan.evaluate.harness import task_yaml
     from mlan.paths import BUNDLED_DATA_DIR
 
     suite = load_suite("eight_task")
     task = suite.task(task_name)
     t0 = time.perf_counter()
-    report = run_evaluation(
-        [base], [suite], tasks=[task_name], limit=limit, data_dir=BUNDLED_DATA_DIR, out_dir=work / "ours",
+    run = EvalRun(
+        models=[str(base)], tasks=[task_name], limit=limit, data_dir=str(BUNDLED_DATA_DIR), out=str(work / "ours"),
         batch_size=batch_size, device="cpu", fresh=True,
     )  # fmt: skip
+    report = run_evaluation(run, suites=[suite])
     ours_s = time.perf_counter() - t0
     ours = report.models[0].results[0]
 

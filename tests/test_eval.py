@@ -91,7 +91,7 @@ def test_scripted_models_score_exactly(suite_name, eval_data, tiny_llava_dir, tm
     the share of gold "A" answers, through prompts, extraction and scoring."""
     from transformers import AutoProcessor
 
-    from mlan.evaluate import load_suite, run_evaluation
+    from mlan.evaluate import EvalRun, load_suite, run_evaluation
 
     proc = AutoProcessor.from_pretrained(tiny_llava_dir)
     suite = load_suite(suite_name)
@@ -99,15 +99,12 @@ def test_scripted_models_score_exactly(suite_name, eval_data, tiny_llava_dir, tm
     letters, golds = _gold_answers(suite, eval_data, images, as_text=False)
     texts, _ = _gold_answers(suite, eval_data, images, as_text=True)
     report = run_evaluation(
-        [
+        EvalRun(limit=6, data_dir=str(eval_data), image_dir=str(images), out=str(tmp_path)),
+        models=[
             Scripted(n, a, c, proc)
             for n, a, c in (("right", letters, None), ("right-text", texts, None), ("always-a", None, " A"))
         ],
-        [suite],
-        limit=6,
-        data_dir=eval_data,
-        image_dir=images,
-        out_dir=tmp_path,
+        suites=[suite],
     )
     right, right_text, always_a = report.models
     for r in right.results + right_text.results:
@@ -172,7 +169,7 @@ def test_unseen_suites_on_tiny_llava_cli(cli, tiny_llava_dir, eval_data, tmp_pat
 
 def test_interrupted_run_resumes(tiny_llava_dir, eval_data, tmp_path, monkeypatch):
     """A run that dies in its second task keeps the first; the rerun only does what is left."""
-    from mlan.evaluate import generate, load_suite, run_evaluation
+    from mlan.evaluate import EvalRun, generate, load_suite, run_evaluation
 
     suite = load_suite("unseen_language")
     calls = []
@@ -185,11 +182,17 @@ def test_interrupted_run_resumes(tiny_llava_dir, eval_data, tmp_path, monkeypatc
         return real(task, *a, **k)
 
     monkeypatch.setattr(generate, "run_generate_task", flaky)
-    kw = {"tasks": ["race_high", "openbookqa"], "limit": 2, "data_dir": eval_data, "out_dir": tmp_path}
+    run = EvalRun(
+        models=[str(tiny_llava_dir)],
+        tasks=["race_high", "openbookqa"],
+        limit=2,
+        data_dir=str(eval_data),
+        out=str(tmp_path),
+    )
     with pytest.raises(KeyboardInterrupt):
-        run_evaluation([tiny_llava_dir], [suite], **kw)
+        run_evaluation(run, suites=[suite])
     assert [f.name for f in (tmp_path / "tiny-llava" / "cache").iterdir()] == ["unseen_language__race_high.json"]
-    report = run_evaluation([tiny_llava_dir], [suite], **kw)
+    report = run_evaluation(run, suites=[suite])
     assert calls == ["race_high", "openbookqa", "openbookqa"]
     assert [r.task for r in report.models[0].results] == ["race_high", "openbookqa"]
 
@@ -337,3 +340,37 @@ def test_hub_loading_joins_gqa_images(monkeypatch):
     assert data.source == "hub:lmms-lab/GQA/testdev_balanced_instructions[testdev]"
     assert [it.answer for it in items] == ["man", "clock"] and all(it.image.size == (8, 8) for it in items)
     assert len(calls) == 2
+
+
+def test_run_yaml_and_flags_build_the_same_run(cli, tiny_llava_dir, tmp_path):
+    """`mlan eval run.yaml` and `mlan eval MODEL --flags` build one EvalRun: the same scores, and
+    each results folder keeps the run it did as run.yaml (which replays it)."""
+    import yaml
+
+    from mlan.evaluate import EvalRun
+
+    flags = ("--suite", "quickstart", "--tasks", "boolq,arc_easy", "--limit", "3", "-o", "max_new_tokens=4")
+    r = cli("eval", tiny_llava_dir, *flags, "--out", tmp_path / "flags")
+    assert r.exit_code == 0, r.output
+    kept = yaml.safe_load((tmp_path / "flags" / "run.yaml").read_text())
+    assert EvalRun.model_validate(kept) == EvalRun(
+        models=[str(tiny_llava_dir)], suites=["quickstart"], tasks=["boolq", "arc_easy"], limit=3,
+        out=str(tmp_path / "flags"), suite_overrides=["max_new_tokens=4"],
+    )  # fmt: skip
+    run_yaml = tmp_path / "run.yaml"
+    run_yaml.write_text(yaml.safe_dump({**kept, "out": str(tmp_path / "yaml")}))
+    r = cli("eval", run_yaml)
+    assert r.exit_code == 0, r.output
+
+    def scores(folder):
+        rows = json.loads((folder / "tiny-llava" / "results.json").read_text())["results"]
+        return [(x["task"], x["value"], x["n"]) for x in rows]
+
+    assert scores(tmp_path / "yaml") == scores(tmp_path / "flags")
+    # Flags and -o win over the file.
+    r = cli("eval", run_yaml, "-o", "limit=1", "--out", tmp_path / "one")
+    assert r.exit_code == 0, r.output
+    assert [n for _, _, n in scores(tmp_path / "one")] == [1, 1]
+    # A name that is neither a run nor a suite field is reported by the suite, with the override named.
+    msg = _err(cli("eval", run_yaml, "-o", "limt=1"))
+    assert msg.startswith("error: ") and "limt: unknown field" in msg and "(from -o limt=1)" in msg, msg

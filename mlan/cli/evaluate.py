@@ -15,11 +15,47 @@ def _split_csv(values: list[str] | None) -> list[str]:
     return [v.strip() for item in values or [] for v in item.split(",") if v.strip()]
 
 
+def _data_files(items: list[str]) -> dict[str, str]:
+    files = {}
+    for item in items:
+        task, sep, path = item.partition("=")
+        if not sep or not task.strip() or not path.strip():
+            raise MlanError(f"--data {item!r}: expected TASK=FILE, e.g. --data boolq=data/boolq.jsonl")
+        files[task.strip()] = path.strip()
+    return files
+
+
+def build_run(models: list[str] | None, flags: dict, overrides: list[str] | None):
+    """The `EvalRun` of one `mlan eval` call: a run YAML (a single .yaml argument) or the model
+    arguments, then every flag that was given, then `-o` overrides."""
+    from mlan.config.base import apply_overrides, read_yaml, validate_config
+    from mlan.config.evaluation import EvalRun
+
+    models = list(models or [])
+    source = "mlan eval"
+    if len(models) == 1 and Path(models[0]).suffix in (".yaml", ".yml") and Path(models[0]).is_file():
+        source = models[0]
+        data = read_yaml(source)
+    else:
+        data = {"models": models} if models else {}
+    data.update({k: v for k, v in flags.items() if v not in (None, False, [], {})})
+    # -o FIELD=VALUE sets the run's field when it has one (limit, out, ...), else every suite's
+    # (max_new_tokens, ...: what `mlan eval -o` always set); -o suite.FIELD=VALUE says so explicitly.
+    run_fields = set(EvalRun.model_fields)
+    run_overrides = [o for o in overrides or [] if o.partition("=")[0].split(".")[0].strip() in run_fields]
+    suite_overrides = [o.removeprefix("suite.") for o in overrides or [] if o not in run_overrides]
+    data = apply_overrides(data, run_overrides)
+    if suite_overrides:
+        data["suite_overrides"] = [*data.get("suite_overrides", []), *suite_overrides]
+    return validate_config(data, EvalRun, source=source)
+
+
 def evaluate(
     models: Annotated[
         list[str] | None,
         typer.Argument(
-            help="Model folders or hub ids (LLaVA or plain causal LM); default: the newest run under runs/."
+            help="Model folders or hub ids (LLaVA or plain causal LM), or one run YAML (an EvalRun); "
+            "default: the newest run under runs/."
         ),
     ] = None,
     unseen: Annotated[bool, typer.Option("--unseen", help="Add MLAN's unseen language and vision suites.")] = False,
@@ -40,15 +76,20 @@ def evaluate(
     image_dir: Annotated[
         Path | None, typer.Option("--image-dir", help="Folder with the images named in local rows.")
     ] = None,
-    out: Annotated[Path, typer.Option("--out", help="Results folder (per-task cache inside: reruns resume).")] = Path(
-        "runs/eval"
-    ),
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="Results folder (per-task cache inside: reruns resume); default runs/eval."),
+    ] = None,
     reference: Annotated[
         str | None, typer.Option("--reference", "-r", help="Model (path or label) to compute deltas against.")
     ] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Questions per forward pass.")] = 8,
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", "-b", min=1, help="Questions per forward pass (default 8).")
+    ] = None,
     device: Annotated[str | None, typer.Option(help="cuda, cpu, ... (default: cuda if available).")] = None,
-    dtype: Annotated[str, typer.Option(help="auto (the checkpoint's), bfloat16, float16 or float32.")] = "auto",
+    dtype: Annotated[
+        str | None, typer.Option(help="auto (the checkpoint's, the default), bfloat16, float16 or float32.")
+    ] = None,
     fresh: Annotated[bool, typer.Option("--fresh", help="Ignore cached task results and recompute them.")] = False,
     overrides: Overrides = None,
 ) -> None:
@@ -57,35 +98,31 @@ def evaluate(
     compared side by side with deltas against --reference (or the first), plus a PNG chart; tasks
     a model saw in training (its mixture_manifest.json) are marked.
 
+    The flags and a run YAML build the same config (mlan.evaluate.EvalRun, whose fields the flags
+    name); flags win over the file. -o FIELD=VALUE sets a field of the run (e.g. -o limit=20) or,
+    when the run has no such field, of every suite (e.g. -o max_new_tokens=16). The results folder
+    keeps the run as run.yaml.
+
     Example: mlan eval runs/base-llm runs/mlan-tuned --reference runs/base-llm --unseen --limit 100
     """
-    from mlan.evaluate import DEFAULT_SUITE, UNSEEN_SUITES, load_suite, run_evaluation
+    from mlan.evaluate import run_evaluation
 
-    if not models:
-        from mlan.runs import latest_run
-
-        latest = latest_run()
-        if latest is None:
-            raise MlanError(
-                "no model given and no finished run recorded under runs/: name one, "
-                "e.g. `mlan eval runs/<run>` or a hub id, or train one with `mlan sft RECIPE`"
-            )
-        models = [str(latest)]
-    names = list(suite) if suite else [DEFAULT_SUITE]
-    if unseen:
-        names += [s for s in UNSEEN_SUITES if s not in names]
-    suites = [load_suite(n, overrides) for n in names]
-    data_files = {}
-    for item in data or []:
-        task, sep, path = item.partition("=")
-        if not sep or not task or not path:
-            raise MlanError(f"--data {item!r}: expected TASK=FILE, e.g. --data boolq=data/boolq.jsonl")
-        data_files[task.strip()] = path.strip()
-    known = {t.name for s in suites for t in s.tasks}
-    for task in data_files:
-        if task not in known:
-            raise MlanError(f"--data {task}=...: no task {task!r} in the chosen suites ({', '.join(sorted(known))})")
-
+    flags = {
+        "unseen": unseen,
+        "suites": list(suite or []),
+        "tasks": _split_csv(tasks) or None,
+        "limit": limit,
+        "data_dir": str(data_dir) if data_dir else None,
+        "data": _data_files(data or []),
+        "image_dir": str(image_dir) if image_dir else None,
+        "out": str(out) if out else None,
+        "reference": reference,
+        "batch_size": batch_size,
+        "device": device,
+        "dtype": dtype,
+        "fresh": fresh,
+    }
+    run = build_run(models, flags, overrides)
     con = console()
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -102,22 +139,7 @@ def evaluate(
         def progress(label: str, done: int, total: int) -> None:
             bar.update(pid, description=label, completed=done, total=total)
 
-        report = run_evaluation(
-            models,
-            suites,
-            tasks=_split_csv(tasks) or None,
-            limit=limit,
-            data_dir=data_dir,
-            data_files=data_files or None,
-            image_dir=image_dir,
-            out_dir=out,
-            reference=reference,
-            batch_size=batch_size,
-            device=device,
-            dtype=dtype,
-            fresh=fresh,
-            progress=progress,
-        )
+        report = run_evaluation(run, progress=progress)
     con.print(report.table(), markup=False)
     for m in report.models:
         con.print(f"results: [bold]{m.results_file}[/bold]")

@@ -1,26 +1,35 @@
-"""`run_evaluation`: several models x several suites, cached per task, compared side by side."""
+"""`run_evaluation(EvalRun)`: several models x several suites, cached per task, compared side by side."""
 
 from __future__ import annotations
 
 import difflib
+import json
 import logging
 import re
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from mlan.config import load_config
+from mlan.config.base import dump_config
+from mlan.config.evaluation import DEFAULT_SUITE, UNSEEN_SUITES, EvalRun
 from mlan.config.suite import EvalSuite, SuiteTask
 from mlan.errors import MlanError
 from mlan.evaluate import cache
 from mlan.evaluate.report import EvalReport, ModelResults, TaskResult, compare, write_comparison, write_model_results
+from mlan.evaluate.tasks import check_local_data, data_fingerprint, load_task_data, to_items
+from mlan.folders import check_model_dir, is_llava_config, read_model_config
+from mlan.hub import require_hub
+from mlan.io import atomic_write_text
+from mlan.models import read_mixture_manifest
+from mlan.paths import resolve_config, shipped_files
+from mlan.runs import latest_run
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SUITE = "eight_task"
-UNSEEN_SUITES = ("unseen_language", "unseen_vision")
-DEFAULT_OUT = Path("runs") / "eval"
+__all__ = ["DEFAULT_SUITE", "UNSEEN_SUITES", "EvalRun", "load_suite", "run_evaluation", "select_tasks"]
 
 # progress(label, done, total): label names the model/suite/task being worked on.
 Progress = Callable[[str, int, int], None]
@@ -28,9 +37,6 @@ Progress = Callable[[str, int, int], None]
 
 def load_suite(name_or_path: str | Path, overrides: list[str] | None = None) -> EvalSuite:
     """A suite by shipped name (`eight_task`, `unseen_language`, `unseen_vision`, ...) or YAML path."""
-    from mlan.config import load_config
-    from mlan.paths import resolve_config, shipped_files
-
     p = Path(name_or_path)
     if not p.is_file():
         names = [f.stem for f in shipped_files("evaluations")]
@@ -81,59 +87,91 @@ def _seen(task: SuiteTask, covered: set[str]) -> bool:
     return bool(names & covered)
 
 
+@dataclass
+class _Entry:
+    """One model to evaluate, checked: its label, kind and the tasks its training mixture covered."""
+
+    model: Any  # a folder/hub id, or a scripted model object
+    label: str
+    scripted: bool
+    multimodal: bool
+    manifest: dict
+
+    @property
+    def covered(self) -> set[str]:
+        return set(self.manifest.get("covers_eval_tasks") or [])
+
+
 def run_evaluation(
-    models: list[str | Path | Any],
-    suites: list[EvalSuite | str | Path],
+    run: EvalRun,
     *,
-    tasks: list[str] | None = None,
-    limit: int | None = None,
-    data_dir: str | Path | None = None,
-    data_files: dict[str, str] | None = None,
-    image_dir: str | Path | None = None,
-    out_dir: str | Path | None = None,
-    reference: str | None = None,
-    batch_size: int = 8,
-    device: str | None = None,
-    dtype: str = "auto",
-    fresh: bool = False,
+    models: list[Any] | None = None,
+    suites: list[EvalSuite] | None = None,
     progress: Progress | None = None,
 ) -> EvalReport:
-    """Evaluate each model on each suite; write per-model results and, for several models, a comparison.
+    """Evaluate each model of `run` on each suite; write per-model results and, for several models, a comparison.
 
-    Args:
-        models: model folders or hub ids (a LLaVA folder or a plain causal LM); also any object
-            with `generate(requests, max_new_tokens=, stop=)`, `multimodal` and `name` (a scripted
-            model: generate suites only).
-        suites: `EvalSuite`s, shipped suite names or YAML paths.
-        tasks: only these task names (across the suites).
-        limit: at most this many questions per task (the first ones, in file order).
-        data_dir: local data, `<data_dir>/<task>/<split>.jsonl`, for every task (offline).
-        data_files: per-task local files `{task: path}`, winning over `data_dir` and the suite.
-        image_dir: folder where image file names in local rows are looked up.
-        out_dir: where results go (default `runs/eval`): `<out_dir>/<label>/results.{json,md}`,
-            per-task samples and cache, plus `comparison.{json,md,png}` for several models.
-        reference: label or path of the model deltas are computed against (default: the first,
-            when there are several models).
-        batch_size: questions per forward pass.
-        device, dtype: where and in which precision to run ("auto": the checkpoint's dtype).
-        fresh: ignore cached task results (they are recomputed and overwritten).
-        progress: called as progress(label, done, total) while tasks run.
+    `models` and `suites` stand in for `run.models` and `run.suite_names()` when given: model
+    objects (a scripted model with `generate(requests, max_new_tokens=, stop=)`, `multimodal` and
+    `name`: generate suites only) or already loaded `EvalSuite`s. `progress(label, done, total)`
+    is called while tasks run.
 
-    Each model's `results.json` lists per task: task, suite, metric, value, stderr, n, modality,
-    seen (its mixture manifest's `covers_eval_tasks` includes the task), engine, source, metrics.
+    Writes to `run.out`: `<label>/results.{json,md}`, per-task samples and cache, `run.yaml` (the
+    run config) and, for several models, `comparison.{json,md,png}`. Each `results.json` lists per
+    task: task, suite, metric, value, stderr, n, modality, seen (its mixture manifest's
+    `covers_eval_tasks` includes the task), engine, source, metrics. Every input is checked
+    before any weights are loaded.
     """
-    from mlan.evaluate.tasks import check_local_data
-    from mlan.models import check_model_dir, is_llava_config, read_mixture_manifest, read_model_config
+    suite_objs = suites if suites is not None else [load_suite(n, run.suite_overrides) for n in run.suite_names()]
+    plan = select_tasks(suite_objs, run.tasks)
+    _check_inputs(run, plan)
+    entries = _entries(_models(run, models), plan)
+    for suite, ts in plan:
+        check_local_data(suite, ts, run.data_dir, run.data or None)
+    ref_label = _reference(run.reference, entries)
+    out_dir = Path(run.out)
+    atomic_write_text(out_dir / "run.yaml", dump_config(run))
+    results: list[ModelResults] = []
+    for entry in entries:
+        model_plan = [(s, ts) for s, ts in plan if entry.multimodal or s.modality != "vision"]
+        mr = _evaluate_model(entry, model_plan, run, out_dir / entry.label, progress)
+        mr.seen_tasks = sorted(entry.covered)
+        write_model_results(mr, out_dir / entry.label)
+        results.append(mr)
+    report = EvalReport(models=results, out_dir=out_dir, reference=ref_label)
+    if len(results) > 1:
+        report.comparison = compare(results, ref_label)
+        write_comparison(report)
+    return report
 
-    if not models:
-        raise MlanError("no model given")
-    suite_objs = [s if isinstance(s, EvalSuite) else load_suite(s) for s in suites]
-    plan = select_tasks(suite_objs, tasks)
-    out_dir = Path(out_dir) if out_dir is not None else DEFAULT_OUT
-    if image_dir is not None and not Path(image_dir).expanduser().is_dir():
-        raise MlanError(f"{image_dir}: image folder not found")
 
-    # Check every input before any weights are loaded.
+def _models(run: EvalRun, models: list[Any] | None) -> list[Any]:
+    """The models to evaluate: given objects, the run's names, or the newest finished run."""
+    if models:
+        return list(models)
+    if run.models:
+        return list(run.models)
+    latest = latest_run()
+    if latest is None:
+        raise MlanError(
+            "no model given and no finished run recorded under runs/: name one, "
+            "e.g. `mlan eval runs/<run>` or a hub id, or train one with `mlan sft RECIPE`"
+        )
+    return [str(latest)]
+
+
+def _check_inputs(run: EvalRun, plan: list[tuple[EvalSuite, list[SuiteTask]]]) -> None:
+    """The image folder exists and every local data file names a task of the chosen suites."""
+    if run.image_dir is not None and not Path(run.image_dir).expanduser().is_dir():
+        raise MlanError(f"{run.image_dir}: image folder not found")
+    known = {t.name for s, ts in plan for t in ts}
+    for task in run.data:
+        if task not in known:
+            raise MlanError(f"--data {task}=...: no task {task!r} in the chosen suites ({', '.join(sorted(known))})")
+
+
+def _entries(models: list[Any], plan: list[tuple[EvalSuite, list[SuiteTask]]]) -> list[_Entry]:
+    """Check every model (folder, hub access, kind) and give each a unique label."""
     taken: set[str] = set()
     entries = []
     for m in models:
@@ -146,64 +184,45 @@ def run_evaluation(
                 raise MlanError(f"{m}: model folder not found")
             check_model_dir(m)
             if not p.exists():
-                from mlan.hub import require_hub
-
                 require_hub(str(m), "model", "pass a local model folder", model=True)
             multimodal = is_llava_config(read_model_config(m))
             manifest = read_mixture_manifest(m) if p.is_dir() else {}
-        label = _label(m, taken)
+        entry = _Entry(m, _label(m, taken), scripted, multimodal, manifest)
         for suite, _ in plan:
             if suite.engine == "lm_eval" and scripted:
-                raise MlanError(f"{label}: a scripted model can only run generate suites, not {suite.name!r}")
-        entries.append((m, label, scripted, manifest, multimodal))
+                raise MlanError(f"{entry.label}: a scripted model can only run generate suites, not {suite.name!r}")
+        entries.append(entry)
     # A text-only LLM has no vision score: in a comparison its vision cells stay empty, alone it is an error.
     vision = [s.name for s, _ in plan if s.modality == "vision"]
-    text_only = [e for e in entries if not e[4]]
+    text_only = [e for e in entries if not e.multimodal]
     if vision and text_only and len(text_only) == len(entries):
         raise MlanError(
-            f"{text_only[0][0]}: suite {vision[0]!r} has vision tasks but this is a text-only model (give a LLaVA-style folder, or drop the suite)"
+            f"{text_only[0].model}: suite {vision[0]!r} has vision tasks but this is a text-only model (give a LLaVA-style folder, or drop the suite)"
         )
     for e in text_only if vision else []:
-        log.warning("%s is text-only: vision suite(s) %s skipped for it", e[1], ", ".join(vision))
-    for suite, ts in plan:
-        check_local_data(suite, ts, data_dir, data_files)
-    ref_label = None
-    if reference is not None:
-        labels = [e[1] for e in entries]
-        by_path = {str(e[0]): e[1] for e in entries} | {
-            str(Path(str(e[0])).expanduser().resolve()): e[1] for e in entries
-        }
-        ref_label = (
-            reference if reference in labels else by_path.get(str(reference)) or by_path.get(str(Path(reference)))
-        )
-        if ref_label is None:
-            raise MlanError(f"--reference {reference}: not one of the evaluated models ({', '.join(labels)})")
-    elif len(entries) > 1:
-        ref_label = entries[0][1]
-
-    results: list[ModelResults] = []
-    for m, label, scripted, manifest, multimodal in entries:
-        covered = set(manifest.get("covers_eval_tasks") or [])
-        model_plan = [(s, ts) for s, ts in plan if multimodal or s.modality != "vision"]
-        mr = _evaluate_model(
-            m, label, scripted, covered, model_plan,
-            limit=limit, data_dir=data_dir, data_files=data_files, image_dir=image_dir,
-            out=out_dir / label, batch_size=batch_size, device=device, dtype=dtype, fresh=fresh, progress=progress,
-        )  # fmt: skip
-        mr.seen_tasks = sorted(covered)
-        write_model_results(mr, out_dir / label)
-        results.append(mr)
-    report = EvalReport(models=results, out_dir=out_dir, reference=ref_label)
-    if len(results) > 1:
-        report.comparison = compare(results, ref_label)
-        write_comparison(report)
-    return report
+        log.warning("%s is text-only: vision suite(s) %s skipped for it", e.label, ", ".join(vision))
+    return entries
 
 
-def _task_key(model, scripted: bool, suite: EvalSuite, task: SuiteTask, limit, data_dir, data_files, dtype) -> str:
-    from mlan.evaluate.tasks import data_fingerprint
+def _reference(reference: str | None, entries: list[_Entry]) -> str | None:
+    """The label deltas are computed against: the one named (label or path), else the first of several."""
+    if reference is None:
+        return entries[0].label if len(entries) > 1 else None
+    labels = [e.label for e in entries]
+    by_path = {str(e.model): e.label for e in entries} | {
+        str(Path(str(e.model)).expanduser().resolve()): e.label for e in entries
+    }
+    label = reference if reference in labels else by_path.get(str(reference)) or by_path.get(str(Path(reference)))
+    if label is None:
+        raise MlanError(f"--reference {reference}: not one of the evaluated models ({', '.join(labels)})")
+    return label
 
-    ident = {"scripted": getattr(model, "name", type(model).__name__)} if scripted else cache.model_identity(model)
+
+def _task_key(entry: _Entry, suite: EvalSuite, task: SuiteTask, run: EvalRun) -> str:
+    model = entry.model
+    ident = (
+        {"scripted": getattr(model, "name", type(model).__name__)} if entry.scripted else cache.model_identity(model)
+    )
     protocol = suite.model_dump(mode="json", exclude={"tasks", "description", "name"})
     return cache.cache_key(
         {
@@ -211,116 +230,107 @@ def _task_key(model, scripted: bool, suite: EvalSuite, task: SuiteTask, limit, d
             "engine": suite.engine,
             "protocol": protocol if suite.engine == "generate" else None,
             "task": task.model_dump(mode="json"),
-            "data": data_fingerprint(task, data_dir, data_files),
-            "limit": limit,
-            "dtype": dtype,
+            "data": data_fingerprint(task, run.data_dir, run.data or None),
+            "limit": run.limit,
+            "dtype": run.dtype,
         }
     )
 
 
-def _evaluate_model(
-    model,
-    label,
-    scripted,
-    covered,
-    plan,
-    *,
-    limit,
-    data_dir,
-    data_files,
-    image_dir,
-    out,
-    batch_size,
-    device,
-    dtype,
-    fresh,
-    progress,
-) -> ModelResults:
+class _Runner:
+    """Runs one model's uncached tasks, loading the model (and its engines) once, on first need."""
+
+    def __init__(self, entry: _Entry, run: EvalRun, out: Path):
+        self.entry, self.run, self.out = entry, run, out
+        self.loaded = self.lm = self.generator = None
+
+    def _model(self):
+        if self.loaded is None:
+            from mlan.models import load_model  # loads torch and transformers
+
+            self.loaded = load_model(self.entry.model, device=self.run.device, dtype=self.run.dtype)
+        return self.loaded
+
+    def lm_eval_task(self, suite: EvalSuite, t: SuiteTask, seen: bool) -> TaskResult:
+        from mlan.evaluate.harness import make_lm, pick_metric, run_lm_eval_tasks  # imports lm-eval
+
+        run = self.run
+        if self.lm is None:
+            self.lm = make_lm(self._model(), batch_size=run.batch_size)
+        raw = run_lm_eval_tasks(self.lm, [t], data_dir=run.data_dir, overrides=run.data or None, limit=run.limit)
+        raw = raw[t.name]
+        value, stderr = pick_metric(raw["metrics"], t.metric)
+        return TaskResult(
+            task=t.name, suite=suite.name, metric=t.metric, value=float(value), stderr=stderr, n=int(raw["n"] or 0),
+            modality=suite.modality, seen=seen, engine="lm_eval", source=raw["source"], metrics=raw["metrics"],
+        )  # fmt: skip
+
+    def generate_task(self, suite: EvalSuite, t: SuiteTask, seen: bool, on_batch) -> TaskResult:
+        from mlan.evaluate.generate import HFGenerator, run_generate_task  # loads torch
+
+        run = self.run
+        if self.entry.scripted:
+            self.generator = self.entry.model
+        elif self.generator is None:
+            self.generator = HFGenerator(self._model(), batch_size=run.batch_size)
+        data = load_task_data(t, run.data_dir, run.data or None)
+        items = to_items(t, data, limit=run.limit, image_dir=run.image_dir)
+        if not items:
+            raise MlanError(f"{data.source}: no questions for task {t.name!r} (check with_images/without_images)")
+        metrics, samples = run_generate_task(
+            t, suite, items, self.generator, on_batch=lambda k: on_batch(k, len(items))
+        )
+        if t.metric not in metrics:
+            raise MlanError(
+                f"suite {suite.name}: task {t.name}: metric {t.metric!r} not computed (has: {', '.join(metrics)})"
+            )
+        _write_samples(self.out / "samples" / f"{suite.name}__{t.name}.jsonl", samples)
+        return TaskResult(
+            task=t.name, suite=suite.name, metric=t.metric, value=float(metrics[t.metric]),
+            stderr=metrics.get(f"{t.metric}_stderr"), n=len(items), modality=suite.modality, seen=seen,
+            engine="generate", source=data.source, metrics=metrics,
+        )  # fmt: skip
+
+
+def _evaluate_model(entry: _Entry, plan, run: EvalRun, out: Path, progress: Progress | None) -> ModelResults:
     cache_dir = out / "cache"
     todo: list[tuple[EvalSuite, SuiteTask, str]] = []
     done: dict[tuple[str, str], TaskResult] = {}
     for suite, ts in plan:
         for t in ts:
-            key = _task_key(model, scripted, suite, t, limit, data_dir, data_files, dtype)
-            hit = None if fresh else cache.load_cached(cache_dir, suite.name, t.name, key)
+            key = _task_key(entry, suite, t, run)
+            hit = None if run.fresh else cache.load_cached(cache_dir, suite.name, t.name, key)
             if hit is not None:
-                log.info("%s: %s/%s from cache", label, suite.name, t.name)
+                log.info("%s: %s/%s from cache", entry.label, suite.name, t.name)
                 done[(suite.name, t.name)] = TaskResult(**hit)
             else:
                 todo.append((suite, t, key))
     total = sum(len(ts) for _, ts in plan)
-    n_done = len(done)
-    if progress:
-        progress(f"{label}: {n_done} cached", n_done, total)
-
-    loaded = None
-    lm = None
-    generator = None
+    report = progress or (lambda label, done, total: None)
+    report(f"{entry.label}: {len(done)} cached", len(done), total)
+    runner = _Runner(entry, run, out)
     for suite, t, key in todo:
-        if not scripted and loaded is None:
-            from mlan.models import load_model
-
-            loaded = load_model(model, device=device, dtype=dtype)
-        label_task = f"{label}: {suite.name}/{t.name}"
-        if progress:
-            progress(label_task, n_done, total)
+        label_task = f"{entry.label}: {suite.name}/{t.name}"
+        n_done = len(done)
+        report(label_task, n_done, total)
         t0 = time.perf_counter()
-        seen = _seen(t, covered)
+        seen = _seen(t, entry.covered)
         if suite.engine == "lm_eval":
-            from mlan.evaluate.harness import make_lm, pick_metric, run_lm_eval_tasks
-
-            if lm is None:
-                lm = make_lm(loaded, batch_size=batch_size)
-            raw = run_lm_eval_tasks(lm, [t], data_dir=data_dir, overrides=data_files, limit=limit)[t.name]
-            value, stderr = pick_metric(raw["metrics"], t.metric)
-            res = TaskResult(
-                task=t.name, suite=suite.name, metric=t.metric, value=float(value), stderr=stderr, n=int(raw["n"] or 0),
-                modality=suite.modality, seen=seen, engine="lm_eval", source=raw["source"], metrics=raw["metrics"],
-            )  # fmt: skip
+            res = runner.lm_eval_task(suite, t, seen)
         else:
-            from mlan.evaluate.generate import HFGenerator, run_generate_task
-            from mlan.evaluate.tasks import load_task_data, to_items
-
-            if scripted:
-                generator = model
-            elif generator is None:
-                generator = HFGenerator(loaded, batch_size=batch_size)
-            data = load_task_data(t, data_dir, data_files)
-            items = to_items(t, data, limit=limit, image_dir=image_dir)
-            if not items:
-                raise MlanError(f"{data.source}: no questions for task {t.name!r} (check with_images/without_images)")
-
-            def on_batch(k, _lt=label_task, _n=n_done, _items=items):
-                if progress:
-                    progress(f"{_lt} ({k}/{len(_items)})", _n, total)
-
-            metrics, samples = run_generate_task(t, suite, items, generator, on_batch=on_batch)
-            if t.metric not in metrics:
-                raise MlanError(
-                    f"suite {suite.name}: task {t.name}: metric {t.metric!r} not computed (has: {', '.join(metrics)})"
-                )
-            _write_samples(out / "samples" / f"{suite.name}__{t.name}.jsonl", samples)
-            res = TaskResult(
-                task=t.name, suite=suite.name, metric=t.metric, value=float(metrics[t.metric]),
-                stderr=metrics.get(f"{t.metric}_stderr"), n=len(items), modality=suite.modality, seen=seen,
-                engine="generate", source=data.source, metrics=metrics,
-            )  # fmt: skip
+            res = runner.generate_task(
+                suite, t, seen, lambda k, n, _lt=label_task, _d=n_done: report(f"{_lt} ({k}/{n})", _d, total)
+            )
         res.seconds = round(time.perf_counter() - t0, 2)
         cache.store(cache_dir, suite.name, t.name, key, asdict(res))
         done[(suite.name, t.name)] = res
-        n_done += 1
         log.info("%s: %s %.1f (n=%d, %.1fs)", label_task, t.metric, 100 * res.value, res.n, res.seconds)
-        if progress:
-            progress(label_task, n_done, total)
+        report(label_task, len(done), total)
     ordered = [done[(s.name, t.name)] for s, ts in plan for t in ts]
     for r in ordered:  # the manifest decides, also for results that came from the cache
-        r.seen = any(_seen(t, covered) for s, ts in plan for t in ts if s.name == r.suite and t.name == r.task)
-    return ModelResults(label=label, model=str(getattr(model, "name", model)), results=ordered)
+        r.seen = any(_seen(t, entry.covered) for s, ts in plan for t in ts if s.name == r.suite and t.name == r.task)
+    return ModelResults(label=entry.label, model=str(getattr(entry.model, "name", entry.model)), results=ordered)
 
 
 def _write_samples(path: Path, samples: list[dict]) -> None:
-    import json
-
-    from mlan.io import atomic_write_text
-
     atomic_write_text(path, "".join(json.dumps(s, ensure_ascii=False, default=str) + "\n" for s in samples))

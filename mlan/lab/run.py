@@ -34,7 +34,7 @@ from mlan.config.mixture import MixtureSpec
 from mlan.config.recipe import SFTRecipe
 from mlan.config.suite import EvalSuite
 from mlan.data.mixture import build_mixture
-from mlan.evaluate import run_evaluation
+from mlan.evaluate import EvalRun, run_evaluation
 from mlan.io import atomic_write_json, atomic_write_text, check_output_dir
 from mlan.lab.plan import (
     PRETRAINED_LLM,
@@ -125,10 +125,11 @@ class SeedRun:
         return run_sft(recipe, resume=False, overwrite=True)
 
     def evaluate(self, model: Path, suites: list[Path], out_dir: Path) -> list[TaskScore]:
-        report = run_evaluation(
-            [model], [str(s) for s in suites], out_dir=out_dir, limit=self.plan.eval_limit,
+        run = EvalRun(
+            models=[str(model)], suites=[str(s) for s in suites], out=str(out_dir), limit=self.plan.eval_limit,
             batch_size=self.plan.eval_batch_size, device="cpu",
         )  # fmt: skip
+        report = run_evaluation(run)
         return [(r.suite, r.task, r.modality, r.value) for r in report.models[0].results]
 
     def run_stage(self, stage: TrainStage, init: Path) -> VariantScore:

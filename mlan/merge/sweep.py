@@ -17,13 +17,13 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from mlan.config.merge import MergeConfig
 from mlan.errors import MlanError
+from mlan.evaluate import EvalRun, load_suite, run_evaluation
 from mlan.io import atomic_dir, atomic_write_json, atomic_write_text, check_output_dir
-
-if TYPE_CHECKING:
-    from mlan.config.merge import MergeConfig
+from mlan.merge.streaming import default_out, merge_models, prepare
 
 log = logging.getLogger(__name__)
 
@@ -97,12 +97,9 @@ def _criterion_value(scores: dict[str, float], criterion: str) -> float:
 
 
 def _default_evaluator(config: MergeConfig, suites) -> Evaluator:
-    from mlan.evaluate import run_evaluation
-
     def evaluate(model_dir: Path, eval_dir: Path) -> list[tuple[str, str, str, float]]:
-        report = run_evaluation(
-            [model_dir], suites, limit=config.sweep.limit, device=config.sweep.device, out_dir=eval_dir
-        )
+        run = EvalRun(models=[str(model_dir)], limit=config.sweep.limit, device=config.sweep.device, out=str(eval_dir))
+        report = run_evaluation(run, suites=suites)
         return [(r.suite, r.task, r.modality, r.value) for r in report.models[0].results]
 
     return evaluate
@@ -118,8 +115,6 @@ def sweep_merge(config: MergeConfig, overwrite: bool = False, evaluate: Evaluato
     closer to the multimodal one). `evaluate(model_dir, eval_dir)` replaces the default
     evaluation (`mlan.evaluate.run_evaluation` on `sweep.suites`) when given.
     """
-    from mlan.merge.streaming import default_out, merge_models, prepare
-
     out = Path(config.out) if config.out else default_out(config)
     check_output_dir(out, overwrite)
     settings = config.sweep
@@ -127,8 +122,6 @@ def sweep_merge(config: MergeConfig, overwrite: bool = False, evaluate: Evaluato
     if evaluate is None:
         if not settings.suites:
             raise MlanError("sweep: no evaluation suite (pass --suite NAME, e.g. --suite quickstart)")
-        from mlan.evaluate import load_suite
-
         suites = [load_suite(s) for s in settings.suites]
         _check_criterion(settings.criterion, suites)
         evaluate = _default_evaluator(config, suites)
