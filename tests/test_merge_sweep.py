@@ -126,3 +126,18 @@ def test_single_merge_refuses_a_sweep_config(pair, tmp_path):
 
     with pytest.raises(MlanError, match="lists make a sweep"):
         merge_models(MergeConfig(multimodal=str(pair["mm"]), original=str(pair["llm"]), alpha=[0, 1]))
+
+
+def test_merge_config_from_python_as_the_cli_builds_it(tmp_path):
+    """The YAML + options + overrides logic of `mlan merge` is a library function."""
+    from mlan.merge import merge_config
+
+    spec = tmp_path / "merge.yaml"
+    spec.write_text("multimodal: mm\noriginal: llm\nalpha: 0.3\nsweep: {criterion: language}\n")
+    cfg = merge_config(spec, {"alpha": [0, 0.1], "suites": ["quickstart"], "method": None}, ["seed=7"])
+    assert cfg.is_sweep and cfg.alphas == [0, 0.1] and cfg.seed == 7 and cfg.method == "task_arithmetic"
+    assert cfg.sweep.suites == ["quickstart"] and cfg.sweep.criterion == "language"
+    with pytest.raises(MlanError, match=r"^merge options: original: required \(pass --original\)$"):
+        merge_config(None, {"multimodal": "mm"})
+    with pytest.raises(MlanError, match=r"merge.yaml: alpha: value error, alpha must be in \[0, 1\], got 2.0"):
+        merge_config(spec, {"alpha": [2.0]})

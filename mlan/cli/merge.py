@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from mlan.cli.common import Overrides, Overwrite, console, parse_list
-from mlan.errors import MlanError
 
 
 def _numbers(option: str, value: str) -> float | list[float]:
@@ -57,48 +56,22 @@ def merge(
 
     Sweep: mlan merge --multimodal runs/sft --original lmsys/vicuna-7b-v1.5 --alpha 0,0.05,0.1,0.2,0.5 --suite eight_task --suite unseen_vision --out runs/sweep
     """
-    from mlan.config.base import apply_overrides, read_yaml, validate_config
-    from mlan.config.merge import MergeConfig
+    from mlan.merge.run import merge_config, run_merge
+    from mlan.merge.sweep import SweepReport
 
-    data: dict[str, Any] = read_yaml(config) if config is not None else {}
-    source = str(config) if config is not None else "merge options"
     options = {"multimodal": multimodal, "original": original, "method": method, "seed": seed}
     options |= {"alpha": _numbers("--alpha", alpha) if alpha else None}
     options |= {"density": _numbers("--density", density) if density else None}
-    options |= {"out": str(out) if out is not None else None}
-    data |= {k: v for k, v in options.items() if v is not None}
-    sweep = dict(data.get("sweep") or {})
-    if suite:
-        sweep["suites"] = list(suite)
-    if criterion:
-        sweep["criterion"] = criterion
-    if keep_merged:
-        sweep["keep_merged"] = True
-    if sweep:
-        data["sweep"] = sweep
-    data = apply_overrides(data, overrides or (), source=source)
-    if not data.get("multimodal"):
-        from mlan.runs import latest_run
+    options |= {"out": str(out) if out is not None else None, "suites": list(suite) if suite else None}
+    options |= {"criterion": criterion, "keep_merged": True if keep_merged else None}
+    result = run_merge(merge_config(config, options, overrides), overwrite=overwrite)
+    if isinstance(result, SweepReport):
+        _print_sweep(result)
+    else:
+        _print_merge(result)
 
-        latest = latest_run()
-        if latest is None:
-            raise MlanError(f"{source}: multimodal: required (pass --multimodal; no finished run under runs/)")
-        data["multimodal"] = str(latest)
-        console().print(f"multimodal model: the latest run, {latest}")
-    if not data.get("original"):
-        raise MlanError(f"{source}: original: required (pass --original)")
-    cfg = validate_config(data, MergeConfig, source=source)
 
-    if cfg.is_sweep:
-        from mlan.merge.sweep import sweep_merge
-
-        report = sweep_merge(cfg, overwrite=overwrite)
-        _print_sweep(report)
-        return
-
-    from mlan.merge import merge_models
-
-    result = merge_models(cfg, overwrite=overwrite)
+def _print_merge(result) -> None:
     c = console()
     c.print(
         f"merged {result.merged_tensors} language-model tensors ({result.method}, alpha {result.alpha:g}, "
