@@ -12,7 +12,19 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mlan.config.base import load_config
+from mlan.config.merge import MergeConfig
+from mlan.config.mixture import MixtureSpec
+from mlan.config.recipe import SFTRecipe
+from mlan.config.shipped import validate_shipped
+from mlan.data.mixture import build_mixture
+from mlan.evaluate import EvalRun, run_evaluation
 from mlan.io import atomic_write_json, check_output_dir
+from mlan.merge import merge_models
+from mlan.models import save_language_model
+from mlan.paths import resolve_config
+from mlan.tiny import SIZES, save_tiny_llava
+from mlan.train.sft import run_sft
 
 log = logging.getLogger(__name__)
 
@@ -45,19 +57,6 @@ def run_quickstart(out: str | Path, overwrite: bool = False, size: str = "tiny",
     the tuned model (task arithmetic), and evaluate base LLM, tuned and merged models side by
     side on the bundled quickstart suite (`limit` questions per task).
     """
-    from mlan.config.base import load_config
-    from mlan.config.merge import MergeConfig
-    from mlan.config.mixture import MixtureSpec
-    from mlan.config.recipe import SFTRecipe
-    from mlan.config.shipped import validate_shipped
-    from mlan.data.mixture import build_mixture
-    from mlan.evaluate import run_evaluation
-    from mlan.merge import merge_models
-    from mlan.models import save_language_model
-    from mlan.paths import resolve_config
-    from mlan.tiny import SIZES, save_tiny_llava
-    from mlan.train.sft import run_sft
-
     out = Path(out)
     check_output_dir(out, overwrite)
     if out.exists():
@@ -65,81 +64,83 @@ def run_quickstart(out: str | Path, overwrite: bool = False, size: str = "tiny",
     out.mkdir(parents=True)
     result = QuickstartResult(out=out)
 
-    def stage(name: str, output: Path | str, summary: str, t0: float) -> None:
+    def stage(name: str, fn, *args):
+        t0 = time.perf_counter()
+        value, output, summary = fn(*args)
         result.stages.append(StageResult(name, str(output), summary, round(time.perf_counter() - t0, 1)))
         log.info("[%s] %s", name, summary)
+        return value
 
-    t0 = time.perf_counter()
+    stage("configs", _configs)
+    model_dir = stage("tiny-model", _tiny_model, out, size)
+    mixture = stage("build-mixture", _mixture, out)
+    sft = stage("sft", _sft, out, model_dir, mixture)
+    base_llm, merged = stage("merge", _merge, out, model_dir, sft)
+    report = stage("eval", _evaluate, out, [base_llm, sft, merged], limit)
+    result.table = report.table()
+    atomic_write_json(out / "summary.json", [vars(r) for r in result.stages])
+    return result
+
+
+# Each stage returns (what the next stages need, its output folder, a one-line summary).
+
+
+def _configs():
     loaded = validate_shipped()
-    stage("configs", "recipes/ data_mixtures/ evaluations/", f"{len(loaded)} shipped YAML files valid", t0)
+    return None, "recipes/ data_mixtures/ evaluations/", f"{len(loaded)} shipped YAML files valid"
 
-    t0 = time.perf_counter()
+
+def _tiny_model(out: Path, size: str):
     model_dir = save_tiny_llava(out / "base-model", size=size, seed=0)
     s = SIZES[size]
-    stage(
-        "tiny-model",
-        model_dir,
-        f"LLaVA {size}: Llama {s.layers}x{s.hidden} + CLIP {s.vision_layers}x{s.vision_hidden}",
-        t0,
-    )
+    return model_dir, model_dir, f"LLaVA {size}: Llama {s.layers}x{s.hidden} + CLIP {s.vision_layers}x{s.vision_hidden}"
 
-    t0 = time.perf_counter()
+
+def _mixture(out: Path):
     spec = load_config(resolve_config("quickstart", "data_mixtures"), MixtureSpec)
     mix = build_mixture(spec, out / "mixture")
     ratios = mix.manifest["ratios"]
-    stage(
-        "build-mixture",
-        mix.out,
+    summary = (
         f"{mix.train_rows} train + {mix.validation_rows} validation rows; language share "
         f"{100 * ratios['examples_language_share']:.1f}% of examples, "
-        f"{100 * ratios['tokens_language_share']:.1f}% of tokens",
-        t0,
+        f"{100 * ratios['tokens_language_share']:.1f}% of tokens"
     )
+    return mix.out, mix.out, summary
 
-    t0 = time.perf_counter()
+
+def _sft(out: Path, model_dir: Path, mixture: Path):
     recipe = load_config(
         resolve_config("tiny", "recipes"),
         SFTRecipe,
-        [f"model.path={model_dir}", "data.spec=null", f"data.mixture={mix.out}", f"output.dir={out / 'sft'}"],
+        [f"model.path={model_dir}", "data.spec=null", f"data.mixture={mixture}", f"output.dir={out / 'sft'}"],
     )
     sft = run_sft(recipe)
-    stage(
-        "sft",
-        sft.output_dir,
-        f"{sft.steps} steps, loss {sft.first_loss:.2f} -> {sft.last_loss:.2f}"
-        + (f", validation loss {sft.eval_loss:.2f}" if sft.eval_loss is not None else ""),
-        t0,
+    summary = f"{sft.steps} steps, loss {sft.first_loss:.2f} -> {sft.last_loss:.2f}" + (
+        f", validation loss {sft.eval_loss:.2f}" if sft.eval_loss is not None else ""
     )
+    return sft.output_dir, sft.output_dir, summary
 
-    t0 = time.perf_counter()
+
+def _merge(out: Path, model_dir: Path, tuned: Path):
     base_llm = save_language_model(model_dir, out / "base-llm")
-    merged = merge_models(
-        MergeConfig(
-            multimodal=str(sft.output_dir),
-            original=str(base_llm),
-            method="task_arithmetic",
-            alpha=0.1,
-            out=str(out / "merged"),
-        )
+    config = MergeConfig(
+        multimodal=str(tuned), original=str(base_llm), method="task_arithmetic", alpha=0.1, out=str(out / "merged")
     )
-    stage(
-        "merge",
-        merged.out,
+    merged = merge_models(config)
+    summary = (
         f"{merged.method} alpha {merged.alpha}: {merged.merged_tensors} language-model tensors merged, "
-        f"{merged.copied_tensors} vision tensors copied",
-        t0,
+        f"{merged.copied_tensors} vision tensors copied"
     )
+    return (base_llm, merged.out), merged.out, summary
 
-    t0 = time.perf_counter()
-    report = run_evaluation(
-        [base_llm, sft.output_dir, merged.out],
-        ["quickstart"],
+
+def _evaluate(out: Path, models: list[Path], limit: int):
+    run = EvalRun(
+        models=[str(m) for m in models],
+        suites=["quickstart"],
         limit=limit,
-        out_dir=out / "eval",
-        reference=str(base_llm),
+        out=str(out / "eval"),
+        reference=str(models[0]),
     )
-    result.table = report.table()
-    stage("eval", out / "eval", f"{len(report.models)} models x quickstart suite, {limit} questions per task", t0)
-
-    atomic_write_json(out / "summary.json", [vars(r) for r in result.stages])
-    return result
+    report = run_evaluation(run)
+    return report, out / "eval", f"{len(report.models)} models x quickstart suite, {limit} questions per task"
