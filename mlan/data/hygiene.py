@@ -17,11 +17,17 @@ a question quoted inside a longer one is caught, boilerplate shared by many ques
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import unicodedata
 from dataclasses import dataclass, field
 
+from mlan.config.mixture import MixtureSpec
+from mlan.data.sources import open_dataset
+from mlan.errors import MlanError
 from mlan.schemas import Item
+
+log = logging.getLogger(__name__)
 
 _NON_WORD = re.compile(r"[^0-9a-z]+")
 
@@ -164,3 +170,37 @@ class ContaminationChecker:
             r.by_source[source] = r.by_source.get(source, 0) + 1
             if len(r.examples) < 5:
                 r.examples.append(f"{source}:{row_id}")
+
+
+def contamination_checker(spec: MixtureSpec) -> ContaminationChecker | None:
+    """A checker indexing the questions of every evaluation set the spec names (None without any)."""
+    cfg = spec.contamination
+    if not cfg.evals:
+        return None
+    checker = ContaminationChecker(cfg.ngram, cfg.ngram_threshold)
+    for ev in cfg.evals:
+        what = f"contamination eval {ev.task!r} ({ev.dataset})"
+        ds = open_dataset(ev.dataset, config=ev.config, split=ev.split, revision=ev.revision, what=what)
+        tops = [f.split(".")[0] for f in ev.question_fields]
+        missing = [t for t in tops if t not in ds.column_names]
+        if missing:
+            raise MlanError(f"{what}: no column {missing[0]!r} (columns: {', '.join(ds.column_names)})")
+        ds = ds.select_columns(sorted(set(tops)))
+
+        def questions(ds=ds, fields=ev.question_fields):
+            for batch in ds.iter(batch_size=1000):
+                n = len(next(iter(batch.values())))
+                for i in range(n):
+                    parts = []
+                    for f in fields:
+                        head, *rest = f.split(".")
+                        v = batch[head][i]
+                        for r in rest:
+                            v = v.get(r) if isinstance(v, dict) else None
+                        if v:
+                            parts.append(str(v))
+                    yield " ".join(parts)
+
+        checker.add_task(ev.task, questions())
+        log.info("contamination: indexed %d questions of %s", checker.reports[ev.task].eval_rows, ev.task)
+    return checker

@@ -38,46 +38,11 @@ def build_manifest(
     seconds: float,
 ) -> dict[str, Any]:
     """The manifest as a JSON-ready dict (counts and tokens describe the train split)."""
-    per_modality: dict[str, dict[str, int]] = {
-        m: {"examples": 0, "text_tokens": 0, "image_tokens": 0, "tokens": 0, "images": 0} for m in MODALITIES
-    }
+    per_modality = _per_modality(stats)
     templates: Counter = Counter()
-    sources = {}
     for st in stats:
-        pm = per_modality[st.modality]
-        pm["examples"] += st.train
-        pm["text_tokens"] += st.text_tokens
-        pm["image_tokens"] += st.image_tokens
-        pm["tokens"] += st.text_tokens + st.image_tokens
-        pm["images"] += st.images
         templates.update(st.templates)
-        sources[st.name] = {
-            "dataset": st.dataset,
-            "adapter": st.adapter,
-            "modality": st.modality,
-            "rows_in_source": st.rows_in_source,
-            "train": st.train,
-            "validation": st.validation,
-            "rows_examined": st.examined,
-            "bad_rows": st.bad_rows,
-            "bad_row_examples": st.bad_row_examples,
-            "exact_duplicates": st.exact_duplicates,
-            "near_duplicates": st.near_duplicates,
-            "contaminated_dropped": st.contaminated_dropped,
-            "text_tokens": st.text_tokens,
-            "image_tokens": st.image_tokens,
-            "images": st.images,
-            "covers": st.covers,
-        }
     lang, vis = per_modality["language"], per_modality["vision"]
-    contamination: dict[str, Any] = {"checked": checker is not None}
-    if checker is not None:
-        contamination.update(
-            method=f"normalised exact match, or >= {checker.threshold:g} of the word {checker.n}-grams of the shorter "
-            "question shared with one evaluation question; counts cover every row examined while sampling",
-            drop=spec.contamination.drop,
-            tasks={task: vars(r) for task, r in sorted(checker.reports.items())},
-        )
     return {
         "name": spec.name,
         "description": spec.description,
@@ -86,7 +51,7 @@ def build_manifest(
         "config_hash": config_hash(spec),
         "content_hash": content_hash,
         "splits": splits,
-        "sources": sources,
+        "sources": {st.name: _source_entry(st) for st in stats},
         "modalities": per_modality,
         "ratios": {
             "examples_language_share": _share(lang["examples"], vis["examples"]),
@@ -110,8 +75,56 @@ def build_manifest(
             "near_duplicates": dedup.near if dedup else 0,
             "bad_rows": sum(st.bad_rows for st in stats),
         },
-        "contamination": contamination,
+        "contamination": _contamination(spec, checker),
         "covers_eval_tasks": sorted({t for st in stats if st.train + st.validation for t in st.covers}),
         "spec": spec.model_dump(mode="json"),
         "build_seconds": round(seconds, 2),
     }
+
+
+def _per_modality(stats: list) -> dict[str, dict[str, int]]:
+    """Train-split examples, tokens and images summed per modality."""
+    per_modality = {
+        m: {"examples": 0, "text_tokens": 0, "image_tokens": 0, "tokens": 0, "images": 0} for m in MODALITIES
+    }
+    for st in stats:
+        pm = per_modality[st.modality]
+        pm["examples"] += st.train
+        pm["text_tokens"] += st.text_tokens
+        pm["image_tokens"] += st.image_tokens
+        pm["tokens"] += st.text_tokens + st.image_tokens
+        pm["images"] += st.images
+    return per_modality
+
+
+def _source_entry(st) -> dict[str, Any]:
+    return {
+        "dataset": st.dataset,
+        "adapter": st.adapter,
+        "modality": st.modality,
+        "rows_in_source": st.rows_in_source,
+        "train": st.train,
+        "validation": st.validation,
+        "rows_examined": st.examined,
+        "bad_rows": st.bad_rows,
+        "bad_row_examples": st.bad_row_examples,
+        "exact_duplicates": st.exact_duplicates,
+        "near_duplicates": st.near_duplicates,
+        "contaminated_dropped": st.contaminated_dropped,
+        "text_tokens": st.text_tokens,
+        "image_tokens": st.image_tokens,
+        "images": st.images,
+        "covers": st.covers,
+    }
+
+
+def _contamination(spec: MixtureSpec, checker) -> dict[str, Any]:
+    contamination: dict[str, Any] = {"checked": checker is not None}
+    if checker is not None:
+        contamination.update(
+            method=f"normalised exact match, or >= {checker.threshold:g} of the word {checker.n}-grams of the shorter "
+            "question shared with one evaluation question; counts cover every row examined while sampling",
+            drop=spec.contamination.drop,
+            tasks={task: vars(r) for task, r in sorted(checker.reports.items())},
+        )
+    return contamination

@@ -8,6 +8,7 @@ data run before any row is converted, and the output appears only when complete.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -21,7 +22,7 @@ from typing import Any
 
 from mlan.config.mixture import MixtureSpec, SourceSpec
 from mlan.data.adapters import ADAPTER_FUNCS, required_columns
-from mlan.data.hygiene import ContaminationChecker, Deduplicator
+from mlan.data.hygiene import ContaminationChecker, Deduplicator, contamination_checker
 from mlan.data.manifest import build_manifest
 from mlan.data.sources import base_folder, load_image_bytes, open_dataset
 from mlan.data.templates import render
@@ -29,6 +30,7 @@ from mlan.errors import MlanError, first_line
 from mlan.io import atomic_dir, atomic_write_json, check_output_dir
 from mlan.paths import resolve_data_path
 from mlan.schemas import BadRow
+from mlan.tiny import build_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -151,17 +153,10 @@ def _tokenizer(spec: MixtureSpec):
         raise MlanError(f"tokenizer: cannot load {spec.tokenizer!r}: {first_line(e)}") from None
 
 
-_TINY = None
-
-
+@functools.cache
 def _tiny_tokenizer():
     # Training the tiny BPE takes about a second; reuse it within one process.
-    global _TINY
-    if _TINY is None:
-        from mlan.tiny import build_tokenizer
-
-        _TINY = build_tokenizer()
-    return _TINY
+    return build_tokenizer()
 
 
 def image_tokens_per_image(value: int | str) -> tuple[int, str]:
@@ -186,39 +181,6 @@ def image_tokens_per_image(value: int | str) -> tuple[int, str]:
     if n == 0:
         raise MlanError(f"image_tokens: processor {value!r} produced no {token!r} tokens for an image")
     return n, f"processor {value}"
-
-
-def _contamination(spec: MixtureSpec) -> ContaminationChecker | None:
-    cfg = spec.contamination
-    if not cfg.evals:
-        return None
-    checker = ContaminationChecker(cfg.ngram, cfg.ngram_threshold)
-    for ev in cfg.evals:
-        what = f"contamination eval {ev.task!r} ({ev.dataset})"
-        ds = open_dataset(ev.dataset, config=ev.config, split=ev.split, revision=ev.revision, what=what)
-        tops = [f.split(".")[0] for f in ev.question_fields]
-        missing = [t for t in tops if t not in ds.column_names]
-        if missing:
-            raise MlanError(f"{what}: no column {missing[0]!r} (columns: {', '.join(ds.column_names)})")
-        ds = ds.select_columns(sorted(set(tops)))
-
-        def questions(ds=ds, fields=ev.question_fields):
-            for batch in ds.iter(batch_size=1000):
-                n = len(next(iter(batch.values())))
-                for i in range(n):
-                    parts = []
-                    for f in fields:
-                        head, *rest = f.split(".")
-                        v = batch[head][i]
-                        for r in rest:
-                            v = v.get(r) if isinstance(v, dict) else None
-                        if v:
-                            parts.append(str(v))
-                    yield " ".join(parts)
-
-        checker.add_task(ev.task, questions())
-        log.info("contamination: indexed %d questions of %s", checker.reports[ev.task].eval_rows, ev.task)
-    return checker
 
 
 class _SplitWriter:
@@ -288,6 +250,50 @@ def _rows(ds, batch_size: int = 256):
             yield dict(zip(keys, values, strict=True))
 
 
+def _accept_row(src: SourceSpec, row, idx, stats, spec, adapter, root, is_jsonl, dedup, checker, rng):
+    """One source row as a mixture row `(row, digest, template ids, images)`, or None when it is
+    bad, a duplicate or contaminated (and dropped); the reason is counted in `stats`."""
+    stats.examined += 1
+    try:
+        item = adapter(row, src)
+        blobs = [load_image_bytes(v, root) for v in item.images or []]
+        if src.modality == "vision" and not blobs:
+            raise BadRow("no image in a vision source")
+    except (BadRow, ValueError) as e:
+        where = f"row {idx}" + (f" (line {idx + 1})" if is_jsonl else "")
+        if src.bad_rows == "fail":
+            raise MlanError(f"{_label(src)}: {where}: {e} (set bad_rows: skip to skip such rows)") from None
+        stats.bad_rows += 1
+        if len(stats.bad_row_examples) < MAX_BAD_EXAMPLES:
+            stats.bad_row_examples.append(f"{where}: {e}")
+        return None
+    image_digests = [hashlib.sha256(b).hexdigest() for b, _ in blobs]
+    if dedup is not None:
+        dup = dedup.seen(item, image_digests)
+        if dup:
+            setattr(stats, f"{dup}_duplicates", getattr(stats, f"{dup}_duplicates") + 1)
+            return None
+    row_id = f"{src.name}:{item.id or idx}"
+    hits = checker.check(item.question) if checker is not None else []
+    if hits:
+        checker.record(hits, src.name, row_id, dropped=spec.contamination.drop)
+        if spec.contamination.drop:
+            stats.contaminated_dropped += 1
+            return None
+    messages, template_ids = render(item, rng, src.chain_of_thought)
+    out = {
+        "messages": messages,
+        "images": [{"bytes": b, "path": name} for b, name in blobs],
+        "modality": "vision" if blobs else "language",
+        "source": src.name,
+        "id": row_id,
+    }
+    digest = hashlib.sha256(
+        json.dumps([messages, out["modality"], src.name, row_id, image_digests], sort_keys=True).encode()
+    ).digest()
+    return out, digest, template_ids, blobs
+
+
 def _fill_source(
     src: SourceSpec,
     ds,
@@ -322,44 +328,10 @@ def _fill_source(
         take = perm[pos : pos + min(n - pos, need - accepted + (need - accepted) // 10 + 16)]
         pos += len(take)
         for idx, row in zip(take.tolist(), _rows(ds.select(take)), strict=True):
-            stats.examined += 1
-            try:
-                item = adapter(row, src)
-                blobs = [load_image_bytes(v, root) for v in item.images or []]
-                if src.modality == "vision" and not blobs:
-                    raise BadRow("no image in a vision source")
-            except (BadRow, ValueError) as e:
-                where = f"row {idx}" + (f" (line {idx + 1})" if is_jsonl else "")
-                if src.bad_rows == "fail":
-                    raise MlanError(f"{_label(src)}: {where}: {e} (set bad_rows: skip to skip such rows)") from None
-                stats.bad_rows += 1
-                if len(stats.bad_row_examples) < MAX_BAD_EXAMPLES:
-                    stats.bad_row_examples.append(f"{where}: {e}")
+            accepted_row = _accept_row(src, row, idx, stats, spec, adapter, root, is_jsonl, dedup, checker, rng)
+            if accepted_row is None:
                 continue
-            image_digests = [hashlib.sha256(b).hexdigest() for b, _ in blobs]
-            if dedup is not None:
-                dup = dedup.seen(item, image_digests)
-                if dup:
-                    setattr(stats, f"{dup}_duplicates", getattr(stats, f"{dup}_duplicates") + 1)
-                    continue
-            row_id = f"{src.name}:{item.id or idx}"
-            hits = checker.check(item.question) if checker is not None else []
-            if hits:
-                checker.record(hits, src.name, row_id, dropped=spec.contamination.drop)
-                if spec.contamination.drop:
-                    stats.contaminated_dropped += 1
-                    continue
-            messages, template_ids = render(item, rng, src.chain_of_thought)
-            out = {
-                "messages": messages,
-                "images": [{"bytes": b, "path": name} for b, name in blobs],
-                "modality": "vision" if blobs else "language",
-                "source": src.name,
-                "id": row_id,
-            }
-            digest = hashlib.sha256(
-                json.dumps([messages, out["modality"], src.name, row_id, image_digests], sort_keys=True).encode()
-            ).digest()
+            out, digest, template_ids, blobs = accepted_row
             is_train = accepted < stats.train
             if is_train:
                 stats.templates.update(template_ids)
@@ -394,7 +366,7 @@ def build_mixture(spec: MixtureSpec, out: str | Path, *, overwrite: bool = False
     datasets_ = _open_sources(spec)
     sizes = [len(d) for d in datasets_]
     train, val = plan_counts(spec, sizes)
-    checker = _contamination(spec)
+    checker = contamination_checker(spec)
     tokenizer, tokenizer_name = _tokenizer(spec)
     per_image, per_image_from = image_tokens_per_image(spec.image_tokens)
     stats = [

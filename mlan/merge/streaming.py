@@ -338,6 +338,40 @@ def prepare(config: MergeConfig) -> tuple[Checkpoint, Checkpoint, str, list[_Pla
     return mm, llm, layout, plans, unused
 
 
+def _write_shards(
+    tmp: Path, shards: list[tuple[str, list[_Plan]]], config: MergeConfig, alpha: float, density: float
+) -> tuple[set[str], int, int]:
+    """Stream every shard (merged language-model tensors, copied others) and the index of several.
+
+    Returns the merged tensor keys, the most vocabulary rows kept from the multimodal model, the bytes written.
+    """
+    merged: set[str] = set()
+    kept_rows = written = 0
+    weight_map: dict[str, str] = {}
+    for i, (fname, group) in enumerate(shards):
+        writer = SafetensorsWriter(tmp / fname, [(p.key, p.mm.dtype, p.mm.shape, p.mm.nbytes) for p in group])
+        try:
+            for p in group:
+                if p.llm is None:
+                    writer.write(p.key, p.mm.file.raw_chunks(p.key))
+                else:
+                    writer.write(p.key, _merged_chunks(p, config.method, alpha, density, config.seed))
+                    merged.add(p.key)
+                    if p.shared_rows is not None:
+                        kept_rows = max(kept_rows, p.mm.shape[0] - p.shared_rows)
+                weight_map[p.key] = fname
+        finally:
+            writer.close()
+        written += writer.total
+        log.info("shard %d/%d written: %s (%.1f MB)", i + 1, len(shards), fname, writer.total / 1e6)
+    if len(shards) > 1:
+        atomic_write_json(
+            tmp / "model.safetensors.index.json",
+            {"metadata": {"total_size": written}, "weight_map": dict(sorted(weight_map.items()))},
+        )
+    return merged, kept_rows, written
+
+
 def merge_models(config: MergeConfig, overwrite: bool = False) -> MergeResult:
     """Merge `config.original` into the language model of `config.multimodal` and write a LLaVA folder.
 
@@ -368,34 +402,9 @@ def merge_models(config: MergeConfig, overwrite: bool = False) -> MergeResult:
         len(shards),
         layout,
     )
-    merged: set[str] = set()
-    kept_rows = 0
-    written = 0
-    weight_map: dict[str, str] = {}
     with atomic_dir(out, overwrite=overwrite) as tmp:
         side = _copy_side_files(mm, tmp)
-        for i, (fname, group) in enumerate(shards):
-            entries = [(p.key, p.mm.dtype, p.mm.shape, p.mm.nbytes) for p in group]
-            writer = SafetensorsWriter(tmp / fname, entries)
-            try:
-                for p in group:
-                    if p.llm is None:
-                        writer.write(p.key, p.mm.file.raw_chunks(p.key))
-                    else:
-                        writer.write(p.key, _merged_chunks(p, config.method, alpha, density, config.seed))
-                        merged.add(p.key)
-                        if p.shared_rows is not None:
-                            kept_rows = max(kept_rows, p.mm.shape[0] - p.shared_rows)
-                    weight_map[p.key] = fname
-            finally:
-                writer.close()
-            written += writer.total
-            log.info("shard %d/%d written: %s (%.1f MB)", i + 1, len(shards), fname, writer.total / 1e6)
-        if len(shards) > 1:
-            atomic_write_json(
-                tmp / "model.safetensors.index.json",
-                {"metadata": {"total_size": written}, "weight_map": dict(sorted(weight_map.items()))},
-            )
+        merged, kept_rows, written = _write_shards(tmp, shards, config, alpha, density)
         _verify_output(tmp, plans, merged)
         result = MergeResult(
             out=out,
