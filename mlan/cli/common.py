@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Annotated, TypeVar
 
@@ -49,3 +50,18 @@ def console():
     from rich.console import Console
 
     return Console(highlight=False)
+
+
+@contextlib.contextmanager
+def task_progress(con, description: str):
+    """A transient bar for a library call's `progress(label, done, total)` callback; yields that callback."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=con, transient=True) as bar:
+        pid = bar.add_task(description, total=None)
+
+        def progress(label: str, done: int, total: int) -> None:
+            bar.update(pid, description=label, completed=done, total=total)
+
+        yield progress

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from mlan.cli.common import Overrides, console
+from mlan.cli.common import Overrides, console, task_progress
 from mlan.errors import MlanError
 
 
@@ -50,6 +50,7 @@ def build_run(models: list[str] | None, flags: dict, overrides: list[str] | None
     return validate_config(data, EvalRun, source=source)
 
 
+# Long only by its Typer signature (one parameter per option); the body is parse -> run -> print.
 def evaluate(
     models: Annotated[
         list[str] | None,
@@ -124,21 +125,7 @@ def evaluate(
     }
     run = build_run(models, flags, overrides)
     con = console()
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=con,
-        transient=True,
-    ) as bar:
-        pid = bar.add_task("evaluating", total=None)
-
-        def progress(label: str, done: int, total: int) -> None:
-            bar.update(pid, description=label, completed=done, total=total)
-
+    with task_progress(con, "evaluating") as progress:
         report = run_evaluation(run, progress=progress)
     con.print(report.table(), markup=False)
     for m in report.models:
