@@ -135,6 +135,66 @@ def test_shipped_recipes_validate():
         assert t.group_by_modality_length and t.gradient_checkpointing
 
 
+def test_sft_config_gets_exactly_the_managed_fields(tmp_path):
+    """The recipe -> SFTConfig mapping is written once (`managed_args`): the SFTConfig of a run gets the
+    managed fields, mlan's defaults and `training.extra`, nothing else; `training.extra` may set no
+    managed field (older names included); every TrainingSection field is mapped or explicitly mlan's own."""
+    import dataclasses
+    import re
+
+    from trl import SFTConfig
+
+    from mlan.config.recipe import SFTRecipe, TrainingSection
+    from mlan.errors import MlanError
+    from mlan.train.arguments import (
+        MLAN_ONLY,
+        RENAMED,
+        batch_shape,
+        managed_args,
+        managed_sources,
+        mlan_defaults,
+        sft_config_kwargs,
+    )
+    from mlan.train.preflight import check_extra
+
+    recipe = SFTRecipe.model_validate(
+        {
+            "model": {"path": "m"},
+            "data": {"mixture": "mix"},
+            "training": {
+                "per_device_train_batch_size": 4,
+                "global_batch_size": 16,
+                "gradient_checkpointing": True,
+                "extra": {"optim": "adamw_torch"},
+            },
+        }
+    )
+    batch = batch_shape(recipe.training, processes=2)
+    assert (batch.accumulation, batch.global_size) == (2, 16)
+    with pytest.raises(MlanError, match="not a multiple of 4 per device x 3 processes"):
+        batch_shape(recipe.training, processes=3)
+    managed = managed_args(recipe, checkpoints=tmp_path / "ck", precision="fp32", cuda=False, accumulation=2)
+    kwargs = sft_config_kwargs(recipe, managed, run_name="r")
+    assert set(managed) <= {f.name for f in dataclasses.fields(SFTConfig)}
+    assert set(kwargs) == set(managed) | set(mlan_defaults(recipe, "r")) | {"optim"}
+    config = SFTConfig(**kwargs)
+    for name, m in managed.items():
+        if name != "report_to":  # SFTConfig turns "none" into []
+            assert getattr(config, name) == m.value, name
+    assert (config.gradient_accumulation_steps, config.max_length, config.use_cpu) == (2, None, True)
+
+    sources = managed_sources(managed)
+    assert set(sources) == set(managed) | set(RENAMED) and set(RENAMED.values()) <= set(managed)
+    for key, source in sources.items():
+        with pytest.raises(MlanError, match=re.escape(f"training.extra.{key}: set {source} instead")):
+            check_extra({key: 1}, sources)
+    check_extra({"optim": "adamw_torch", "run_name": "x"}, sources)
+
+    mapped = {s.removeprefix("training.") for s in sources.values() if s.startswith("training.")}
+    assert not mapped & set(MLAN_ONLY)
+    assert mapped | set(MLAN_ONLY) == set(TrainingSection.model_fields)
+
+
 def test_sampler_groups_by_modality_and_length():
     import random
 
@@ -174,7 +234,8 @@ def test_lengths_and_labels_match_the_collator(tiny_llava_dir, mixture_dir):
 
     from mlan.config.recipe import SFTRecipe
     from mlan.train.data import prepare_split
-    from mlan.train.sft import _image_token_masking, inspect_model
+    from mlan.train.preflight import inspect_model
+    from mlan.train.trainer import image_token_masking
 
     recipe = SFTRecipe.model_validate(
         {"model": {"path": str(tiny_llava_dir)}, "data": {"mixture": str(mixture_dir)}, "output": {"dir": "x"}}
@@ -186,7 +247,7 @@ def test_lengths_and_labels_match_the_collator(tiny_llava_dir, mixture_dir):
     assert split.dropped == {"language": 1, "vision": 1} and split.kept == {"language": 48, "vision": 16}
     tok = info.processor.tokenizer
     for loss_mode in (True, False):
-        collate = _image_token_masking(
+        collate = image_token_masking(
             DataCollatorForVisionLanguageModeling(
                 processor=info.processor, assistant_only_loss=loss_mode, chat_template=info.chat_template
             ),
@@ -364,7 +425,7 @@ def test_template_without_generation_markers_falls_back_to_vicuna(tiny_llava_dir
     from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
 
     from mlan.config.recipe import SFTRecipe
-    from mlan.train.sft import inspect_model
+    from mlan.train.preflight import inspect_model
 
     model = _copy_model(tiny_llava_dir, tmp_path / "m")
     tpl = model / "chat_template.jinja"

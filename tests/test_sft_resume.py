@@ -101,14 +101,14 @@ def test_kill_and_resume_matches_uninterrupted(cli, tiny_llava_dir, shared_data,
 
 def test_resume_refuses_checkpoints_of_another_recipe(cli, tiny_llava_dir, shared_data, tmp_path):
     from mlan.config.recipe import SFTRecipe
-    from mlan.train.sft import _recipe_fingerprint
+    from mlan.train.checkpoint import recipe_fingerprint
 
     mixture = make_mixture(tmp_path / "mix", shared_data, n_language=8, n_vision=4, n_long=0)
     recipe = _recipe(tmp_path / "run.yaml", tiny_llava_dir, mixture, tmp_path / "run")
     ck = tmp_path / "run.checkpoints" / "checkpoint-4"
     ck.mkdir(parents=True)
     (ck / "trainer_state.json").write_text("{}")
-    fp = _recipe_fingerprint(SFTRecipe.model_validate(yaml.safe_load(recipe.read_text())))
+    fp = recipe_fingerprint(SFTRecipe.model_validate(yaml.safe_load(recipe.read_text())))
     fp["training"]["learning_rate"] = 0.5
     (tmp_path / "run.checkpoints" / "recipe.json").write_text(json.dumps(fp))
     r = cli("sft", str(recipe))

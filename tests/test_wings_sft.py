@@ -176,7 +176,7 @@ def test_resume_restores_the_learners(cli, stages, mixture, tmp_path):
     from transformers import LlavaForConditionalGeneration
 
     from mlan.config.wings import WingsConfig
-    from mlan.train.sft import _trainer_class
+    from mlan.train.trainer import MlanSFTTrainer
     from mlan.wings import add_wings, wings_state_dict
 
     ckpt = stages["stage2"] / "checkpoints" / "checkpoint-4"
@@ -189,7 +189,7 @@ def test_resume_restores_the_learners(cli, stages, mixture, tmp_path):
     # The Trainer's resume hook on a model with fresh learners brings back the checkpoint's learners and base.
     model = add_wings(LlavaForConditionalGeneration.from_pretrained(stages["base"]), WingsConfig(rank=8))
     trainer = types.SimpleNamespace(is_fsdp_enabled=False, is_deepspeed_enabled=False, model=model)
-    _trainer_class()._load_from_checkpoint(trainer, str(ckpt))
+    MlanSFTTrainer._load_from_checkpoint(trainer, str(ckpt))
     assert _same(wings_state_dict(model), load_file(str(ckpt / "wings.safetensors")))
     reference = LlavaForConditionalGeneration.from_pretrained(ckpt).state_dict()
     assert _same({k: v for k, v in model.state_dict().items() if ".wings." not in k}, reference)

@@ -3,20 +3,24 @@
 TRL tokenizes vision rows only in its collator, batch by batch, and truncating there would cut
 image tokens (the forward then fails on a feature/token count mismatch). So every row's length
 is computed up front, exactly as the collator will see it, and rows over `max_length` are left
-out and counted instead.
+out and counted instead. Wings stage 1 trains on the image rows only.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from mlan.config.recipe import SFTRecipe
 from mlan.errors import MlanError, first_line
 from mlan.paths import shipped_dir
 from mlan.runs import mixture_dir as default_dir
+
+if TYPE_CHECKING:  # an annotation only: mlan.train.preflight imports this module
+    from mlan.train.preflight import ModelInfo
 
 log = logging.getLogger(__name__)
 
@@ -123,3 +127,61 @@ def prepare_split(
     has_image = [counts[i] > 0 for i in keep]
     kept = {"language": has_image.count(False), "vision": has_image.count(True)}
     return PreparedSplit(ds, [lengths[i] for i in keep], has_image, kept, dropped)
+
+
+def training_rows(
+    recipe: SFTRecipe, mixture, mixture_dir: Path, info: ModelInfo
+) -> tuple[PreparedSplit, PreparedSplit | None]:
+    """The train rows and, when the recipe evaluates at the end, the validation rows: measured exactly,
+    over-long ones dropped and counted; for Wings stage 1, image rows only."""
+    max_length = recipe.training.max_length
+    train = prepare_split(
+        mixture["train"], info.processor, info.chat_template, info.image_seq_length, max_length, "train"
+    )
+    if len(train.dataset) == 0:
+        raise MlanError(f"data.mixture {mixture_dir}: every train row is longer than max_length {max_length}")
+    val = None
+    if recipe.data.eval_at_end and "validation" in mixture and len(mixture["validation"]):
+        val = prepare_split(
+            mixture["validation"], info.processor, info.chat_template, info.image_seq_length, max_length, "validation"
+        )
+        if len(val.dataset) == 0:
+            val = None
+    if recipe.wings is not None and recipe.wings.stage == 1:
+        train = image_rows_only(train, mixture_dir, "train")
+        val = image_rows_only(val, mixture_dir, "validation") if val is not None else None
+    log.info(
+        "train rows: %d language, %d vision (dropped as too long: %d language, %d vision)",
+        train.kept["language"],
+        train.kept["vision"],
+        train.dropped["language"],
+        train.dropped["vision"],
+    )
+    return train, val
+
+
+def image_rows_only(split, mixture_dir: Path, name: str):
+    """Wings stage 1 trains only the projector and the visual learners, which a text-only row does not
+    reach: such rows give no gradient at all (a batch of them would fail the backward pass), so they
+    are left out, as the paper's stage 1 trains on image data only."""
+    keep = [i for i, has in enumerate(split.has_image) if has]
+    if name == "train" and not keep:
+        raise MlanError(
+            f"data.mixture {mixture_dir}: Wings stage 1 trains on image rows, and this mixture has none "
+            "(use a mixture with vision rows)"
+        )
+    if split.kept["language"]:
+        log.info(
+            "Wings stage 1: leaving out %d text-only %s rows (no gradient reaches the visual learners)",
+            split.kept["language"],
+            name,
+        )
+    if not keep:
+        return None
+    return replace(
+        split,
+        dataset=split.dataset.select(keep),
+        lengths=[split.lengths[i] for i in keep],
+        has_image=[True] * len(keep),
+        kept={"language": 0, "vision": len(keep)},
+    )

@@ -1,11 +1,21 @@
-"""What a finished SFT run writes beside the weights: loss log, loss curve, model card."""
+"""The output folder of a finished SFT run, assembled atomically: weights (or adapter, and the merged
+model for LoRA), processor, recipe, loss log, loss curve, model card, results.
+
+Light to import (torch, transformers, peft and matplotlib inside the functions): `mlan.train.sft`
+imports this module at its top, and `mlan.lab.run` imports that one at its top.
+"""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
-from mlan.io import atomic_write_json, atomic_write_text
+from mlan.config.base import dump_config
+from mlan.config.recipe import SFTRecipe
+from mlan.io import atomic_dir, atomic_write_json, atomic_write_text
+from mlan.train.checkpoint import TENSORBOARD_DIR
+from mlan.train.preflight import Checked, ModelInfo
 
 
 def loss_log(log_history: list[dict[str, Any]]) -> dict[str, Any]:
@@ -72,28 +82,10 @@ def _fmt(n: float | int | None, digits: int = 4) -> str:
     return f"{n:.{digits}g}"
 
 
-def model_card(
-    *,
-    name: str,
-    recipe: Any,
-    recipe_yaml: str,
-    manifest: dict[str, Any] | None,
-    mixture_path: str,
-    results: dict[str, Any],
-) -> str:
-    """A README.md for the output folder: what was trained, on what data, with which settings and results."""
-    t, tr = recipe.training, recipe.train
+def _model_section(recipe: Any, results: dict[str, Any]) -> list[str]:
+    """The model card's "Model" section: base, what was trained (LoRA, Wings stage), parameters."""
+    tr = recipe.train
     lines = [
-        "---",
-        "library_name: transformers",
-        "pipeline_tag: image-text-to-text",
-        "tags: [llava, mlan, sft, trl]",
-        "---",
-        "",
-        f"# {name}",
-        "",
-        recipe.description or "A LLaVA-style model fine-tuned with mlan (TRL SFTTrainer).",
-        "",
         "## Model",
         f"- Base: `{recipe.model.path}`",
         f"- Trained: language model **{tr.language_model}**"
@@ -123,7 +115,37 @@ def model_card(
     if params:
         share = 100 * params["trainable"] / max(params["total"], 1)
         lines.append(f"- Parameters: {params['trainable']:,} trainable of {params['total']:,} ({share:.2f}%)")
-    lines += ["", "## Data", f"- Mixture: `{mixture_path}`"]
+    return lines
+
+
+def model_card(
+    *,
+    name: str,
+    recipe: Any,
+    recipe_yaml: str,
+    manifest: dict[str, Any] | None,
+    mixture_path: str,
+    results: dict[str, Any],
+) -> str:
+    """A README.md for the output folder: what was trained, on what data, with which settings and results."""
+    t = recipe.training
+    wings = getattr(recipe, "wings", None)
+    lines = [
+        "---",
+        "library_name: transformers",
+        "pipeline_tag: image-text-to-text",
+        "tags: [llava, mlan, sft, trl]",
+        "---",
+        "",
+        f"# {name}",
+        "",
+        recipe.description or "A LLaVA-style model fine-tuned with mlan (TRL SFTTrainer).",
+        "",
+        *_model_section(recipe, results),
+        "",
+        "## Data",
+        f"- Mixture: `{mixture_path}`",
+    ]
     if manifest:
         for key in ("name", "content_hash", "config_hash"):
             if key in manifest:
@@ -172,3 +194,75 @@ def model_card(
 def write_model_card(path: Path, **kwargs: Any) -> None:
     """Write the model card (see `model_card`)."""
     atomic_write_text(path, model_card(**kwargs))
+
+
+def write_output(
+    recipe: SFTRecipe,
+    checked: Checked,
+    out: Path,
+    results: dict[str, Any],
+    log_data: dict[str, Any],
+    final_dir: Path,
+    overwrite: bool,
+) -> Path | None:
+    """Assemble the output folder `out` atomically from the final save in `final_dir`: weights (or
+    adapter), processor, recipe, logs, card, `results` (completed here); the merged model's folder, if any."""
+    info, mixture_dir, manifest = checked.info, checked.mixture_dir, checked.manifest
+    name = recipe.name or out.name
+    lora = recipe.train.language_model in ("lora", "qlora")
+    merged = None
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        for f in final_dir.iterdir():
+            if f.name in ("README.md", "training_args.bin"):
+                continue  # TRL's generic card is replaced by ours below
+            shutil.move(str(f), tmp / f.name)
+        info.processor.save_pretrained(tmp)
+        if manifest is not None:
+            shutil.copyfile(mixture_dir / "manifest.json", tmp / "mixture_manifest.json")
+        if lora and recipe.output.merge_lora:
+            merge_lora(recipe, info, tmp, tmp / "merged")
+            if manifest is not None:
+                shutil.copyfile(mixture_dir / "manifest.json", tmp / "merged" / "mixture_manifest.json")
+            merged = out / "merged"
+        recipe_yaml = dump_config(recipe)
+        atomic_write_text(tmp / "recipe.yaml", recipe_yaml)
+        write_loss_log(tmp / "loss_log.json", log_data)
+        if (final_dir.parent / TENSORBOARD_DIR).is_dir():
+            shutil.move(str(final_dir.parent / TENSORBOARD_DIR), tmp / TENSORBOARD_DIR)
+        plot_loss(tmp / "loss_curve.png", log_data, name)
+        results = dict(results)
+        results["output_dir"] = str(out)
+        results["merged_dir"] = str(merged) if merged else None
+        results["mixture"] = str(mixture_dir)
+        results["chat_template"] = info.template_source
+        atomic_write_json(tmp / "train_results.json", results)
+        write_model_card(
+            tmp / "README.md",
+            name=name,
+            recipe=recipe,
+            recipe_yaml=recipe_yaml,
+            manifest=manifest,
+            mixture_path=str(mixture_dir),
+            results=results,
+        )
+        if recipe.output.keep_checkpoints:
+            ckpts = tmp / "checkpoints"
+            ckpts.mkdir()
+            for p in sorted(final_dir.parent.glob("checkpoint-*")):
+                shutil.move(str(p), ckpts / p.name)
+    return merged
+
+
+def merge_lora(recipe: SFTRecipe, info: ModelInfo, adapter_dir: Path, dest: Path) -> None:
+    """Fold the adapter into an unquantized copy of the base model and save a full LLaVA folder."""
+    import torch
+    from peft import PeftModel
+    from transformers import LlavaForConditionalGeneration
+
+    dtype = "auto" if recipe.model.dtype == "auto" else getattr(torch, recipe.model.dtype)
+    kwargs = {"revision": recipe.model.revision} if recipe.model.revision else {}
+    base = LlavaForConditionalGeneration.from_pretrained(info.path, dtype=dtype, **kwargs)
+    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    dest.mkdir(parents=True)
+    merged.save_pretrained(dest)
+    info.processor.save_pretrained(dest)

@@ -1,0 +1,183 @@
+"""Resumable checkpoints: where they go (beside the output folder), which one is complete, whether
+it belongs to this recipe, and loading a checkpoint's LLaVA weights back whatever key layout the
+files use (Wings learners from beside them). Also the checksum that compares the processes' copies.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+from mlan.config.recipe import SFTRecipe
+from mlan.errors import MlanError
+from mlan.io import atomic_write_json
+
+log = logging.getLogger(__name__)
+
+# Where TensorBoard event files go: `<output>.checkpoints/tensorboard/` while the run lasts (kept
+# for a resumed run), then `<output>/tensorboard/`.
+TENSORBOARD_DIR = "tensorboard"
+
+
+def checkpoint_dir(out: Path) -> Path:
+    """Where the resumable checkpoints of the run writing `out` live: beside it, so a killed run leaves
+    them for `--resume` while the output folder itself only ever appears complete."""
+    return out.parent / f"{out.name}.checkpoints"
+
+
+def last_complete_checkpoint(ckpt_dir: Path) -> Path | None:
+    """The newest `checkpoint-N` whose trainer state was written (the Trainer writes it last)."""
+    if not ckpt_dir.is_dir():
+        return None
+    found = []
+    for p in ckpt_dir.iterdir():
+        m = re.fullmatch(r"checkpoint-(\d+)", p.name)
+        if m and (p / "trainer_state.json").is_file():
+            found.append((int(m.group(1)), p))
+    return max(found)[1] if found else None
+
+
+def recipe_fingerprint(recipe: SFTRecipe) -> dict[str, Any]:
+    """The parts of a recipe that must not change between a run and its resumption."""
+    d = recipe.model_dump(mode="json")
+    d.pop("output", None)
+    d.pop("name", None)
+    d.pop("description", None)
+    # Trackers do not change the training: a resumed run may report elsewhere (and checkpoints
+    # written before the field existed still match).
+    d["training"].pop("report_to", None)
+    return d
+
+
+def _diff_paths(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b)):
+            out.extend(_diff_paths(a.get(k), b.get(k), f"{prefix}{k}."))
+        return out
+    return [] if a == b else [prefix.rstrip(".")]
+
+
+def decide_resume(recipe: SFTRecipe, ckpt_dir: Path, resume: bool | None) -> Path | None:
+    """The checkpoint to resume from (None: start fresh), checking it belongs to this recipe."""
+    last = last_complete_checkpoint(ckpt_dir)
+    if resume is False:
+        return None
+    if last is None:
+        if resume:
+            raise MlanError(f"--resume: no complete checkpoint in {ckpt_dir}")
+        return None
+    saved = ckpt_dir / "recipe.json"
+    if saved.is_file():
+        diff = _diff_paths(json.loads(saved.read_text(encoding="utf-8")), recipe_fingerprint(recipe))
+        if diff:
+            raise MlanError(
+                f"{ckpt_dir}: checkpoints come from a different recipe ({', '.join(diff[:3])} differ); "
+                "pass --no-resume to discard them and start over"
+            )
+    return last
+
+
+def start_checkpoints(recipe: SFTRecipe, ckpt_dir: Path, resume_from: Path | None, state) -> None:
+    """The main process clears old checkpoints (unless resuming) and records the recipe's fingerprint;
+    the others wait for it."""
+    if state.is_main_process:
+        if resume_from is None and ckpt_dir.exists():
+            log.info("starting over: removing old checkpoints in %s", ckpt_dir)
+            shutil.rmtree(ckpt_dir)
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(ckpt_dir / "recipe.json", recipe_fingerprint(recipe))
+    state.wait_for_everyone()
+
+
+_WRAPPER_SEGMENTS = re.compile(r"(?:^|(?<=\.))(?:_fsdp_wrapped_module|_checkpoint_wrapped_module|module|_orig_mod)\.")
+
+
+def unwrapped_name(name: str) -> str:
+    """A parameter's name without the segments DDP / FSDP / activation checkpointing / compile add."""
+    return _WRAPPER_SEGMENTS.sub("", name)
+
+
+# save_pretrained writes LLaVA weights in the original hub layout (`language_model.model.*`,
+# `vision_tower.*`, ...), while the model's own names are `model.language_model.*`, ... The
+# Trainer resumes with `load_state_dict(strict=False)` on the raw file, so on a LLaVA model it
+# silently loads nothing and training continues from the base weights with the restored optimizer.
+# from_pretrained knows the renaming but builds a second model; these four prefixes are all it takes.
+_LLAVA_DISK_TO_MEMORY = (
+    ("language_model.model.", "model.language_model."),
+    ("language_model.lm_head.", "lm_head."),
+    ("vision_tower.", "model.vision_tower."),
+    ("multi_modal_projector.", "model.multi_modal_projector."),
+)
+
+
+def checkpoint_weight_files(folder: Path) -> list[Path]:
+    """A checkpoint's safetensors weight files (its shards, or the one file); none if it has none."""
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+        return [folder / s for s in shards]
+    single = folder / "model.safetensors"
+    return [single] if single.is_file() else []
+
+
+def load_llava_weights(model, folder: Path) -> None:
+    """Load a checkpoint's weights into a LLaVA model, whichever key layout the files use; strict."""
+    from safetensors.torch import load_file
+
+    own = set(model.state_dict())
+    state = {}
+    for f in checkpoint_weight_files(folder):
+        for key, value in load_file(str(f), device="cpu").items():
+            if key not in own:
+                for old, new in _LLAVA_DISK_TO_MEMORY:
+                    if key.startswith(old) and new + key[len(old) :] in own:
+                        key = new + key[len(old) :]
+                        break
+            state[key] = value
+    result = model.load_state_dict(state, strict=False)
+    tied = set(getattr(model, "_tied_weights_keys", None) or [])
+    # Wings learners are stored apart (wings.safetensors) and restored by the caller.
+    missing = [k for k in result.missing_keys if k not in tied and ".wings." not in k]
+    if missing or result.unexpected_keys:
+        raise RuntimeError(
+            f"{folder}: checkpoint weights do not fit the model "
+            f"(missing {missing[:3]}, unexpected {result.unexpected_keys[:3]})"
+        )
+
+
+def load_checkpoint(model, folder: Path) -> None:
+    """A plain (not sharded, not PEFT) model's weights from a checkpoint: the LLaVA base, and the Wings
+    learners when the model has them (the checkpoint's model.safetensors holds the base only)."""
+    # mlan.wings imports torch; this module stays light (mlan.train.sft imports it at its top).
+    from mlan.wings import get_runtime, load_wings_weights
+
+    load_llava_weights(model, folder)
+    if get_runtime(model) is not None:
+        load_wings_weights(model, folder)
+
+
+def checksum(model) -> str:
+    """SHA-256 over every parameter of this process's copy of the model, in name order."""
+    h = hashlib.sha256()
+    for name, p in sorted(model.named_parameters(), key=lambda kv: kv[0]):
+        h.update(name.encode())
+        h.update(p.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def rank_checksums(trainer, processes: int) -> list[str]:
+    """Every process's checksum of its model, gathered; empty when there is nothing to compare.
+
+    Under DDP every process holds the whole model, and all copies must be equal; FSDP and DeepSpeed
+    shard it, so there is no whole copy per process to compare."""
+    if processes == 1 or trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:
+        return []
+    from accelerate.utils import gather_object
+
+    return gather_object([checksum(trainer.accelerator.unwrap_model(trainer.model))])

@@ -1,0 +1,324 @@
+"""Everything checked before any weights load: the mixture (built when only its spec is given, or
+refused when stale), the model and its processor (LLaVA-style, image token, image features, max
+length, chat template), LoRA targets and Wings learners on a weightless copy, trackers, precision,
+the batch, `training.extra`, and the checkpoints to resume. Each mistake is one line naming the
+recipe field, before any heavy work.
+
+Light to import (torch, transformers and TRL inside the functions): `mlan.train.sft` imports this
+module at its top, and `mlan.lab.run` imports that one at its top.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mlan.config.base import load_config
+from mlan.config.mixture import MixtureSpec
+from mlan.config.recipe import WINGS_ARCHITECTURE_FIELDS, SFTRecipe
+from mlan.data.manifest import config_hash
+from mlan.data.mixture import build_mixture
+from mlan.errors import MlanError, first_line
+from mlan.hub import require_hub
+from mlan.paths import looks_like_path, resolve_config
+from mlan.runs import mixture_dir as default_mixture_dir
+from mlan.tiny import CHAT_TEMPLATE
+from mlan.train.arguments import (
+    BatchShape,
+    batch_shape,
+    managed_args,
+    managed_sources,
+    process_state,
+    sft_config_kwargs,
+)
+from mlan.train.checkpoint import decide_resume
+from mlan.train.data import load_mixture
+from mlan.train.freeze import check_lora_targets
+
+log = logging.getLogger(__name__)
+
+GENERATION_MARKER = re.compile(r"{%-?\s*generation\s*-?%}")
+
+
+@dataclass
+class ModelInfo:
+    """What the pre-flight checks learned about the model and its processor."""
+
+    path: str
+    processor: Any
+    config: Any
+    image_token_id: int
+    image_seq_length: int
+    chat_template: str
+    template_source: str
+    min_image_row: int
+
+
+@dataclass
+class Checked:
+    """What the pre-flight checks established, for the run to use."""
+
+    mixture_dir: Path
+    mixture: Any  # the DatasetDict
+    manifest: dict[str, Any] | None
+    info: ModelInfo
+    precision: str
+    cuda: bool
+    batch: BatchShape
+    sft_args: dict[str, Any]  # SFTConfig keyword arguments
+    resume_from: Path | None
+
+
+def preflight(recipe: SFTRecipe, *, out: Path, ckpt_dir: Path, resume: bool | None) -> Checked:
+    """Every check that can fail on user input, in order; what they established."""
+    mix_dir = resolve_mixture(recipe)
+    mixture, manifest = load_mixture(mix_dir)
+    info = inspect_model(recipe)
+    if recipe.train.language_model in ("lora", "qlora"):
+        n = check_lora_targets_on_meta(recipe, info.config)
+        log.info("LoRA targets match %d linear layers of the language model", n)
+    check_report_to(recipe.training.report_to)
+    if recipe.wings is not None:
+        check_wings(recipe, info)
+    # The fields the recipe sets in SFTConfig, which `training.extra` may not set, carry the precision and
+    # the accumulation for this many processes: they are worked out first.
+    precision, cuda = resolve_precision(recipe.training.precision)
+    batch = batch_shape(recipe.training, process_state(recipe.training.extra).num_processes)
+    managed = managed_args(
+        recipe, checkpoints=ckpt_dir, precision=precision, cuda=cuda, accumulation=batch.accumulation
+    )
+    check_extra(recipe.training.extra, managed_sources(managed))
+    sft_args = sft_config_kwargs(recipe, managed, run_name=recipe.name or out.name)
+    resume_from = decide_resume(recipe, ckpt_dir, resume)
+    return Checked(mix_dir, mixture, manifest, info, precision, cuda, batch, sft_args, resume_from)
+
+
+def resolve_mixture(recipe: SFTRecipe) -> Path:
+    """The built mixture folder; a `data.spec` is built first when its folder does not exist yet."""
+    data = recipe.data
+    if data.mixture is not None:
+        return Path(data.mixture).expanduser()
+    spec_path = resolve_config(data.spec, "data_mixtures")
+    spec = load_config(spec_path, MixtureSpec)
+    build_dir = Path(data.build_dir).expanduser() if data.build_dir else default_mixture_dir(spec.name)
+    if (build_dir / "manifest.json").is_file():
+        built = json.loads((build_dir / "manifest.json").read_text(encoding="utf-8"))
+        # The mixture stage hashes its resolved spec: a folder built from another version of it is stale.
+        want = config_hash(spec)
+        if built.get("config_hash") not in (None, want):
+            raise MlanError(
+                f"data.spec {data.spec}: {build_dir} was built from a different spec "
+                f"(config hash {built.get('config_hash')} != {want}); rebuild it with "
+                f"`mlan build-mixture {spec_path} --out {build_dir} --overwrite` or set data.build_dir"
+            )
+        log.info("using the mixture already built at %s", build_dir)
+        return build_dir
+    if process_state(recipe.training.extra).num_processes > 1:
+        raise MlanError(
+            f"data.spec {data.spec}: build the mixture once before a multi-process run "
+            f"(mlan build-mixture {spec_path} --out {build_dir})"
+        )
+    log.info("building mixture %s into %s", spec_path, build_dir)
+    build_mixture(spec, build_dir)
+    return build_dir
+
+
+def inspect_model(recipe: SFTRecipe) -> ModelInfo:
+    """Load config and processor (no weights) and check they form a LLaVA model we can train."""
+    from transformers import AutoConfig, AutoProcessor
+
+    path = recipe.model.path
+    local = Path(path).expanduser()
+    kwargs = {"revision": recipe.model.revision} if recipe.model.revision else {}
+    if local.exists():
+        path = str(local)
+        if not (local / "config.json").is_file():
+            raise MlanError(f"model.path {path}: no config.json (not a Hugging Face model folder)")
+    elif looks_like_path(path):
+        # Not a hub id: a local folder that is not there, e.g. the shipped recipes' placeholder.
+        raise MlanError(f"model.path {path}: folder not found (set your checkpoint: -o model.path=DIR or a hub id)")
+    else:
+        require_hub(path, "model.path", "set model.path to a local model folder (-o model.path=DIR)", model=True)
+    try:
+        config = AutoConfig.from_pretrained(path, **kwargs)
+    except (OSError, ValueError) as e:
+        raise MlanError(f"model.path {path}: cannot load the model config ({first_line(e)})") from None
+    if config.model_type != "llava":
+        raise MlanError(
+            f"model.path {path}: model type {config.model_type!r} is not LLaVA-style "
+            "(expected a LlavaForConditionalGeneration checkpoint, model_type 'llava')"
+        )
+    try:
+        processor = AutoProcessor.from_pretrained(path, **kwargs)
+    except (OSError, ValueError, TypeError) as e:
+        raise MlanError(f"model.path {path}: cannot load the processor ({first_line(e)})") from None
+    if not hasattr(processor, "image_processor") or not getattr(processor, "image_token", None):
+        raise MlanError(f"model.path {path}: the processor ({type(processor).__name__}) has no image processor/token")
+    tokenizer = processor.tokenizer
+    token_id = tokenizer.convert_tokens_to_ids(processor.image_token)
+    model_token_id = getattr(config, "image_token_id", None)
+    if model_token_id is None:
+        model_token_id = getattr(config, "image_token_index", None)
+    if token_id != model_token_id:
+        raise MlanError(
+            f"model.path {path}: the processor's image token {processor.image_token!r} has id {token_id}, "
+            f"but the model expects image token id {model_token_id}"
+        )
+    image_seq_length = _processor_image_tokens(processor, config, token_id)
+    expected = _model_image_features(config)
+    if expected is not None and image_seq_length != expected:
+        raise MlanError(
+            f"model.path {path}: the processor expands {processor.image_token!r} into {image_seq_length} tokens, "
+            f"but the model makes {expected} image features per image (check patch_size / "
+            "vision_feature_select_strategy in the processor)"
+        )
+    positions = getattr(config.get_text_config(), "max_position_embeddings", None)
+    if positions and recipe.training.max_length > positions:
+        raise MlanError(
+            f"training.max_length {recipe.training.max_length}: longer than the language model's "
+            f"{positions} positions (max_position_embeddings)"
+        )
+    template, source = _training_template(recipe, processor, path)
+    min_row = _min_image_row(processor, template, image_seq_length)
+    if recipe.training.max_length < min_row:
+        raise MlanError(
+            f"training.max_length {recipe.training.max_length}: shorter than one image row "
+            f"({min_row} tokens, {image_seq_length} of them image tokens)"
+        )
+    return ModelInfo(path, processor, config, token_id, image_seq_length, template, source, min_row)
+
+
+def _processor_image_tokens(processor, config, image_token_id: int) -> int:
+    """How many tokens the processor makes of one image (measured on a blank image)."""
+    from PIL import Image
+
+    side = int(getattr(config.vision_config, "image_size", 336))
+    enc = processor(text=processor.image_token, images=[Image.new("RGB", (side, side))], return_tensors="pt")
+    return int((enc["input_ids"] == image_token_id).sum())
+
+
+def _model_image_features(config) -> int | None:
+    """Image features per image of a LLaVA-1.5-style model (fixed resolution), or None if unknown."""
+    vc = config.vision_config
+    size, patch = getattr(vc, "image_size", None), getattr(vc, "patch_size", None)
+    if not size or not patch:
+        return None
+    n = (size // patch) ** 2
+    return n + 1 if getattr(config, "vision_feature_select_strategy", "default") == "full" else n
+
+
+def _training_template(recipe: SFTRecipe, processor, path: str) -> tuple[str, str]:
+    """The chat template to train with: the model's own when it marks assistant turns for the loss,
+    otherwise mlan's Vicuna-v1 template (the format MLAN trains in), which is then saved with the model."""
+    own = processor.chat_template
+    if isinstance(own, dict):
+        own = own.get("default")
+    if own and (not recipe.training.assistant_only_loss or GENERATION_MARKER.search(own)):
+        return own, "model"
+    # Real Llama checkpoints expect <s> first; TRL's collator tokenizes without special tokens.
+    log.warning(
+        "%s: chat template %s; training with mlan's Vicuna-v1 template (USER: ... ASSISTANT: ...)",
+        path,
+        "missing" if not own else "has no {% generation %} markers for assistant-only loss",
+    )
+    return "{{- bos_token -}}" + CHAT_TEMPLATE, "vicuna_v1"
+
+
+def _min_image_row(processor, template: str, image_seq_length: int) -> int:
+    """Tokens of the shortest possible image row: one image, a one-letter question and answer."""
+    msgs = [
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "?"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "A"}]},
+    ]
+    text = processor.apply_chat_template(msgs, chat_template=template, tokenize=False)
+    return len(processor.tokenizer(text, add_special_tokens=False)["input_ids"]) + image_seq_length - 1
+
+
+def check_lora_targets_on_meta(recipe: SFTRecipe, config) -> int:
+    """Match the LoRA targets on a weightless copy of the model, before anything is loaded."""
+    from accelerate import init_empty_weights
+    from transformers import LlavaForConditionalGeneration
+
+    with init_empty_weights():
+        meta = LlavaForConditionalGeneration(config)
+    return len(check_lora_targets(meta, recipe.train.lora.target_modules))
+
+
+def check_extra(extra: dict[str, Any], managed: dict[str, str]) -> None:
+    """`training.extra` keys must be SFTConfig fields that the recipe does not already set
+    (`managed`: SFTConfig field -> the recipe field that sets it)."""
+    from trl import SFTConfig
+
+    valid = {f.name for f in dataclasses.fields(SFTConfig)}
+    for key in extra:
+        if key in managed:
+            raise MlanError(f"training.extra.{key}: set {managed[key]} instead")
+        if key not in valid:
+            hint = difflib.get_close_matches(key, sorted(valid), n=1, cutoff=0.6)
+            raise MlanError(
+                f"training.extra.{key}: not an SFTConfig field" + (f" (did you mean {hint[0]!r}?)" if hint else "")
+            )
+
+
+def check_wings(recipe: SFTRecipe, info: ModelInfo) -> None:
+    """Wings pre-flight: add the learners to a weightless copy of the model (every check `add_wings`
+    makes: LLaVA-style, Llama-style layers, layer indices, router vs attention kernel), and, when
+    `model.path` is a Wings folder (stage 2 after stage 1), check its learners fit the recipe's."""
+    from accelerate import init_empty_weights
+    from transformers import LlavaForConditionalGeneration
+
+    # mlan.wings imports torch: not at the top of this light module.
+    from mlan.wings import add_wings, is_wings_dir
+    from mlan.wings.io import WINGS_WEIGHTS, read_wings_config
+
+    config = recipe.wings.learner_config()
+    local = Path(info.path)
+    if local.is_dir() and is_wings_dir(local):
+        saved, _ = read_wings_config(local)
+        for name in WINGS_ARCHITECTURE_FIELDS:
+            if getattr(saved, name) != getattr(config, name):
+                raise MlanError(
+                    f"wings.{name}: {getattr(config, name)!r}, but the Wings model at model.path {local} was saved "
+                    f"with {getattr(saved, name)!r} (set wings.{name}={getattr(saved, name)!r} to continue its learners)"
+                )
+        if not (local / WINGS_WEIGHTS).is_file():
+            raise MlanError(f"model.path {local}: Wings folder without learner weights ({WINGS_WEIGHTS})")
+    kwargs = {}
+    if recipe.model.attn_implementation:
+        kwargs["attn_implementation"] = recipe.model.attn_implementation
+    with init_empty_weights():
+        meta = LlavaForConditionalGeneration._from_config(info.config, **kwargs)
+    add_wings(meta, config)
+
+
+def check_report_to(report_to: str | list[str]) -> None:
+    """Each tracker in `training.report_to` is installed (the Trainer would fail only once the model is loaded)."""
+    from transformers.integrations import integration_utils
+
+    # transformers' availability check and pip package per tracker, where the names differ from the tracker's.
+    checks = {"azure_ml": "azureml", "comet_ml": "comet", "flyte": "flytekit"}
+    packages = {"azure_ml": "azureml-core", "flyte": "flytekit"}
+    for name in [report_to] if isinstance(report_to, str) else report_to:
+        available = getattr(integration_utils, f"is_{checks.get(name, name)}_available", None)
+        if name not in ("none", "all") and available is not None and not available():
+            raise MlanError(
+                f"training.report_to {name}: not installed in this environment (pip install {packages.get(name, name)})"
+            )
+
+
+def resolve_precision(precision: str) -> tuple[str, bool]:
+    """(precision actually used, whether a GPU is used)."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    if precision == "auto":
+        precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
+    if precision == "fp16" and not cuda:
+        raise MlanError("training.precision fp16: needs a GPU (use bf16 or fp32 on a CPU)")
+    return precision, cuda

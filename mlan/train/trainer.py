@@ -1,0 +1,191 @@
+"""The Trainer mlan trains with, and its assembly from the prepared pieces.
+
+`MlanSFTTrainer` is TRL's SFTTrainer with mlan's modality/length-grouped sampler, the Wings
+optimizer groups, and resuming that loads a LLaVA checkpoint's weights whatever their key layout.
+The collator wrapper keeps image placeholder tokens out of the loss; `build_trainer` puts model,
+arguments, rows, collator and mlan's progress display together.
+
+TRL is imported at the top (seconds): `run_sft` imports this module only when the training starts,
+after the pre-flight checks.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers.integrations import TensorBoardCallback
+from trl import SFTTrainer
+
+from mlan.config.recipe import SFTRecipe
+from mlan.errors import MlanError
+from mlan.train.checkpoint import TENSORBOARD_DIR, checkpoint_weight_files, load_checkpoint, unwrapped_name
+from mlan.train.data import PreparedSplit
+from mlan.train.model import ModelToTrain
+from mlan.train.preflight import Checked
+from mlan.train.progress import use_mlan_progress
+from mlan.train.sampler import ModalityLengthGroupedSampler
+
+
+class ImageTokenMasking:
+    """Wraps TRL's collator so `<image>` placeholder tokens never count as targets.
+
+    With assistant-only loss they are masked already; without it TRL keeps them as labels
+    (576 per image at LLaVA-1.5 scale), which trains the model to predict placeholders.
+    A class rather than a closure so that DataLoader workers started with `spawn` can pickle it.
+    """
+
+    def __init__(self, collator, image_token_id: int) -> None:
+        self.collator = collator
+        self.image_token_id = image_token_id
+
+    def __call__(self, examples):
+        batch = self.collator(examples)
+        batch["labels"][batch["input_ids"] == self.image_token_id] = -100
+        return batch
+
+
+def image_token_masking(collator, image_token_id: int) -> ImageTokenMasking:
+    """TRL's collator with image placeholder tokens masked out of the labels."""
+    return ImageTokenMasking(collator, image_token_id)
+
+
+class MlanSFTTrainer(SFTTrainer):
+    """SFTTrainer with mlan's modality/length-grouped sampler (on the Trainer's sampler hook), the
+    Wings optimizer groups, and LLaVA-aware resuming.
+
+    row_lengths / row_has_image: per train row, for the sampler (row_lengths None: the Trainer's
+    own sampler). wings_groups: the stage's optimizer groups (`wings_parameter_groups`), or None.
+
+    `_get_train_sampler`, `_run_epoch` and `_load_from_checkpoint` are private Trainer methods:
+    check them when transformers is upgraded.
+    """
+
+    def __init__(self, *args, row_lengths=None, row_has_image=None, wings_groups=None, **kwargs):
+        self._row_lengths = row_lengths
+        self._row_has_image = row_has_image
+        self._wings_groups = None
+        if wings_groups is not None:
+            # Groups by parameter name, taken before any wrapping: FSDP2 replaces the parameter
+            # objects when it shards the model, before the Trainer creates the optimizer.
+            model = kwargs.get("model", args[0] if args else None)
+            names = {id(p): n for n, p in model.named_parameters()}
+            self._wings_groups = [{**g, "params": {names[id(p)] for p in g["params"]}} for g in wings_groups]
+        super().__init__(*args, **kwargs)
+
+    def create_optimizer(self, model=None):
+        # Wings trains each part at its own rate. The Trainer's optimizer and kwargs
+        # (`optim`, betas, eps...) are kept; only the groups are ours, split by weight decay as
+        # the Trainer splits them, so its scheduler scales every group's own rate.
+        if self._wings_groups is None or self.optimizer is not None:
+            return super().create_optimizer(model)
+        opt_model = self.model if model is None else model
+        groups = self._wings_param_groups(opt_model)
+        cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+        if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)) or {
+            "params",
+            "model",
+            "optimizer_dict",
+        } & set(kwargs):
+            raise MlanError(f"training.extra.optim {self.args.optim}: not supported with Wings (use an AdamW variant)")
+        self.optimizer = cls(groups, **kwargs)
+        return self.optimizer
+
+    def _wings_param_groups(self, opt_model) -> list[dict[str, Any]]:
+        """The Wings groups over the (possibly wrapped) model's parameters, each split by weight decay."""
+        decay = set(self.get_decay_parameter_names(opt_model))
+        by_name = {unwrapped_name(n): (n, p) for n, p in opt_model.named_parameters()}
+        groups = []
+        for g in self._wings_groups:
+            lost = sorted(g["params"] - by_name.keys())
+            if lost:
+                raise MlanError(
+                    f"wings: parameter {lost[0]} is not found in the wrapped model (FSDP1 without "
+                    "use_orig_params flattens parameters; use FSDP2, DeepSpeed or DDP)"
+                )
+            own = [by_name[n] for n in sorted(g["params"])]
+            for suffix, weight_decay, decayed in (("", self.args.weight_decay, True), ("_no_decay", 0.0, False)):
+                params = [p for n, p in own if (n in decay) == decayed]
+                if params:
+                    groups.append(
+                        {"name": g["name"] + suffix, "params": params, "lr": g["lr"], "weight_decay": weight_decay}
+                    )
+        return groups
+
+    def _get_train_sampler(self, train_dataset=None):
+        if self._row_lengths is None:
+            return super()._get_train_sampler(train_dataset)
+        self._mlan_sampler = ModalityLengthGroupedSampler(
+            self._row_lengths,
+            self._row_has_image,
+            per_device_batch=self.args.per_device_train_batch_size,
+            world_size=self.args.world_size,
+            seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed,
+        )
+        return self._mlan_sampler
+
+    def _run_epoch(self, *args, **kwargs):
+        # Under DDP accelerate wraps the batch sampler in a BatchSamplerShard, through which
+        # neither accelerate nor the Trainer forwards set_epoch: every epoch would repeat the
+        # first epoch's order. Set it here, where the Trainer names the epoch it starts.
+        sampler = getattr(self, "_mlan_sampler", None)
+        if sampler is not None and "epoch" in kwargs:
+            sampler.set_epoch(int(kwargs["epoch"]))
+        return super()._run_epoch(*args, **kwargs)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        # The Trainer's own loading silently loads nothing into a LLaVA model (see checkpoint.py):
+        # a plain model's weights are loaded here; sharded and PEFT models go the Trainer's way.
+        model = model if model is not None else self.model
+        folder = Path(resume_from_checkpoint)
+        plain = not (self.is_fsdp_enabled or self.is_deepspeed_enabled or hasattr(model, "peft_config"))
+        if not plain or not checkpoint_weight_files(folder):
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        load_checkpoint(model, folder)
+
+
+def build_trainer(
+    recipe: SFTRecipe, checked: Checked, sft_args, to_train: ModelToTrain, train: PreparedSplit, ckpt_dir: Path
+) -> MlanSFTTrainer:
+    """The trainer for this run: the model on the train rows, with image tokens masked out of the
+    labels, batches grouped as the recipe says, and mlan's progress display."""
+    info = checked.info
+    trainer = MlanSFTTrainer(
+        model=to_train.model,
+        args=sft_args,
+        train_dataset=train.dataset,
+        processing_class=info.processor,
+        peft_config=to_train.peft_config,
+        row_lengths=train.lengths if recipe.training.group_by_modality_length else None,
+        row_has_image=train.has_image,
+        wings_groups=to_train.wings_groups,
+    )
+    trainer.data_collator = image_token_masking(trainer.data_collator, info.image_token_id)
+    set_up_reporting(trainer, ckpt_dir)
+    if recipe.train.language_model == "qlora" and checked.precision == "fp32":
+        # TRL casts every trainable parameter of a quantized model to bf16 (the QLoRA paper's
+        # choice under bf16 autocast); without autocast (fp32 on a CPU) the bf16 projector copy
+        # then meets fp32 image features and the forward fails.
+        for p in trainer.model.parameters():
+            if p.requires_grad:
+                p.data = p.data.float()
+    return trainer
+
+
+def set_up_reporting(trainer, ckpt_dir: Path) -> None:
+    """mlan's progress display instead of the Trainer's printed dicts; TensorBoard logs beside the checkpoints."""
+    use_mlan_progress(trainer)
+    for cb in trainer.callback_handler.callbacks:
+        # Its default is a timestamped folder under the checkpoint folder; TENSORBOARD_LOGGING_DIR still wins.
+        if isinstance(cb, TensorBoardCallback) and cb.logging_dir is None:
+            cb.logging_dir = str(ckpt_dir / TENSORBOARD_DIR)
+
+
+def close_tensorboard(trainer) -> None:
+    """Close TensorBoard's writer before its folder moves into the output folder: the final
+    evaluation is logged after training closed it, which reopens it."""
+    for cb in trainer.callback_handler.callbacks:
+        if isinstance(cb, TensorBoardCallback) and cb.tb_writer is not None:
+            cb.tb_writer.close()
+            cb.tb_writer = None
