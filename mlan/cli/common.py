@@ -8,6 +8,8 @@ from typing import Annotated, TypeVar
 
 import typer
 
+from mlan.errors import MlanError
+
 Overrides = Annotated[
     list[str] | None,
     typer.Option(
@@ -25,8 +27,6 @@ N = TypeVar("N", int, float)
 
 def parse_list(option: str, value: str, kind: type[N], example: str) -> list[N]:
     """A comma-separated option value (`--alpha 0,0.1,0.2`, `--seeds 0,1,2`) as numbers, or one line."""
-    from mlan.errors import MlanError
-
     try:
         values = [kind(v) for v in value.split(",") if v.strip()]
     except ValueError:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mlan import hub as hf_hub
 from mlan.config.mixture import MixtureSpec, SourceSpec
 from mlan.data.adapters import ADAPTER_FUNCS, required_columns
 from mlan.data.hygiene import ContaminationChecker, Deduplicator, contamination_checker
@@ -142,11 +143,8 @@ def _tokenizer(spec: MixtureSpec):
         return _tiny_tokenizer(), "mlan.tiny.build_tokenizer (byte-level BPE, 2048 tokens)"
     from transformers import AutoTokenizer
 
-    from mlan.hub import require_hub
-    from mlan.paths import resolve_data_path
-
     ref = str(resolve_data_path(spec.tokenizer)) if Path(spec.tokenizer).expanduser().exists() else spec.tokenizer
-    require_hub(ref, "tokenizer", "give a local tokenizer folder in `tokenizer`", model=True)
+    hf_hub.require_hub(ref, "tokenizer", "give a local tokenizer folder in `tokenizer`", model=True)
     try:
         return AutoTokenizer.from_pretrained(ref), spec.tokenizer
     except Exception as e:  # not a tokenizer folder / unknown id: one line
@@ -167,9 +165,7 @@ def image_tokens_per_image(value: int | str) -> tuple[int, str]:
     from PIL import Image
     from transformers import AutoProcessor
 
-    from mlan.hub import require_hub
-
-    require_hub(value, "image_tokens processor", "give a number or a local processor folder", model=True)
+    hf_hub.require_hub(value, "image_tokens processor", "give a number or a local processor folder", model=True)
     try:
         proc = AutoProcessor.from_pretrained(value)
         token = getattr(proc, "image_token", None) or "<image>"

@@ -11,6 +11,7 @@ import io
 import logging
 from pathlib import Path
 
+from mlan import hub as hf_hub
 from mlan.errors import MlanError, first_line
 from mlan.paths import BUNDLED_PREFIX, resolve_data_path
 from mlan.schemas import LOCAL_SUFFIXES, find_local, open_local
@@ -33,9 +34,7 @@ def open_dataset(ref: str, *, config: str | None, split: str, revision: str | No
     if is_local(ref):
         ds = open_local(resolve_data_path(ref), split=split, what=what)
     else:
-        from mlan.hub import hub_unreachable_reason
-
-        reason = hub_unreachable_reason()
+        reason = hf_hub.hub_unreachable_reason()
         if reason:
             raise MlanError(
                 f"{what}: the Hugging Face Hub is unreachable ({reason}); point `dataset` at a local "

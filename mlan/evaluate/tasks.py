@@ -14,6 +14,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from mlan import hub as hf_hub  # module access, so tests can replace hf_hub.require_hub
 from mlan.config.suite import EvalSuite, SuiteTask
 from mlan.errors import MlanError
 from mlan.paths import resolve_data_path
@@ -72,13 +73,11 @@ def local_path(task: SuiteTask, data_dir: str | Path | None, overrides: dict[str
 def check_local_data(suite: EvalSuite, tasks: list[SuiteTask], data_dir, overrides) -> None:
     """Fail with one line before any model is loaded if a local file that was asked for is missing,
     or if a task needs the hub and the hub is out of reach."""
-    from mlan.hub import require_hub
-
     for t in tasks:
         p = local_path(t, data_dir, overrides)
         if p is None:
             fix = f"pass --data-dir DIR with {t.name}/{t.hub.split}.jsonl, or --data {t.name}=FILE"
-            require_hub(t.hub.path, f"dataset of task {t.name!r}", fix)
+            hf_hub.require_hub(t.hub.path, f"dataset of task {t.name!r}", fix)
             continue
         if not p.is_file():
             how = "per-task data file" if (overrides and t.name in overrides) or t.data_file else "--data-dir"
@@ -102,11 +101,9 @@ def load_task_data(task: SuiteTask, data_dir=None, overrides=None) -> TaskData:
 
 
 def _load_hub(task: SuiteTask) -> TaskData:
-    from mlan.hub import require_hub
-
     hub = task.hub
     fix = f"pass --data-dir DIR with {task.name}/{hub.split}.jsonl, or --data {task.name}=FILE"
-    require_hub(hub.path, f"dataset of task {task.name!r}", fix)
+    hf_hub.require_hub(hub.path, f"dataset of task {task.name!r}", fix)
     import datasets
 
     ds = datasets.load_dataset(hub.path, hub.name, split=hub.split)

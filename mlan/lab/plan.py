@@ -13,8 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mlan.config.base import read_yaml, validate_config
+from mlan.config.merge import MergeConfig
 from mlan.errors import MlanError
 from mlan.io import atomic_write_text
+from mlan.paths import resolve_config
 
 # The placeholder prefix of every path in the lab's shipped configs; replaced per seed.
 WORLD_PLACEHOLDER = "runs/lab/world"
@@ -170,9 +173,6 @@ def relocate(value: Any, world: Path) -> Any:
 def resolved(kind: str, name: str, model, world: Path, configs: Path, changes: dict[str, Any], save_as: str):
     """A shipped lab config with the seed's paths and `changes` (dotted keys) applied, validated and
     saved as `configs/<save_as>.yaml`; returns (config, path)."""
-    from mlan.config.base import read_yaml, validate_config
-    from mlan.paths import resolve_config
-
     src = resolve_config(name, kind)
     data = relocate(read_yaml(src), world)
     for key, value in changes.items():
@@ -225,8 +225,6 @@ def recipe_changes(stage: TrainStage, plan: LabPlan, seed: int, root: Path, mode
 def merge_config(plan: LabPlan, root: Path, llm: Path, suites: list[Path]):
     """Task arithmetic of the pretrained LLM into the vision-only model over the plan's alphas,
     every point kept and scored on the lab's suites."""
-    from mlan.config.merge import MergeConfig
-
     return MergeConfig(
         multimodal=str(root / "models" / MERGE_BASE),
         original=str(llm),

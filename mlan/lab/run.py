@@ -52,6 +52,7 @@ from mlan.lab.plan import (
 from mlan.lab.report import LabReport, summarise, write_report
 from mlan.lab.results import MergePoint, SeedResult, TaskScore, VariantScore
 from mlan.lab.world import vocabulary, write_world
+from mlan.merge import merge_models, sweep_merge
 from mlan.models import save_language_model
 from mlan.tiny import build_word_tokenizer, save_tiny_llava, vicuna_chat_template
 from mlan.train.sft import run_sft
@@ -148,8 +149,6 @@ class SeedRun:
 
     def merge(self, llm: Path) -> list[MergePoint]:
         """Merge `llm` back into the vision-only model at each alpha of the plan and score each point."""
-        from mlan.merge.sweep import sweep_merge  # imports torch
-
         t0 = time.perf_counter()
         cfg = merge_config(self.plan, self.root, llm, self.suites)
         atomic_write_text(self.configs / "merge.yaml", config_yaml(cfg))
@@ -165,8 +164,6 @@ class SeedRun:
                 for p in sweep.rows
             ]  # fmt: skip
         else:  # one alpha is one merge, not a sweep
-            from mlan.merge import merge_models
-
             alpha = self.plan.alphas[0]
             one = self.root / "merge" / "models" / f"a{alpha:g}-d1"
             merge_models(cfg.model_copy(update={"out": str(one)}), overwrite=True)

@@ -42,6 +42,7 @@ from mlan.merge.layout import (
     resolve_model_dir,
 )
 from mlan.merge.methods import add_task_vector, apply_trim, merge_tensor, task_vector, trim_threshold
+from mlan.runs import RUNS_DIR
 from mlan.wings.save import WINGS_WEIGHTS
 
 if TYPE_CHECKING:
@@ -285,9 +286,7 @@ def _copy_side_files(mm: Checkpoint, out: Path) -> list[str]:
 
 def _verify_output(out: Path, plans: list[_Plan], merged: set[str]) -> None:
     """Re-read the written headers: every tensor present with its shape and dtype, every LM tensor merged."""
-    from mlan.merge.layout import open_checkpoint as _open
-
-    written = _open(out, "merged model").tensors
+    written = open_checkpoint(out, "merged model").tensors
     expected = {p.key: p.mm for p in plans}
     if set(written) != set(expected):
         missing = sorted(set(expected) - set(written))[:3]
@@ -306,8 +305,6 @@ def _verify_output(out: Path, plans: list[_Plan], merged: set[str]) -> None:
 
 def default_out(config: MergeConfig) -> Path:
     """Where a merge is written when no `out` is given: `runs/merges/<model>-<method>-a<alpha>[-d<density>]`."""
-    from mlan.runs import RUNS_DIR
-
     name = Path(str(config.multimodal).rstrip("/")).name or "model"
     if config.is_sweep:
         return RUNS_DIR / "merges" / f"{name}-{config.method}-sweep"
