@@ -52,6 +52,23 @@ def cli():
     return run
 
 
+def _one_line_error(result, *, stdout_ok: bool = False) -> str:
+    assert result.exit_code == 2, result.output
+    lines = [x for x in result.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1, result.stderr
+    assert stdout_ok or not result.stdout.strip(), result.stdout
+    return lines[0]
+
+
+@pytest.fixture
+def one_line_error():
+    """How the CLI reports a user error: `one_line_error(result)` checks exit code 2, exactly one
+    non-empty line on stderr and nothing on stdout, and returns that line. `stdout_ok=True` lets the
+    command print on stdout (log lines) before it fails. (click's Result: `stdout` and `stderr`
+    apart, `output` both as the user sees them.)"""
+    return _one_line_error
+
+
 @pytest.fixture(scope="session")
 def eval_data(shared_data, tmp_path_factory) -> Path:
     """Local data for every task of the shipped evaluation suites (see tests/evaldata.py)."""
@@ -69,7 +86,8 @@ def _scratch_session_cwd(tmp_path_factory):
 
 
 @pytest.fixture(autouse=True)
-def _scratch_cwd(tmp_path_factory, monkeypatch):
-    """Every test runs in a fresh working folder: commands that default to `runs/` (the latest
-    run pointer, default outputs) never write into the repository or see another test's runs."""
-    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
+def _scratch_cwd(tmp_path, monkeypatch):
+    """Every test runs in its own `tmp_path`: commands that default to `runs/` (the latest run
+    pointer, default outputs) write there, never into the repository or beside another test's
+    runs. A test that needs another working folder (a project folder) chdirs there itself."""
+    monkeypatch.chdir(tmp_path)

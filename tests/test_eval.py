@@ -197,6 +197,7 @@ def test_interrupted_run_resumes(tiny_llava_dir, eval_data, tmp_path, monkeypatc
     assert [r.task for r in report.models[0].results] == ["race_high", "openbookqa"]
 
 
+@pytest.mark.slow
 def test_eight_task_compare_trio_cli(cli, model_trio, eval_data, tmp_path):
     """The eight-task suite (lm-eval) on the base LLM, the tiny LLaVA and a third model: side-by-side
     table with deltas, suite and language averages, seen marks, PNG chart. The LLaVA's language
@@ -273,40 +274,35 @@ def test_shipped_suites_validate():
 # --------------------------------------------------------------------------- bad input
 
 
-def _err(r) -> str:
-    assert r.exit_code == 2, r.output
-    lines = [x for x in (r.stderr or r.output).strip().splitlines() if x.strip()]
-    assert len(lines) == 1, lines
-    return lines[0]
-
-
-def test_bad_input_one_line_exit_2(cli, tiny_llava_dir, model_trio, eval_data, tmp_path):
-    assert "did you mean 'unseen_vision'" in _err(cli("eval", tiny_llava_dir, "--suite", "unseen_visoin"))
-    assert "did you mean 'hellaswag'" in _err(cli("eval", tiny_llava_dir, "--tasks", "helaswag"))
+def test_bad_input_one_line_exit_2(cli, one_line_error, tiny_llava_dir, model_trio, eval_data, tmp_path):
+    assert "did you mean 'unseen_vision'" in one_line_error(cli("eval", tiny_llava_dir, "--suite", "unseen_visoin"))
+    assert "did you mean 'hellaswag'" in one_line_error(cli("eval", tiny_llava_dir, "--tasks", "helaswag"))
     empty = tmp_path / "empty"
     empty.mkdir()
-    msg = _err(cli("eval", tiny_llava_dir, "--tasks", "boolq", "--suite", "unseen_language", "--data-dir", empty))
+    msg = one_line_error(
+        cli("eval", tiny_llava_dir, "--tasks", "boolq", "--suite", "unseen_language", "--data-dir", empty)
+    )
     assert "missing local data for task 'boolq'" in msg
-    msg = _err(cli("eval", tiny_llava_dir, "--tasks", "boolq", "--suite", "unseen_language"))
+    msg = one_line_error(cli("eval", tiny_llava_dir, "--tasks", "boolq", "--suite", "unseen_language"))
     assert "'google/boolq' is not a local path and the Hugging Face Hub is unreachable" in msg and "--data-dir" in msg
-    assert "model folder not found" in _err(cli("eval", tmp_path / "nope"))
+    assert "model folder not found" in one_line_error(cli("eval", tmp_path / "nope"))
     no_weights = tmp_path / "no-weights"
     shutil.copytree(tiny_llava_dir, no_weights)
     (no_weights / "model.safetensors").unlink()
-    assert "no model weights" in _err(cli("eval", no_weights))
+    assert "no model weights" in one_line_error(cli("eval", no_weights))
     no_proc = tmp_path / "no-proc"
     shutil.copytree(tiny_llava_dir, no_proc)
     for f in ("preprocessor_config.json", "processor_config.json"):
         (no_proc / f).unlink(missing_ok=True)
-    assert "without an image processor" in _err(cli("eval", no_proc))
-    msg = _err(cli("eval", model_trio["base"], "--suite", "unseen_vision", "--data-dir", eval_data))
+    assert "without an image processor" in one_line_error(cli("eval", no_proc))
+    msg = one_line_error(cli("eval", model_trio["base"], "--suite", "unseen_vision", "--data-dir", eval_data))
     assert "vision tasks but this is a text-only model" in msg
     bad = tmp_path / "bad.yaml"
     bad.write_text(
         "name: x\nengine: generate\nmodality: language\ntasks:\n  - name: boolqq\n    hub: {path: a, split: b}\n    metric: acc\n"
     )
-    assert "did you mean 'boolq'" in _err(cli("eval", tiny_llava_dir, "--suite", bad))
-    assert "--reference" in _err(cli("eval", tiny_llava_dir, "--reference", "other", "--data-dir", eval_data))
+    assert "did you mean 'boolq'" in one_line_error(cli("eval", tiny_llava_dir, "--suite", bad))
+    assert "--reference" in one_line_error(cli("eval", tiny_llava_dir, "--reference", "other", "--data-dir", eval_data))
 
 
 def test_hub_loading_joins_gqa_images(monkeypatch):
@@ -342,7 +338,7 @@ def test_hub_loading_joins_gqa_images(monkeypatch):
     assert len(calls) == 2
 
 
-def test_run_yaml_and_flags_build_the_same_run(cli, tiny_llava_dir, tmp_path):
+def test_run_yaml_and_flags_build_the_same_run(cli, one_line_error, tiny_llava_dir, tmp_path):
     """`mlan eval run.yaml` and `mlan eval MODEL --flags` build one EvalRun: the same scores, and
     each results folder keeps the run it did as run.yaml (which replays it)."""
     import yaml
@@ -372,5 +368,5 @@ def test_run_yaml_and_flags_build_the_same_run(cli, tiny_llava_dir, tmp_path):
     assert r.exit_code == 0, r.output
     assert [n for _, _, n in scores(tmp_path / "one")] == [1, 1]
     # A name that is neither a run nor a suite field is reported by the suite, with the override named.
-    msg = _err(cli("eval", run_yaml, "-o", "limt=1"))
+    msg = one_line_error(cli("eval", run_yaml, "-o", "limt=1"))
     assert msg.startswith("error: ") and "limt: unknown field" in msg and "(from -o limt=1)" in msg, msg

@@ -11,6 +11,8 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
+
 # The shipped MLAN spec's sources, as local copies in the `<name>/<split>.jsonl` layout.
 SOURCES = {
     "squad/train": "squad/validation",  # no SQuAD train slice is at hand: real dev rows stand in
@@ -49,6 +51,7 @@ def _overrides(items: list[str]) -> list[str]:
     return [a for item in items for a in ("-o", item)]
 
 
+@pytest.mark.slow
 def test_three_commands_chain_by_defaults(cli, tmp_path, monkeypatch, shared_data, eval_data, tiny_llava_dir):
     data = _local_data(shared_data, eval_data, tmp_path / "local-data")
     project = tmp_path / "project"
@@ -83,25 +86,17 @@ def test_three_commands_chain_by_defaults(cli, tmp_path, monkeypatch, shared_dat
     assert {"commonsense_qa", "arc_easy", "arc_challenge"} <= seen
 
 
-def test_offline_defaults_fail_fast_with_one_line(cli, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-
-    def one_line(r) -> str:
-        assert r.exit_code == 2
-        lines = [x for x in r.output.splitlines() if x.strip()]
-        assert len(lines) == 1, r.output
-        return lines[0]
-
-    msg = one_line(cli("build-mixture"))
+def test_offline_defaults_fail_fast_with_one_line(cli, one_line_error):
+    msg = one_line_error(cli("build-mixture"))
     assert "source 'squad' (rajpurkar/squad): the Hugging Face Hub is unreachable" in msg
     assert "--data-dir DIR holding <source name>/<split>.jsonl" in msg
     assert not Path("runs/mixtures/mlan").exists()
 
-    msg = one_line(cli("sft", "recipes/vicuna.yaml"))
+    msg = one_line_error(cli("sft", "recipes/vicuna.yaml"))
     assert "data.mixture runs/mixtures/mlan: folder not found (build it with `mlan build-mixture`)" in msg
 
-    msg = one_line(cli("eval", "--unseen"))
+    msg = one_line_error(cli("eval", "--unseen"))
     assert "no model given and no finished run recorded under runs/: name one" in msg
 
-    msg = one_line(cli("merge", "--original", "org/llm"))
+    msg = one_line_error(cli("merge", "--original", "org/llm"))
     assert "no finished run under runs/" in msg

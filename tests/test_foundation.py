@@ -162,17 +162,15 @@ def test_chat_template_marks_only_the_assistant_reply(tiny_llava_dir):
     assert processor.tokenizer.decode([i for i, m in zip(ids, mask, strict=True) if m]) == " yes</s>"
 
 
-def test_tiny_model_bad_size(cli, tmp_path):
-    result = cli("tiny-model", tmp_path / "m", "--size", "huge")
-    assert result.exit_code == 2
-    assert "--size 'huge': expected one of tiny, small, lab, base" in result.output
+def test_tiny_model_bad_size(cli, one_line_error, tmp_path):
+    msg = one_line_error(cli("tiny-model", tmp_path / "m", "--size", "huge"))
+    assert "--size 'huge': expected one of tiny, small, lab, base" in msg
     assert not (tmp_path / "m").exists()
 
 
-def test_shipped_configs_resolve_by_name(tmp_path, monkeypatch):
+def test_shipped_configs_resolve_by_name():
     from mlan.paths import resolve_config, shipped_dir
 
-    monkeypatch.chdir(tmp_path)
     for kind in ("recipes", "data_mixtures", "evaluations"):
         files = sorted(shipped_dir(kind).glob("*.yaml"))
         assert files, f"no shipped {kind}"
@@ -203,35 +201,28 @@ def test_ruff_clean():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def _one_line_error(result) -> str:
-    assert result.exit_code == 2, result.output
-    lines = [x for x in result.output.splitlines() if x.strip()]
-    assert len(lines) == 1, result.output
-    return lines[0]
-
-
-def test_config_errors_through_the_cli(cli, tmp_path):
+def test_config_errors_through_the_cli(cli, one_line_error, tmp_path):
     from mlan.paths import shipped_dir
 
     recipe = tmp_path / "recipe.yaml"
     text = (shipped_dir("recipes") / "tiny.yaml").read_text()
 
     recipe.write_text(text.replace("  learning_rate:", "  learnin_rate:"))
-    msg = _one_line_error(cli("sft", recipe))
+    msg = one_line_error(cli("sft", recipe))
     assert msg == f"error: {recipe}: training.learnin_rate: unknown field (did you mean 'learning_rate'?)"
 
     recipe.write_text(text.replace("  per_device_train_batch_size: 8", "  per_device_train_batch_size: eight"))
-    msg = _one_line_error(cli("validate", "--kind", "recipe", recipe))
+    msg = one_line_error(cli("validate", "--kind", "recipe", recipe))
     assert msg == (
         f"error: {recipe}: training.per_device_train_batch_size: input should be a valid integer, "
         "unable to parse string as an integer (got 'eight')"
     )
 
-    msg = _one_line_error(cli("build-mixture", tmp_path / "missing.yaml"))
+    msg = one_line_error(cli("build-mixture", tmp_path / "missing.yaml"))
     assert msg.startswith(f"error: {tmp_path / 'missing.yaml'}: file not found (shipped data_mixtures: ")
 
     recipe.write_text(text)
-    msg = _one_line_error(cli("sft", recipe, "-o", "training.warmup_ratio=2"))
+    msg = one_line_error(cli("sft", recipe, "-o", "training.warmup_ratio=2"))
     assert msg == (
         f"error: {recipe}: training.warmup_ratio: input should be less than 1 (got 2) (from -o training.warmup_ratio=2)"
     )

@@ -120,15 +120,13 @@ def test_same_seed_same_world_and_mixtures(tiny_lab, tmp_path):
     assert again.score("stage1").to_json() == tiny_lab.data["seeds"]["3"]["scores"]["stage1"]
 
 
-def test_lab_bad_input(cli, tmp_path):
-    r = cli("lab", "--seeds", "0,x", "--out", tmp_path / "a")
-    assert r.exit_code == 2 and "--seeds '0,x': expected a comma-separated list of integers, e.g. 0,1,2" in r.output
-    r = cli("lab", "--quick", "--seeds", "1,1", "--out", tmp_path / "b")
-    assert r.exit_code == 2 and "a seed appears twice" in r.output
+def test_lab_bad_input(cli, one_line_error, tmp_path):
+    msg = one_line_error(cli("lab", "--seeds", "0,x", "--out", tmp_path / "a"))
+    assert "--seeds '0,x': expected a comma-separated list of integers, e.g. 0,1,2" in msg
+    assert "a seed appears twice" in one_line_error(cli("lab", "--quick", "--seeds", "1,1", "--out", tmp_path / "b"))
     (tmp_path / "c").mkdir()
     (tmp_path / "c" / "x").write_text("")
-    r = cli("lab", "--quick", "--out", tmp_path / "c")
-    assert r.exit_code == 2 and "--overwrite" in r.output
+    assert "--overwrite" in one_line_error(cli("lab", "--quick", "--out", tmp_path / "c"))
     assert not (tmp_path / "b").exists()
 
 

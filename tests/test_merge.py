@@ -283,76 +283,84 @@ def test_yaml_config_with_override(cli, models, tmp_path):
 # ---------------------------------------------------------------- bad input: one line, exit 2, nothing written
 
 
-@pytest.mark.parametrize(
-    ("case", "expected"),
-    [
-        ("missing", "model folder not found"),
-        ("not_llava", "not a LLaVA model"),
-        ("llava_as_original", "is a multimodal model"),
-        ("other_arch", "mismatched architectures: the multimodal model's text_config.intermediate_size"),
-        ("big_vocab", "tensor lm_head.weight: shape [2048, 64] in the multimodal model"),
-        ("alpha", "alpha: value error, alpha must be in [0, 1], got 1.5"),
-        ("density", "density must be in (0, 1], got 0.0"),
-        ("density_method", "density: method task_arithmetic keeps the whole task vector"),
-        ("bad_number", "--alpha 'x': expected a comma-separated list of numbers, e.g. 0,0.1,0.2"),
-        ("no_weights", "no model weights"),
-        ("tokenizer", "tokenizers differ at id 100: "),
-    ],
-)
-def test_bad_input_is_one_line_exit_2(cli, models, tmp_path, case, expected):
-    mm, llm = models["mm"], models["llm"]
-    extra: list[str] = []
-    if case == "missing":
-        mm = tmp_path / "nope"
-    elif case == "not_llava":
-        mm = models["llm"]
-    elif case == "llava_as_original":
-        llm = models["mm"]
-    elif case == "other_arch":
-        llm = models["llm_other_arch"]
-    elif case == "big_vocab":
-        llm = models["llm_big_vocab"]
-    elif case == "alpha":
-        extra = ["--alpha", "1.5"]
-    elif case == "density":
-        extra = ["--method", "ties", "--density", "0"]
-    elif case == "density_method":
-        extra = ["--density", "0.5"]
-    elif case == "bad_number":
-        extra = ["--alpha", "x"]
-    elif case == "tokenizer":
-        llm = tmp_path / "llm-other-tokenizer"
-        shutil.copytree(models["llm"], llm)
-        tok = json.loads((llm / "tokenizer.json").read_text())
-        vocab = tok["model"]["vocab"]
-        t100, t101 = (next(t for t, i in vocab.items() if i == n) for n in (100, 101))
-        vocab[t100], vocab[t101] = 101, 100
-        (llm / "tokenizer.json").write_text(json.dumps(tok))
-    elif case == "no_weights":
-        llm = tmp_path / "empty"
-        llm.mkdir()
-        shutil.copy2(models["llm"] / "config.json", llm / "config.json")
-    r = cli("merge", "--multimodal", mm, "--original", llm, "--out", tmp_path / "out", *extra)
-    assert r.exit_code == 2
-    assert expected in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+def _tokenizer_swapped(models, tmp_path: Path) -> Path:
+    """The original LLM with ids 100 and 101 swapped in its tokenizer."""
+    llm = tmp_path / "llm-other-tokenizer"
+    shutil.copytree(models["llm"], llm)
+    tok = json.loads((llm / "tokenizer.json").read_text())
+    vocab = tok["model"]["vocab"]
+    t100, t101 = (next(t for t, i in vocab.items() if i == n) for n in (100, 101))
+    vocab[t100], vocab[t101] = 101, 100
+    (llm / "tokenizer.json").write_text(json.dumps(tok))
+    return llm
+
+
+def _config_only(models, tmp_path: Path) -> Path:
+    """A model folder with the original LLM's config and no weights."""
+    llm = tmp_path / "empty"
+    llm.mkdir()
+    shutil.copy2(models["llm"] / "config.json", llm / "config.json")
+    return llm
+
+
+# case -> (models, tmp_path -> (multimodal, original, more arguments), the message)
+BAD_MERGES = {
+    "missing multimodal folder": (lambda m, t: (t / "nope", m["llm"], []), "model folder not found"),
+    "not llava": (lambda m, t: (m["llm"], m["llm"], []), "not a LLaVA model"),
+    "llava as original": (lambda m, t: (m["mm"], m["mm"], []), "is a multimodal model"),
+    "other architecture": (
+        lambda m, t: (m["mm"], m["llm_other_arch"], []),
+        "mismatched architectures: the multimodal model's text_config.intermediate_size",
+    ),
+    "bigger vocabulary": (
+        lambda m, t: (m["mm"], m["llm_big_vocab"], []),
+        "tensor lm_head.weight: shape [2048, 64] in the multimodal model",
+    ),
+    "alpha out of range": (
+        lambda m, t: (m["mm"], m["llm"], ["--alpha", "1.5"]),
+        "alpha: value error, alpha must be in [0, 1], got 1.5",
+    ),
+    "density zero": (
+        lambda m, t: (m["mm"], m["llm"], ["--method", "ties", "--density", "0"]),
+        "density must be in (0, 1], got 0.0",
+    ),
+    "density with task arithmetic": (
+        lambda m, t: (m["mm"], m["llm"], ["--density", "0.5"]),
+        "density: method task_arithmetic keeps the whole task vector",
+    ),
+    "bad number": (
+        lambda m, t: (m["mm"], m["llm"], ["--alpha", "x"]),
+        "--alpha 'x': expected a comma-separated list of numbers, e.g. 0,0.1,0.2",
+    ),
+    "original without weights": (lambda m, t: (m["mm"], _config_only(m, t), []), "no model weights"),
+    "tokenizers differ": (lambda m, t: (m["mm"], _tokenizer_swapped(m, t), []), "tokenizers differ at id 100: "),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_MERGES))
+def test_bad_input_is_one_line_exit_2(cli, one_line_error, models, tmp_path, case):
+    make, expected = BAD_MERGES[case]
+    mm, llm, extra = make(models, tmp_path)
+    msg = one_line_error(cli("merge", "--multimodal", mm, "--original", llm, "--out", tmp_path / "out", *extra))
+    assert expected in msg
     assert not (tmp_path / "out").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
 
 
-def test_existing_output_needs_overwrite(cli, models, tmp_path):
+def test_existing_output_needs_overwrite(cli, one_line_error, models, tmp_path):
     out = tmp_path / "m"
     out.mkdir()
     (out / "keep.txt").write_text("x")
     r = cli("merge", "--multimodal", models["mm"], "--original", models["llm"], "--out", out)
-    assert r.exit_code == 2 and "already exists (pass --overwrite" in r.stderr
+    assert "already exists (pass --overwrite" in one_line_error(r)
     assert (out / "keep.txt").exists()
     _merge(cli, out, models["mm"], models["llm"], "--overwrite")
     assert not (out / "keep.txt").exists() and (out / "model.safetensors").is_file()
 
 
-def test_missing_required_option(cli, models, tmp_path):
+def test_missing_required_option(cli, one_line_error, models, tmp_path):
     r = cli("merge", "--multimodal", models["mm"], "--out", tmp_path / "m")
-    assert r.exit_code == 2 and "original: required (pass --original)" in r.stderr
+    assert "original: required (pass --original)" in one_line_error(r)
 
 
 def test_partial_write_leaves_nothing(models, tmp_path, monkeypatch):
@@ -441,13 +449,12 @@ def test_original_in_another_dtype_is_converted(cli, models, tmp_path):
     assert all(out[k].dtype == torch.float32 and torch.equal(out[k], llm[k].float()) for k in llm)
 
 
-def test_defaults_latest_run_and_extracted_language_model(cli, models, tmp_path, monkeypatch):
+def test_defaults_latest_run_and_extracted_language_model(cli, models, tmp_path):
     """Without --multimodal the latest finished run is merged; without --out it goes under runs/merges/.
     The original LLM may be the multimodal model's own language model saved by `save_language_model`."""
     from mlan.models import save_language_model
     from mlan.runs import record_latest
 
-    monkeypatch.chdir(tmp_path)
     base = save_language_model(models["mm"], tmp_path / "base-llm")
     record_latest(models["mm"], "sft", Path("runs"))
     r = cli("merge", "--original", base, "--alpha", "0.5")

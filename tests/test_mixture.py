@@ -257,7 +257,7 @@ def test_generic_chat_and_qa_adapters_and_chain_of_thought(cli, shared_data, tmp
     assert any(k.startswith("cot/") for k in m["templates"]["used"])
 
 
-def test_duplicates_removed_and_replaced(cli, shared_data, tmp_path):
+def test_duplicates_removed_and_replaced(cli, one_line_error, shared_data, tmp_path):
     rows = read_jsonl(shared_data / "arc_easy/train.jsonl")[:40]
     exact = [dict(r, id=r["id"] + "-copy") for r in rows[:5]]
     near = []
@@ -289,12 +289,8 @@ def test_duplicates_removed_and_replaced(cli, shared_data, tmp_path):
     assert m["sources"]["arc"]["train"] == 40 and m["sources"]["arc"]["rows_examined"] == 50
     nodedup = build_ok(cli, spec, tmp_path / "raw", "-o", "dedup=false", "-o", "sources.0.count=50")
     assert nodedup["hygiene"]["exact_duplicates"] == 0 and nodedup["splits"]["train"] == 50
-    tooshort = cli("build-mixture", spec, "--out", tmp_path / "x", "-o", "sources.0.count=45")
-    assert (
-        tooshort.exit_code == 2
-        and "only 40 usable rows of 50" in tooshort.output
-        and "10 duplicates" in tooshort.output
-    )
+    tooshort = one_line_error(cli("build-mixture", spec, "--out", tmp_path / "x", "-o", "sources.0.count=45"))
+    assert "only 40 usable rows of 50" in tooshort and "10 duplicates" in tooshort
 
 
 def test_contamination_report_and_drop(cli, shared_data, tmp_path):
@@ -438,14 +434,11 @@ BAD_CASES = {
 
 
 @pytest.mark.parametrize("case", list(BAD_CASES))
-def test_bad_input_one_line_exit_2_nothing_written(cli, shared_data, tmp_path, case):
+def test_bad_input_one_line_exit_2_nothing_written(cli, one_line_error, shared_data, tmp_path, case):
     make, message = BAD_CASES[case]
     spec = write_spec(tmp_path / "bad.yaml", sources=[{"name": "src", **make(tmp_path, shared_data)}])
     out = tmp_path / "out"
-    result = cli("build-mixture", spec, "--out", out)
-    assert result.exit_code == 2, result.output
-    assert message in result.output
-    assert len(result.output.strip().splitlines()) == 1, result.output
+    assert message in one_line_error(cli("build-mixture", spec, "--out", out))
     assert not out.exists() and not list(tmp_path.glob(".out*"))
 
 
@@ -459,6 +452,6 @@ def test_bad_rows_skip_policy_counts_them(cli, shared_data, tmp_path, case):
     assert m["splits"]["train"] == 19
 
 
-def test_existing_output_needs_overwrite(cli, quickstart):
+def test_existing_output_needs_overwrite(cli, one_line_error, quickstart):
     result = cli("build-mixture", "quickstart", "--out", quickstart)
-    assert result.exit_code == 2 and "already exists (pass --overwrite" in result.output
+    assert "already exists (pass --overwrite" in one_line_error(result)

@@ -97,12 +97,6 @@ def mixture_dir(tmp_path_factory, shared_data) -> Path:
     return make_mixture(tmp_path_factory.mktemp("mix") / "mixture", shared_data)
 
 
-@pytest.fixture(autouse=True)
-def _in_tmp(tmp_path, monkeypatch):
-    """Run in a scratch folder: `mlan sft` records its run under ./runs/."""
-    monkeypatch.chdir(tmp_path)
-
-
 def _sft_args(model_dir: Path, mixture: Path, out: Path, *extra: str) -> list[str]:
     """`mlan sft tiny` (the shipped recipe) on a given model and built mixture folder."""
     data = ["-o", "data.spec=", "-o", f"data.mixture={mixture}"]
@@ -263,7 +257,7 @@ def test_lengths_and_labels_match_the_collator(tiny_llava_dir, mixture_dir):
                 assert tok.decode(row[row != -100]) == f" {answer}</s>"
 
 
-def test_sft_tiny_full(cli, tiny_llava_dir, mixture_dir, tmp_path):
+def test_sft_tiny_full(cli, one_line_error, tiny_llava_dir, mixture_dir, tmp_path):
     """`mlan sft tiny`: trains on CPU, loss falls, vision tower untouched, the output loads and generates."""
     import torch
     from PIL import Image
@@ -310,8 +304,7 @@ def test_sft_tiny_full(cli, tiny_llava_dir, mixture_dir, tmp_path):
     assert gen.shape[1] > enc["input_ids"].shape[1]
 
     # The output folder is never replaced silently.
-    r = cli(*_sft_args(tiny_llava_dir, mixture_dir, out))
-    assert r.exit_code == 2 and "already exists" in r.stderr
+    assert "already exists" in one_line_error(cli(*_sft_args(tiny_llava_dir, mixture_dir, out)))
 
 
 def test_sft_tiny_recipe_builds_the_quickstart_mixture(cli, tiny_llava_dir, tmp_path):
@@ -364,58 +357,54 @@ def _copy_model(src: Path, dst: Path, **config_changes) -> Path:
     return dst
 
 
-@pytest.mark.parametrize(
-    "case,message",
-    [
-        ("missing_mixture", "data.mixture"),
-        ("missing_model", "model.path"),
-        ("not_llava", "is not LLaVA-style"),
-        ("image_token", "image token"),
-        ("image_features", "image features per image"),
-        ("short_max_length", "shorter than one image row"),
-        ("long_max_length", "longer than the language model's 2048 positions"),
-        ("lora_targets", "match no linear layer"),
-        ("bad_extra", "not an SFTConfig field (did you mean 'optim'?)"),
-        ("managed_extra", "set training.learning_rate instead"),
-        ("resume_nothing", "--resume: no complete checkpoint"),
-        ("recipe_field", "training.learing_rate: unknown field (did you mean 'learning_rate'?)"),
-    ],
-)
-def test_sft_bad_input(cli, tiny_llava_dir, mixture_dir, tmp_path, case, message):
+def _more_image_tokens(model_dir: Path, tmp_path: Path) -> Path:
+    """A model whose processor would expand <image> into 64 tokens; the model makes 16 features."""
+    model = _copy_model(model_dir, tmp_path / "m")
+    proc = json.loads((model / "processor_config.json").read_text())
+    proc["patch_size"] = 4
+    (model / "processor_config.json").write_text(json.dumps(proc))
+    return model
+
+
+# case -> (model, mixture, tmp_path -> (model, mixture, more arguments), the message)
+BAD_SFT = {
+    "missing mixture": (lambda m, x, t: (m, t / "nope", []), "data.mixture"),
+    "missing model": (lambda m, x, t: (t / "no-model", x, []), "model.path"),
+    "not llava": (lambda m, x, t: (_copy_model(m, t / "m", model_type="llama"), x, []), "is not LLaVA-style"),
+    "image token": (lambda m, x, t: (_copy_model(m, t / "m", image_token_id=5), x, []), "image token"),
+    "image features": (lambda m, x, t: (_more_image_tokens(m, t), x, []), "image features per image"),
+    "short max length": (lambda m, x, t: (m, x, ["-o", "training.max_length=20"]), "shorter than one image row"),
+    "long max length": (
+        lambda m, x, t: (m, x, ["-o", "training.max_length=4096"]),
+        "longer than the language model's 2048 positions",
+    ),
+    "lora targets": (
+        lambda m, x, t: (m, x, ["-o", "train.language_model=lora", "-o", "train.lora.target_modules=[qkv_proj]"]),
+        "match no linear layer",
+    ),
+    "bad extra": (
+        lambda m, x, t: (m, x, ["-o", "training.extra.optimm=adamw_torch"]),
+        "not an SFTConfig field (did you mean 'optim'?)",
+    ),
+    "managed extra": (
+        lambda m, x, t: (m, x, ["-o", "training.extra.learning_rate=0.1"]),
+        "set training.learning_rate instead",
+    ),
+    "resume nothing": (lambda m, x, t: (m, x, ["--resume"]), "--resume: no complete checkpoint"),
+    "recipe field": (
+        lambda m, x, t: (m, x, ["-o", "training.learing_rate=0.1"]),
+        "training.learing_rate: unknown field (did you mean 'learning_rate'?)",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_SFT))
+def test_sft_bad_input(cli, one_line_error, tiny_llava_dir, mixture_dir, tmp_path, case):
     """Each mistake: one line naming the field, exit 2, before training (no checkpoints, no output)."""
-    model, mixture, extra = tiny_llava_dir, mixture_dir, []
-    if case == "missing_mixture":
-        mixture = tmp_path / "nope"
-    elif case == "missing_model":
-        model = tmp_path / "no-model"
-    elif case == "not_llava":
-        model = _copy_model(tiny_llava_dir, tmp_path / "m", model_type="llama")
-    elif case == "image_token":
-        model = _copy_model(tiny_llava_dir, tmp_path / "m", image_token_id=5)
-    elif case == "image_features":
-        model = _copy_model(tiny_llava_dir, tmp_path / "m")
-        proc = json.loads((model / "processor_config.json").read_text())
-        proc["patch_size"] = 4  # the processor would expand <image> into 64 tokens; the model makes 16 features
-        (model / "processor_config.json").write_text(json.dumps(proc))
-    elif case == "short_max_length":
-        extra = ["-o", "training.max_length=20"]
-    elif case == "long_max_length":
-        extra = ["-o", "training.max_length=4096"]
-    elif case == "lora_targets":
-        extra = ["-o", "train.language_model=lora", "-o", "train.lora.target_modules=[qkv_proj]"]
-    elif case == "bad_extra":
-        extra = ["-o", "training.extra.optimm=adamw_torch"]
-    elif case == "managed_extra":
-        extra = ["-o", "training.extra.learning_rate=0.1"]
-    elif case == "resume_nothing":
-        extra = ["--resume"]
-    elif case == "recipe_field":
-        extra = ["-o", "training.learing_rate=0.1"]
+    make, message = BAD_SFT[case]
+    model, mixture, extra = make(tiny_llava_dir, mixture_dir, tmp_path)
     out = tmp_path / "out"
-    r = cli(*_sft_args(model, mixture, out, *extra))
-    assert r.exit_code == 2, r.output
-    line = r.stderr.strip()
-    assert "\n" not in line and message in line, line
+    assert message in one_line_error(cli(*_sft_args(model, mixture, out, *extra)))
     assert not out.exists() and not (tmp_path / "out.checkpoints").exists()
 
 
