@@ -92,6 +92,11 @@ def setup(verbosity: int = NORMAL) -> None:
             warnings.filterwarnings("ignore", message=message, category=category, module=module)
 
 
+def verbosity() -> int:
+    """The verbosity `setup` was last called with (for worker processes, which must repeat it)."""
+    return _verbosity
+
+
 def quiet_libraries() -> None:
     """Route transformers' and datasets' logging through mlan's handler at the level `setup` chose,
     and turn off their per-file progress bars (loading weights, writing shards, generating splits)

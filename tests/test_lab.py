@@ -143,3 +143,25 @@ def test_shipped_lab_configs_are_placeholders_that_validate():
         assert all(s.dataset.startswith(WORLD_PLACEHOLDER) and s.adapter == "plain" for s in spec.sources)
     assert sizes == {2400}  # every stage-2 variant trains on the same number of examples
     assert Path(shipped_dir("recipes") / "lab_stage2.yaml").is_file()
+
+
+def _worker_levels() -> dict[str, int]:
+    import logging
+
+    return {n: logging.getLogger(n).getEffectiveLevel() for n in ("bitsandbytes.backends.cpu.ops", "mlan", "mlan.lab")}
+
+
+def test_seed_workers_get_the_parent_console_set_up():
+    """Seeds run in spawned processes: each repeats the CLI's console set-up (library noise such as
+    bitsandbytes' missing-`kernels` line filtered) and keeps the parent's mlan log levels."""
+    import logging
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    from mlan import console
+    from mlan.lab.run import _worker_init
+
+    args = (console.NORMAL, {"mlan": logging.WARNING, "mlan.lab": logging.INFO}, 1)
+    with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"), initializer=_worker_init, initargs=args) as pool:
+        levels = pool.submit(_worker_levels).result()
+    assert levels == {"bitsandbytes.backends.cpu.ops": logging.ERROR, "mlan": logging.WARNING, "mlan.lab": logging.INFO}

@@ -30,6 +30,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from mlan import console
 from mlan.config.mixture import MixtureSpec
 from mlan.config.recipe import SFTRecipe
 from mlan.config.suite import EvalSuite
@@ -195,11 +196,12 @@ def run_seed(root: str | Path, seed: int, plan: LabPlan) -> SeedResult:
 # --------------------------------------------------------------------------- seeds in parallel
 
 
-def _worker_init(levels: dict[str, int], threads: int) -> None:
-    """Logging and quiet progress bars in a worker process (spawned: nothing is inherited)."""
+def _worker_init(verbosity: int, levels: dict[str, int], threads: int) -> None:
+    """The parent's console set-up in a worker process (spawned: nothing is inherited), so library
+    noise is filtered there too, and its mlan log levels."""
     import torch
 
-    logging.basicConfig(level=logging.WARNING, format="%(message)s", force=True)
+    console.setup(verbosity)
     for name, level in levels.items():
         logging.getLogger(name).setLevel(level)
     quiet_libraries()
@@ -208,11 +210,9 @@ def _worker_init(levels: dict[str, int], threads: int) -> None:
 
 def quiet_libraries() -> None:
     """Silence per-row progress bars of datasets/transformers: the lab logs one line per stage."""
-    import datasets
     import transformers
 
-    datasets.disable_progress_bars()
-    transformers.utils.logging.disable_progress_bar()
+    console.quiet_libraries()
     transformers.utils.logging.set_verbosity_error()
 
 
@@ -228,7 +228,10 @@ def run_seeds(root: Path, plan: LabPlan) -> list[SeedResult]:
     levels = {name: logging.getLogger(name).getEffectiveLevel() for name in ("mlan", "mlan.lab")}
     log.info("running %d seeds in %d processes", len(plan.seeds), jobs)
     with ProcessPoolExecutor(
-        jobs, mp_context=mp.get_context("spawn"), initializer=_worker_init, initargs=(levels, plan.threads)
+        jobs,
+        mp_context=mp.get_context("spawn"),
+        initializer=_worker_init,
+        initargs=(console.verbosity(), levels, plan.threads),
     ) as pool:
         futures = [pool.submit(run_seed, root / f"seed{k}", k, replace(plan, jobs=1)) for k in plan.seeds]
         return [f.result() for f in futures]
