@@ -23,7 +23,7 @@ from mlan.evaluate.tasks import check_local_data, data_fingerprint, load_task_da
 from mlan.folders import check_model_dir, is_llava_config, read_model_config
 from mlan.hub import require_hub
 from mlan.io import atomic_write_text
-from mlan.models import read_mixture_manifest
+from mlan.models import load_model, read_mixture_manifest
 from mlan.paths import resolve_config, shipped_files
 from mlan.runs import latest_run
 
@@ -246,8 +246,6 @@ class _Runner:
 
     def _model(self):
         if self.loaded is None:
-            from mlan.models import load_model  # loads torch and transformers
-
             self.loaded = load_model(self.entry.model, device=self.run.device, dtype=self.run.dtype)
         return self.loaded
 

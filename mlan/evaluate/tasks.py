@@ -17,6 +17,7 @@ from pathlib import Path
 from mlan import hub as hf_hub  # module access, so tests can replace hf_hub.require_hub
 from mlan.config.suite import EvalSuite, SuiteTask
 from mlan.errors import MlanError
+from mlan.evaluate.extract import LETTERS as ANSWER_LETTERS
 from mlan.paths import resolve_data_path
 from mlan.schemas import LETTERS, SCHEMAS, Item, find_local, read_rows
 
@@ -39,8 +40,8 @@ FORMATS = {
     "mmlu": "mmlu",
     "qa": "qa_rows",
 }
-# Answers are extracted as letters A-J (mlan.evaluate.extract): at most ten choices.
-MAX_CHOICES = 10
+# Answers are extracted as the extractor's letters (A-J): at most that many choices.
+MAX_CHOICES = len(ANSWER_LETTERS)
 
 
 @dataclass
