@@ -1,8 +1,9 @@
-"""Loading models the way every stage needs them: a LLaVA folder or a plain causal LM, by path or hub id.
+"""Loading models the way every stage needs them: a LLaVA(-NeXT) or Wings folder, or a plain causal LM,
+by path or hub id (which kind a folder is, and the class that opens it, come from `mlan.kinds`).
 
 Shared by evaluation, merging and training. The two kinds of model a user compares are a
-LLaVA-style multimodal model (`LlavaForConditionalGeneration` + processor) and the original
-text-only LLM (`AutoModelForCausalLM` + tokenizer). `extract_language_model` turns the first
+LLaVA-style multimodal model (`LlavaForConditionalGeneration` or `LlavaNextForConditionalGeneration`
++ processor) and the original text-only LLM (`AutoModelForCausalLM` + tokenizer). `extract_language_model` turns the first
 into the second (the LLaVA's own language model and head, sharing the tensors), so both are
 measured the same way on text.
 
@@ -18,19 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mlan import kinds
 from mlan.errors import MlanError
-
-# Folder facts live one layer down (mlan.wings uses them too); re-exported for the stages.
-from mlan.folders import (  # noqa: F401
-    TOKENIZER_FILES,
-    WEIGHT_FILES,
-    check_model_dir,
-    default_device,
-    is_llava,
-    is_llava_config,
-    read_model_config,
-    resolve_dtype,
-)
 from mlan.io import atomic_dir
 
 log = logging.getLogger(__name__)
@@ -86,34 +76,36 @@ def load_model(
     no text-only form, since its learners sit inside the language model's layers.
     """
     import torch
-    from transformers import AutoModelForCausalLM, AutoProcessor, AutoTokenizer, LlavaForConditionalGeneration
+    from transformers import AutoProcessor, AutoTokenizer
 
-    device = device or default_device()
-    check_model_dir(name_or_path)
-    config = read_model_config(name_or_path)
-    src = str(Path(name_or_path).expanduser()) if Path(name_or_path).expanduser().is_dir() else str(name_or_path)
-    torch_dtype = resolve_dtype(dtype, device)
-    multimodal = is_llava_config(config)
-    # Imported here: mlan.wings loads torch, and this module is imported by light CLI paths.
-    from mlan.wings import is_wings_dir, load_wings_model
-
-    wings = multimodal and Path(src).is_dir() and is_wings_dir(src)
-    if wings and text_only:
+    device = device or kinds.default_device()
+    folder = kinds.local_folder(name_or_path)
+    kinds.check_model_dir(name_or_path)
+    kind = kinds.kind_of(kinds.read_model_config(name_or_path), folder)
+    if kind == kinds.ORIGINAL_LLAVA:
+        raise kinds.original_layout_error(name_or_path)
+    src = str(folder) if folder is not None else str(name_or_path)
+    torch_dtype = kinds.resolve_dtype(dtype, device)
+    multimodal = kind in kinds.MULTIMODAL_KINDS
+    if kind == kinds.WINGS and text_only:
         raise MlanError(
             f"{name_or_path}: a Wings model has no text-only form (its learners need the LLaVA model around them); "
             "load it whole"
         )
-    log.info("loading %s (%s) on %s", name_or_path, "LLaVA" if multimodal else "causal LM", device)
-    if wings:
+    log.info("loading %s (%s) on %s", name_or_path, kind, device)
+    if kind == kinds.WINGS:
+        # Imported here: mlan.wings loads torch, and this module is imported by light CLI paths.
+        from mlan.wings import load_wings_model
+
         # Loaded on the CPU first so that the fp16 -> fp32 step below sees it before any move.
         model, processor = load_wings_model(src, device="cpu", dtype=dtype)
         tokenizer = processor.tokenizer
     elif multimodal:
-        model = LlavaForConditionalGeneration.from_pretrained(src, dtype=torch_dtype)
+        model = kinds.model_class(kind).from_pretrained(src, dtype=torch_dtype)
         processor = AutoProcessor.from_pretrained(src)
         tokenizer = processor.tokenizer
     else:
-        model = AutoModelForCausalLM.from_pretrained(src, dtype=torch_dtype)
+        model = kinds.model_class(kind).from_pretrained(src, dtype=torch_dtype)
         processor = None
         tokenizer = AutoTokenizer.from_pretrained(src)
     if device == "cpu" and model.dtype == torch.float16:
@@ -128,8 +120,8 @@ def load_model(
         tokenizer=tokenizer,
         processor=processor,
         multimodal=multimodal,
-        path=Path(src) if Path(src).is_dir() else None,
-        manifest=read_mixture_manifest(src) if Path(src).is_dir() else {},
+        path=folder,
+        manifest=read_mixture_manifest(folder) if folder is not None else {},
     )
     if multimodal and text_only:
         loaded.model = extract_language_model(model)

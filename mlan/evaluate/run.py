@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from mlan import kinds
 from mlan.config import load_config
 from mlan.config.base import dump_config
 from mlan.config.evaluation import DEFAULT_SUITE, UNSEEN_SUITES, EvalRun
@@ -20,7 +21,6 @@ from mlan.errors import MlanError
 from mlan.evaluate import cache
 from mlan.evaluate.report import EvalReport, ModelResults, TaskResult, compare, write_comparison, write_model_results
 from mlan.evaluate.tasks import check_local_data, data_fingerprint, load_task_data, to_items
-from mlan.folders import check_model_dir, is_llava_config, read_model_config
 from mlan.hub import require_hub
 from mlan.io import atomic_write_text
 from mlan.models import load_model, read_mixture_manifest
@@ -179,14 +179,15 @@ def _entries(models: list[Any], plan: list[tuple[EvalSuite, list[SuiteTask]]]) -
         if scripted:
             multimodal, manifest = bool(getattr(m, "multimodal", False)), getattr(m, "manifest", {}) or {}
         else:
-            p = Path(str(m)).expanduser()
-            if not p.exists() and ("/" not in str(m) or str(m).startswith((".", "/", "~"))):
-                raise MlanError(f"{m}: model folder not found")
-            check_model_dir(m)
-            if not p.exists():
+            folder = kinds.local_folder(m)
+            kinds.check_model_dir(m)
+            if folder is None:
                 require_hub(str(m), "model", "pass a local model folder", model=True)
-            multimodal = is_llava_config(read_model_config(m))
-            manifest = read_mixture_manifest(m) if p.is_dir() else {}
+            kind = kinds.model_kind(m)
+            if kind == kinds.ORIGINAL_LLAVA:
+                raise kinds.original_layout_error(m)
+            multimodal = kind in kinds.MULTIMODAL_KINDS
+            manifest = read_mixture_manifest(m) if folder is not None else {}
         entry = _Entry(m, _label(m, taken), scripted, multimodal, manifest)
         for suite, _ in plan:
             if suite.engine == "lm_eval" and scripted:

@@ -28,17 +28,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mlan import kinds
 from mlan.errors import MlanError
 from mlan.hub import hub_unreachable_reason, require_hub
 
 log = logging.getLogger(__name__)
 
-# Prefix maps from a LLaVA key to the original LLM's (causal LM) key, per layout.
+# Prefix maps from a LLaVA key to the original LLM's (causal LM) key, per layout; "old" is the
+# legacy llava-hf names, renamed to the current ones by mlan.kinds' table first.
 LAYOUTS: dict[str, tuple[tuple[str, str], ...]] = {
-    "old": (("language_model.model.", "model."), ("language_model.lm_head.", "lm_head.")),
-    "new": (("model.language_model.", "model."), ("lm_head.", "lm_head.")),
+    "old": tuple(
+        (old, new.replace(cur, causal, 1))
+        for old, new in kinds.LEGACY_PREFIXES
+        for cur, causal in kinds.CURRENT_TO_CAUSAL_LM
+        if new.startswith(cur)
+    ),
+    "new": kinds.CURRENT_TO_CAUSAL_LM,
 }
-LLAVA_MODEL_TYPES = ("llava", "llava_next")
 # Tensors with one row per vocabulary entry: a multimodal model may have more rows (added `<image>`).
 VOCAB_SUFFIXES = ("embed_tokens.weight", "lm_head.weight", "lm_head.bias")
 ARCH_FIELDS = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads")
@@ -219,14 +225,10 @@ class Checkpoint:
 
 def resolve_model_dir(name: str | Path, what: str) -> Path:
     """A local model folder, or a hub id downloaded (config, tokenizer, processor, weights) when online."""
-    p = Path(name).expanduser()
-    if p.is_dir():
+    p = kinds.local_folder(name, what)
+    if p is not None:
         return p
-    if p.exists():
-        raise MlanError(f"{what} {name}: expected a model folder, got a file")
     s = str(name)
-    if s.startswith((".", "/", "~")) or s.count("/") != 1:
-        raise MlanError(f"{what} {name}: model folder not found")
     require_hub(s, what, "download it first or pass a local model folder", model=True)
     patterns = ["*.json", "*.jinja", "*.model", "*.txt"]
     try:
@@ -285,12 +287,6 @@ def open_checkpoint(path: Path, what: str) -> Checkpoint:
             tensors[key] = info
     weight_names = set(names) | {"model.safetensors.index.json", "pytorch_model.bin.index.json"}
     return Checkpoint(path=path, config=config, files=files, tensors=tensors, weight_names=weight_names)
-
-
-def is_llava(config: dict[str, Any]) -> bool:
-    """A LLaVA(-NeXT) config: the layouts above hold only for these."""
-    archs = config.get("architectures") or []
-    return config.get("model_type") in LLAVA_MODEL_TYPES or any(a.startswith("Llava") for a in archs)
 
 
 def detect_layout(keys: set[str] | dict) -> str | None:

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mlan import kinds
 from mlan.errors import MlanError
 from mlan.io import atomic_dir, atomic_write_json, check_output_dir
 from mlan.merge.layout import (
@@ -34,7 +35,6 @@ from mlan.merge.layout import (
     check_architectures,
     check_tokenizers,
     detect_layout,
-    is_llava,
     is_vocab_tensor,
     llm_ties_embeddings,
     lm_name,
@@ -319,13 +319,15 @@ def prepare(config: MergeConfig) -> tuple[Checkpoint, Checkpoint, str, list[_Pla
     mm_dir = resolve_model_dir(config.multimodal, "multimodal model")
     llm_dir = resolve_model_dir(config.original, "original LLM")
     mm = open_checkpoint(mm_dir, "multimodal model")
-    if not is_llava(mm.config):
+    if kinds.is_original_llava_config(mm.config):
+        raise kinds.original_layout_error(config.multimodal, "multimodal model")
+    if not kinds.is_llava_config(mm.config):
         raise MlanError(
             f"multimodal model {mm_dir}: not a LLaVA model (model_type {mm.config.get('model_type')!r}); "
             "merge needs a LLaVA checkpoint (llava or llava_next)"
         )
     llm = open_checkpoint(llm_dir, "original LLM")
-    if is_llava(llm.config) or "vision_config" in llm.config:
+    if "vision_config" in llm.config or kinds.is_original_llava_config(llm.config):
         raise MlanError(f"original LLM {llm_dir}: is a multimodal model; pass the text-only LLM it was built from")
     check_architectures(mm, llm)
     layout, plans, unused = plan_merge(mm, llm)

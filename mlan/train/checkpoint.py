@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from mlan import kinds
 from mlan.config.recipe import SFTRecipe
 from mlan.errors import MlanError
 from mlan.io import atomic_write_json
@@ -103,17 +104,11 @@ def unwrapped_name(name: str) -> str:
     return _WRAPPER_SEGMENTS.sub("", name)
 
 
-# save_pretrained writes LLaVA weights in the original hub layout (`language_model.model.*`,
-# `vision_tower.*`, ...), while the model's own names are `model.language_model.*`, ... The
-# Trainer resumes with `load_state_dict(strict=False)` on the raw file, so on a LLaVA model it
-# silently loads nothing and training continues from the base weights with the restored optimizer.
-# from_pretrained knows the renaming but builds a second model; these four prefixes are all it takes.
-_LLAVA_DISK_TO_MEMORY = (
-    ("language_model.model.", "model.language_model."),
-    ("language_model.lm_head.", "lm_head."),
-    ("vision_tower.", "model.vision_tower."),
-    ("multi_modal_projector.", "model.multi_modal_projector."),
-)
+# save_pretrained writes LLaVA weights under the legacy llava-hf names (`language_model.model.*`, ...),
+# while the model's own names are `model.language_model.*`, ... The Trainer resumes with
+# `load_state_dict(strict=False)` on the raw file, so on a LLaVA model it silently loads nothing and
+# training continues from the base weights with the restored optimizer. from_pretrained knows the
+# renaming but builds a second model; the prefix table in mlan.kinds is all it takes.
 
 
 def checkpoint_weight_files(folder: Path) -> list[Path]:
@@ -135,10 +130,7 @@ def load_llava_weights(model, folder: Path) -> None:
     for f in checkpoint_weight_files(folder):
         for key, value in load_file(str(f), device="cpu").items():
             if key not in own:
-                for old, new in _LLAVA_DISK_TO_MEMORY:
-                    if key.startswith(old) and new + key[len(old) :] in own:
-                        key = new + key[len(old) :]
-                        break
+                key = kinds.current_name(key) if kinds.current_name(key) in own else key
             state[key] = value
     result = model.load_state_dict(state, strict=False)
     tied = set(getattr(model, "_tied_weights_keys", None) or [])

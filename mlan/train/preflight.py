@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mlan import kinds
 from mlan.config.base import load_config
 from mlan.config.mixture import MixtureSpec
 from mlan.config.recipe import WINGS_ARCHITECTURE_FIELDS, SFTRecipe
@@ -26,7 +27,7 @@ from mlan.data.manifest import config_hash
 from mlan.data.mixture import build_mixture
 from mlan.errors import MlanError, first_line
 from mlan.hub import require_hub
-from mlan.paths import looks_like_path, resolve_config
+from mlan.paths import resolve_config
 from mlan.runs import mixture_dir as default_mixture_dir
 from mlan.tiny import CHAT_TEMPLATE
 from mlan.train.arguments import (
@@ -77,9 +78,10 @@ class Checked:
 
 def preflight(recipe: SFTRecipe, *, out: Path, ckpt_dir: Path, resume: bool | None) -> Checked:
     """Every check that can fail on user input, in order; what they established."""
+    # The model first: its checks read two small files, while resolving the mixture may build one.
+    info = inspect_model(recipe)
     mix_dir = resolve_mixture(recipe)
     mixture, manifest = load_mixture(mix_dir)
-    info = inspect_model(recipe)
     if recipe.train.language_model in ("lora", "qlora"):
         n = check_lora_targets_on_meta(recipe, info.config)
         log.info("LoRA targets match %d linear layers of the language model", n)
@@ -134,26 +136,37 @@ def inspect_model(recipe: SFTRecipe) -> ModelInfo:
     from transformers import AutoConfig, AutoProcessor
 
     path = recipe.model.path
-    local = Path(path).expanduser()
     kwargs = {"revision": recipe.model.revision} if recipe.model.revision else {}
-    if local.exists():
-        path = str(local)
-        if not (local / "config.json").is_file():
-            raise MlanError(f"model.path {path}: no config.json (not a Hugging Face model folder)")
-    elif looks_like_path(path):
-        # Not a hub id: a local folder that is not there, e.g. the shipped recipes' placeholder.
-        raise MlanError(f"model.path {path}: folder not found (set your checkpoint: -o model.path=DIR or a hub id)")
+    try:
+        folder = kinds.local_folder(path, "model.path")
+    except MlanError as e:
+        # e.g. the shipped recipes' placeholder folder, not there yet
+        raise MlanError(f"{e} (set your checkpoint: -o model.path=DIR or a hub id)") from None
+    if folder is not None:
+        path = str(folder)
     else:
         require_hub(path, "model.path", "set model.path to a local model folder (-o model.path=DIR)", model=True)
+    raw = kinds.read_model_config(path, revision=recipe.model.revision, what="model.path")
+    kind = kinds.kind_of(raw, folder)
+    if kind == kinds.ORIGINAL_LLAVA:
+        raise kinds.original_layout_error(path, "model.path")
+    if kind == kinds.LLAVA_NEXT:
+        # LLaVA-NeXT's anyres tiles change the image-token count per image, which the collator and
+        # preflight's token arithmetic here assume fixed; it is evaluated and merged, not trained.
+        raise MlanError(
+            f"model.path {path}: a LLaVA-NeXT (llava_next) model; mlan sft trains LLaVA-1.5-style (llava) "
+            "models only (LLaVA-NeXT folders can be evaluated and merged)"
+        )
+    if kind == kinds.CAUSAL_LM:
+        raise MlanError(
+            f"model.path {path}: model type {raw.get('model_type')!r} is not LLaVA-style "
+            "(expected a LlavaForConditionalGeneration checkpoint, model_type 'llava'; "
+            "make one from an LLM and a vision tower with mlan assemble)"
+        )
     try:
         config = AutoConfig.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as e:
         raise MlanError(f"model.path {path}: cannot load the model config ({first_line(e)})") from None
-    if config.model_type != "llava":
-        raise MlanError(
-            f"model.path {path}: model type {config.model_type!r} is not LLaVA-style "
-            "(expected a LlavaForConditionalGeneration checkpoint, model_type 'llava')"
-        )
     try:
         processor = AutoProcessor.from_pretrained(path, **kwargs)
     except (OSError, ValueError, TypeError) as e:

@@ -10,7 +10,7 @@ from pathlib import Path
 from mlan.config.base import validate_config
 from mlan.config.wings import WingsConfig
 from mlan.errors import MlanError, first_line
-from mlan.folders import check_model_dir, default_device, resolve_dtype
+from mlan.kinds import check_model_dir, default_device, resolve_dtype
 from mlan.wings.model import add_wings
 from mlan.wings.runtime import wings_layers
 from mlan.wings.save import FORMAT, FORMAT_VERSION, WINGS_CONFIG, WINGS_WEIGHTS

@@ -13,13 +13,14 @@ import contextlib
 import logging
 from pathlib import Path
 
+from mlan import kinds
 from mlan.io import atomic_dir, atomic_write_json
 from mlan.wings.runtime import get_runtime, require_runtime, wings_layers
 
 log = logging.getLogger(__name__)
 
 WINGS_WEIGHTS = "wings.safetensors"
-WINGS_CONFIG = "wings_config.json"
+WINGS_CONFIG = kinds.WINGS_CONFIG
 FORMAT = "mlan-wings"
 FORMAT_VERSION = 1
 
