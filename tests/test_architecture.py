@@ -10,8 +10,8 @@ import mlan
 
 PACKAGE = Path(mlan.__file__).parent
 # Layers every stage may use; they must not reach into a stage.
-SHARED = ("mlan.config", "mlan.schemas", "mlan.io", "mlan.paths", "mlan.errors")
-STAGES = ("mlan.data", "mlan.train", "mlan.evaluate", "mlan.merge", "mlan.wings", "mlan.lab", "mlan.cli")
+SHARED = ("mlan.config", "mlan.schemas", "mlan.io", "mlan.paths", "mlan.errors", "mlan.kinds", "mlan.hub")
+STAGES = ("mlan.data", "mlan.train", "mlan.evaluate", "mlan.merge", "mlan.wings", "mlan.lab", "mlan.cli", "mlan.checkpoints")
 
 
 def _module_name(path: Path) -> str:
