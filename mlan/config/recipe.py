@@ -124,6 +124,9 @@ class TrainingSection(StrictModel):
     """Recompute activations in the backward pass to save memory."""
     assistant_only_loss: bool = True
     """Loss on assistant tokens only (needs {% generation %} markers in the chat template); image tokens never count."""
+    chat_template: Literal["auto", "plain"] = "auto"
+    """auto: the model's own template when it marks assistant turns, else Vicuna-v1. plain: LLaVA's stage-1
+    format (`<image>` then the caption and a newline; no instruction, no system prompt); the model keeps its own."""
     group_by_modality_length: bool = True
     """Batches of one modality and similar length (LLaVA's sampler); False: uniformly random batches."""
     logging_steps: int = Field(10, gt=0)

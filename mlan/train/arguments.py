@@ -36,6 +36,7 @@ RENAMED = {"gradient_checkpointing": "activation_checkpointing", "warmup_ratio":
 MLAN_ONLY = {
     "global_batch_size": "folded into gradient_accumulation_steps with the process count",
     "extra": "further SFTConfig fields, passed unchanged",
+    "chat_template": "chooses the template the processor renders rows with (mlan.train.preflight)",
 }
 
 

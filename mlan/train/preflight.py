@@ -56,9 +56,10 @@ class ModelInfo:
     config: Any
     image_token_id: int
     image_seq_length: int
-    chat_template: str
+    chat_template: str  # the template the rows are rendered with in training
     template_source: str
     min_image_row: int
+    saved_template: str  # the template written with the trained model (differs for `plain`)
 
 
 @dataclass
@@ -198,13 +199,16 @@ def inspect_model(recipe: SFTRecipe) -> ModelInfo:
             f"{positions} positions (max_position_embeddings)"
         )
     template, source = _training_template(recipe, processor, path)
+    saved = template
+    if recipe.training.chat_template == "plain":
+        template, source = PLAIN_TEMPLATE, "plain"
     min_row = _min_image_row(processor, template, image_seq_length)
     if recipe.training.max_length < min_row:
         raise MlanError(
             f"training.max_length {recipe.training.max_length}: shorter than one image row "
             f"({min_row} tokens, {image_seq_length} of them image tokens)"
         )
-    return ModelInfo(path, processor, config, token_id, image_seq_length, template, source, min_row)
+    return ModelInfo(path, processor, config, token_id, image_seq_length, template, source, min_row, saved)
 
 
 def _processor_image_tokens(processor, config, image_token_id: int) -> int:
@@ -224,6 +228,25 @@ def _model_image_features(config) -> int | None:
         return None
     n = (size // patch) ** 2
     return n + 1 if getattr(config, "vision_feature_select_strategy", "default") == "full" else n
+
+
+# LLaVA's stage-1 ("plain") format: the image, then the caption and the separator "\n"; the human turn's
+# text is dropped and only the caption is learned (haotian-liu/LLaVA llava/train/train.py
+# `preprocess_plain`, conv_llava_plain in llava/conversation.py: sep "\n"). BOS comes first as there.
+PLAIN_TEMPLATE = (
+    "{{- bos_token -}}"
+    "{%- for message in messages -%}"
+    "{%- if message['role'] == 'user' -%}"
+    "{%- if message['content'] is not string -%}{%- for part in message['content'] -%}"
+    "{%- if part['type'] == 'image' -%}{{ '<image>' }}{%- endif -%}"
+    "{%- endfor -%}{%- endif -%}"
+    "{%- elif message['role'] == 'assistant' -%}{% generation %}"
+    "{%- if message['content'] is string -%}{{ message['content'] }}"
+    "{%- else -%}{%- for part in message['content'] -%}{{ part['text'] }}{%- endfor -%}{%- endif -%}"
+    "{{ '\n' }}{% endgeneration %}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+)
 
 
 def _training_template(recipe: SFTRecipe, processor, path: str) -> tuple[str, str]:

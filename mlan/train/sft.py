@@ -122,6 +122,7 @@ def run_sft(recipe: SFTRecipe, *, resume: bool | None = None, overwrite: bool = 
     final_dir = ckpt_dir / "final"
     trainer.save_model(str(final_dir))  # collective under FSDP / DeepSpeed: every process calls it
     state.wait_for_everyone()
+    info.processor.chat_template = info.saved_template  # a stage-1 `plain` run leaves the chat template as it was
 
     # ---- what was produced; the output folder, written by the main process
     log_data = loss_log(trainer.state.log_history)
