@@ -92,8 +92,9 @@ def test_offline_defaults_fail_fast_with_one_line(cli, one_line_error):
     assert "--data-dir DIR holding <source name>/<split>.jsonl" in msg
     assert not Path("runs/mixtures/mlan").exists()
 
+    # The model is checked first (two small files), before a mixture is looked for or built.
     msg = one_line_error(cli("sft", "recipes/vicuna.yaml"))
-    assert "data.mixture runs/mixtures/mlan: folder not found (build it with `mlan build-mixture`)" in msg
+    assert "model.path runs/stage1/llava-vicuna-7b-v1.5-pretrain: model folder not found" in msg
 
     msg = one_line_error(cli("eval", "--unseen"))
     assert "no model given and no finished run recorded under runs/: name one" in msg
