@@ -54,3 +54,28 @@ def require_hub(ref: str, what: str, fix: str, *, model: bool = False) -> None:
     reason = hub_unreachable_reason()
     if reason:
         raise MlanError(f"{what} {ref!r} is not a local path and the Hugging Face Hub is unreachable ({reason}); {fix}")
+
+
+# `datasets` >= 4 refuses a hub repo that holds a `<name>.py` loading script with this message
+# (RuntimeError from datasets.load.dataset_module_factory); matched on text because there is no
+# dedicated exception type.
+SCRIPT_REPO_MESSAGE = "Dataset scripts are no longer supported"
+
+# Script-only hub repos mlan's shipped specs once named, and the parquet copy of the same data.
+SCRIPT_REPO_ALTERNATIVES = {
+    "allenai/cosmos_qa": "its parquet conversion (revision: refs/convert/parquet)",
+    "HuggingFaceM4/VQAv2": "Multimodal-Fatima/VQAv2_train (parquet: the VQAv2 train questions with their COCO images)",
+}
+
+
+def script_repo_error(e: BaseException, ref: str, what: str) -> MlanError | None:
+    """The one-line `MlanError` for a hub dataset that is only a loading script (None for any other error)."""
+    if SCRIPT_REPO_MESSAGE not in str(e):
+        return None
+    known = SCRIPT_REPO_ALTERNATIVES.get(ref)
+    use = (
+        f"use {known} or a local copy"
+        if known
+        else "use its parquet conversion (revision: refs/convert/parquet) if the hub made one, or a local copy"
+    )
+    return MlanError(f"{what}: hub dataset {ref!r} is a loading-script repo, which datasets >= 4 cannot run; {use}")

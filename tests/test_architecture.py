@@ -11,7 +11,16 @@ import mlan
 PACKAGE = Path(mlan.__file__).parent
 # Layers every stage may use; they must not reach into a stage.
 SHARED = ("mlan.config", "mlan.schemas", "mlan.io", "mlan.paths", "mlan.errors", "mlan.kinds", "mlan.hub")
-STAGES = ("mlan.data", "mlan.train", "mlan.evaluate", "mlan.merge", "mlan.wings", "mlan.lab", "mlan.cli", "mlan.checkpoints")
+STAGES = (
+    "mlan.data",
+    "mlan.train",
+    "mlan.evaluate",
+    "mlan.merge",
+    "mlan.wings",
+    "mlan.lab",
+    "mlan.cli",
+    "mlan.checkpoints",
+)
 
 
 def _module_name(path: Path) -> str:

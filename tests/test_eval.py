@@ -324,7 +324,7 @@ def test_hub_loading_joins_gqa_images(monkeypatch):
     }
     calls = []
 
-    def fake_load(path, name=None, split=None):
+    def fake_load(path, name=None, split=None, revision=None):
         calls.append((path, name, split))
         return datasets.Dataset.from_list(tables[(path, name, split)])
 

@@ -407,7 +407,7 @@ BAD_CASES = {
     ),
     "unreadable image": (
         lambda t, d: {"dataset": str(bad_image_file(t, d)), "adapter": "vqav2", "count": 20},
-        "row 4 (line 5): unreadable image",
+        "row 4 (line 5), id '5004': unreadable image",
     ),
     "missing image": (
         lambda t, d: {

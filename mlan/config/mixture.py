@@ -11,8 +11,9 @@ from pydantic_core import PydanticCustomError
 
 from mlan.config.base import StrictModel
 
-# Adapter name -> the modality of the rows it produces (None: decided by the source's columns).
-ADAPTERS: dict[str, Literal["language", "vision"] | None] = {
+# Adapter name -> the modality of the rows it produces (None: decided by the source's columns;
+# "mixed": decided row by row, by whether the row has an image).
+ADAPTERS: dict[str, Literal["language", "vision", "mixed"] | None] = {
     "squad": "language",
     "strategyqa": "language",
     "commonsense_qa": "language",
@@ -23,6 +24,7 @@ ADAPTERS: dict[str, Literal["language", "vision"] | None] = {
     "chat": None,
     "qa": None,
     "plain": None,
+    "llava": "mixed",
 }
 
 # Canonical evaluation dataset names a mixture can declare it covers (the evaluation contract).
@@ -86,13 +88,18 @@ class SourceSpec(StrictModel):
     """Split to read (hub datasets and `save_to_disk` dataset dicts; a local file is one split)."""
     revision: str | None = None
     """Hub revision (branch, tag or commit) of the dataset."""
+    data_files: str | list[str] | dict[str, str | list[str]] | None = None
+    """File(s) of a hub dataset repo to read (e.g. `MLAN_80k.json`; a {split: files} mapping also works), for repos
+    of loose data files such as LLaVA JSON files; hub only (a local file is named in `dataset`)."""
     adapter: str
     """How rows become instructions: one of squad, strategyqa, commonsense_qa, cosmos_qa, arc, vqav2, aokvqa, chat, qa,
-    plain (question/answer columns as written, no instruction template: for data that carries its own phrasing)."""
+    plain (question/answer columns as written, no instruction template: for data that carries its own phrasing),
+    llava (LLaVA's JSON rows `{id, image?, conversations}`, used as given; each row is vision or language by its image)."""
     columns: Columns = Field(default_factory=Columns)
     """Column names for the generic `qa` and `chat` adapters."""
     image_root: str | None = None
-    """Folder that relative image paths of a local source are resolved against (default: the data file's folder)."""
+    """Folder that relative image paths are resolved against (LLaVA's `--image_folder`; default: the data file's
+    folder for a local source; a hub source whose rows hold paths needs it)."""
     count: int | None = Field(default=None, ge=0)
     """Number of training rows to take from this source (exactly one of count/fraction unless a modality split is given)."""
     fraction: float | None = Field(default=None, gt=0, le=1)
@@ -124,8 +131,8 @@ class SourceSpec(StrictModel):
         return v
 
     @property
-    def modality(self) -> Literal["language", "vision"]:
-        """`vision` when the rows carry images."""
+    def modality(self) -> Literal["language", "vision", "mixed"]:
+        """`vision` when the rows carry images; `mixed` when each row decides (the `llava` adapter)."""
         fixed = ADAPTERS[self.adapter]
         if fixed:
             return fixed
@@ -221,6 +228,11 @@ class MixtureSpec(StrictModel):
             raise _error(f"sources: duplicate source name {dup[0]!r} (names must be unique)")
         if self.modality_split is not None:
             for i, s in enumerate(self.sources):
+                if s.modality == "mixed":
+                    raise _error(
+                        f"sources.{i}: adapter {s.adapter!r} reads language and vision rows alike, so it cannot be "
+                        "apportioned by modality_split; give it a count or fraction instead"
+                    )
                 if s.count is not None or s.fraction is not None:
                     raise _error(
                         f"sources.{i}.{'count' if s.count is not None else 'fraction'}: not allowed with "

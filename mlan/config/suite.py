@@ -55,6 +55,8 @@ class HubData(StrictModel):
     """Dataset config name, e.g. `main` (None: the default config)."""
     split: str
     """Split to evaluate on, e.g. `test`; also the file name looked up under `--data-dir` (`<task>/<split>.jsonl`)."""
+    revision: str | None = None
+    """Hub revision (branch, tag or commit), e.g. `refs/convert/parquet` for the parquet export of a script-only repo."""
     images: HubData | None = None
     """A second dataset holding the images, joined on `image_key` (GQA keeps its images apart from its questions)."""
     image_key: str = "imageId"

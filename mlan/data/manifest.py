@@ -88,22 +88,33 @@ def _per_modality(stats: list) -> dict[str, dict[str, int]]:
         m: {"examples": 0, "text_tokens": 0, "image_tokens": 0, "tokens": 0, "images": 0} for m in MODALITIES
     }
     for st in stats:
-        pm = per_modality[st.modality]
-        pm["examples"] += st.train
-        pm["text_tokens"] += st.text_tokens
-        pm["image_tokens"] += st.image_tokens
-        pm["tokens"] += st.text_tokens + st.image_tokens
-        pm["images"] += st.images
+        # Counted per row, since a `llava` source mixes both modalities; only vision rows have images.
+        for m in MODALITIES:
+            pm = per_modality[m]
+            pm["examples"] += st.train_by_modality[m]
+            pm["text_tokens"] += st.text_tokens_by_modality[m]
+            pm["tokens"] += st.text_tokens_by_modality[m]
+        per_modality["vision"]["image_tokens"] += st.image_tokens
+        per_modality["vision"]["tokens"] += st.image_tokens
+        per_modality["vision"]["images"] += st.images
     return per_modality
+
+
+def _source_modality(st) -> str:
+    """The modality of a source's train rows: `mixed` when it gave both (a `llava` source), else the one
+    it gave, else (no train rows) the modality its spec implies."""
+    seen = [m for m in MODALITIES if st.train_by_modality[m]]
+    return "mixed" if len(seen) > 1 else seen[0] if seen else st.modality
 
 
 def _source_entry(st) -> dict[str, Any]:
     return {
         "dataset": st.dataset,
         "adapter": st.adapter,
-        "modality": st.modality,
+        "modality": _source_modality(st),
         "rows_in_source": st.rows_in_source,
         "train": st.train,
+        "train_by_modality": {m: st.train_by_modality[m] for m in MODALITIES},
         "validation": st.validation,
         "rows_examined": st.examined,
         "bad_rows": st.bad_rows,

@@ -25,12 +25,12 @@ from mlan.config.mixture import MixtureSpec, SourceSpec
 from mlan.data.adapters import ADAPTER_FUNCS, required_columns
 from mlan.data.hygiene import ContaminationChecker, Deduplicator, contamination_checker
 from mlan.data.manifest import build_manifest
-from mlan.data.sources import base_folder, load_image_bytes, open_dataset
+from mlan.data.sources import base_folder, is_local, load_image_bytes, open_dataset
 from mlan.data.templates import render
 from mlan.errors import MlanError, first_line
 from mlan.io import atomic_dir, atomic_write_json, check_output_dir
 from mlan.paths import resolve_data_path
-from mlan.schemas import BadRow
+from mlan.schemas import BadRow, is_json_lines
 from mlan.tiny import build_tokenizer
 
 log = logging.getLogger(__name__)
@@ -76,6 +76,9 @@ class SourceStats:
     image_tokens: int = 0
     images: int = 0
     templates: Counter = field(default_factory=Counter)
+    # Per row modality of the train rows: a `llava` source holds both kinds in one file.
+    train_by_modality: Counter = field(default_factory=Counter)
+    text_tokens_by_modality: Counter = field(default_factory=Counter)
 
 
 @dataclass
@@ -205,8 +208,9 @@ class _SplitWriter:
         if self.count_tokens:
             texts = ["\n".join(m["content"] for m in row["messages"]) for row, _ in self.pending]
             lengths = [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
-            for (_, stats), n in zip(self.pending, lengths, strict=True):
+            for (row, stats), n in zip(self.pending, lengths, strict=True):
                 stats.text_tokens += n
+                stats.text_tokens_by_modality[row["modality"]] += n
         batch = {k: [row[k] for row, _ in self.pending] for k in self.features}
         self.writer.write_batch(self.features.encode_batch(batch))
         self.pending.clear()
@@ -224,7 +228,14 @@ def _open_sources(spec: MixtureSpec) -> list:
     """Open every source and check its columns before any row is converted."""
     opened = []
     for src in spec.sources:
-        ds = open_dataset(src.dataset, config=src.config, split=src.split, revision=src.revision, what=_label(src))
+        ds = open_dataset(
+            src.dataset,
+            config=src.config,
+            split=src.split,
+            revision=src.revision,
+            what=_label(src),
+            data_files=src.data_files,
+        )
         cols = set(ds.column_names)
         missing = [c for c in required_columns(src) if c not in cols]
         if src.adapter == "vqav2" and not cols & {"answers", "multiple_choice_answer"}:
@@ -250,13 +261,15 @@ def _accept_row(src: SourceSpec, row, idx, stats, spec, adapter, root, is_jsonl,
     """One source row as a mixture row `(row, digest, template ids, images)`, or None when it is
     bad, a duplicate or contaminated (and dropped); the reason is counted in `stats`."""
     stats.examined += 1
+    item = None
     try:
         item = adapter(row, src)
         blobs = [load_image_bytes(v, root) for v in item.images or []]
         if src.modality == "vision" and not blobs:
             raise BadRow("no image in a vision source")
     except (BadRow, ValueError) as e:
-        where = f"row {idx}" + (f" (line {idx + 1})" if is_jsonl else "")
+        rid = getattr(e, "row_id", None) or (item.id if item is not None else None)
+        where = f"row {idx}" + (f" (line {idx + 1})" if is_jsonl else "") + (f", id {rid!r}" if rid else "")
         if src.bad_rows == "fail":
             raise MlanError(f"{_label(src)}: {where}: {e} (set bad_rows: skip to skip such rows)") from None
         stats.bad_rows += 1
@@ -311,7 +324,7 @@ def _fill_source(
     rng = random.Random(f"{spec.seed}/{src.name}")
     adapter = ADAPTER_FUNCS[src.adapter]
     root = resolve_data_path(src.image_root) if src.image_root else base_folder(src.dataset)
-    is_jsonl = src.dataset.endswith((".jsonl", ".json"))
+    is_jsonl = is_local(src.dataset) and is_json_lines(resolve_data_path(src.dataset))
     accepted, pos, t0 = 0, 0, time.perf_counter()
     while accepted < need:
         if pos >= n:
@@ -330,6 +343,7 @@ def _fill_source(
             out, digest, template_ids, blobs = accepted_row
             is_train = accepted < stats.train
             if is_train:
+                stats.train_by_modality[out["modality"]] += 1
                 stats.templates.update(template_ids)
                 stats.images += len(blobs)
                 stats.image_tokens += len(blobs) * image_tokens

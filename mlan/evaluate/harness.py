@@ -63,6 +63,9 @@ def task_yaml(task: SuiteTask, data_dir, overrides, workdir: Path) -> tuple[dict
     local = local_path(task, data_dir, overrides)
     if local is None:
         source = f"hub:{cfg.get('dataset_path', task.hub.path)}"
+        if task.hub.revision:  # lm-eval hands dataset_kwargs to datasets.load_dataset
+            cfg["dataset_kwargs"] = {"revision": task.hub.revision}
+            source += f"@{task.hub.revision}"
     else:
         if not local.is_file():
             raise MlanError(f"{local}: missing local data for task {task.name!r}")

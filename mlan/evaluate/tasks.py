@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mlan import hub as hf_hub  # module access, so tests can replace hf_hub.require_hub
-from mlan.config.suite import EvalSuite, SuiteTask
-from mlan.errors import MlanError
+from mlan.config.suite import EvalSuite, HubData, SuiteTask
+from mlan.errors import MlanError, first_line
 from mlan.evaluate.extract import LETTERS as ANSWER_LETTERS
 from mlan.paths import resolve_data_path
 from mlan.schemas import LETTERS, SCHEMAS, Item, find_local, read_rows
@@ -105,19 +105,36 @@ def _load_hub(task: SuiteTask) -> TaskData:
     hub = task.hub
     fix = f"pass --data-dir DIR with {task.name}/{hub.split}.jsonl, or --data {task.name}=FILE"
     hf_hub.require_hub(hub.path, f"dataset of task {task.name!r}", fix)
-    import datasets
-
-    ds = datasets.load_dataset(hub.path, hub.name, split=hub.split)
+    ds = _open_hub(hub, task.name)
     rows = list(ds)
     if hub.images is not None:
-        img = datasets.load_dataset(hub.images.path, hub.images.name, split=hub.images.split)
+        img = _open_hub(hub.images, task.name)
         by_id = {r["id"]: r["image"] for r in img}
         for r in rows:
             r["image"] = by_id.get(r.get(hub.image_key))
     fp = f"{hub.path}:{hub.name}:{hub.split}:{getattr(ds, '_fingerprint', '')}"
+    at = f"@{hub.revision}" if hub.revision else ""
     return TaskData(
-        rows=rows, source=f"hub:{hub.path}" + (f"/{hub.name}" if hub.name else "") + f"[{hub.split}]", fingerprint=fp
+        rows=rows,
+        source=f"hub:{hub.path}" + (f"/{hub.name}" if hub.name else "") + f"[{hub.split}]{at}",
+        fingerprint=fp,
     )
+
+
+def _open_hub(hub: HubData, task: str):
+    """One hub split; a failure the user can fix (script-only repo, unknown id/config/split) is one line."""
+    import datasets
+
+    try:
+        return datasets.load_dataset(hub.path, hub.name, split=hub.split, revision=hub.revision)
+    except Exception as e:
+        what = f"dataset of task {task!r}"
+        script = hf_hub.script_repo_error(e, hub.path, what)
+        if script is not None:
+            raise script from None
+        raise MlanError(
+            f"{what}: cannot load hub dataset {hub.path!r} (config {hub.name}, split {hub.split}): {first_line(e)}"
+        ) from None
 
 
 def to_items(
@@ -195,4 +212,5 @@ def data_fingerprint(task: SuiteTask, data_dir=None, overrides=None) -> str:
     p = local_path(task, data_dir, overrides)
     if p is not None:
         return hashlib.sha256(p.read_bytes()).hexdigest()[:16] if p.is_file() else f"missing:{p}"
-    return f"hub:{task.hub.path}:{task.hub.name}:{task.hub.split}"
+    at = f"@{task.hub.revision}" if task.hub.revision else ""  # unset keeps the keys of earlier results
+    return f"hub:{task.hub.path}:{task.hub.name}:{task.hub.split}{at}"

@@ -4,10 +4,11 @@
 A shared layer: mixtures (mlan.data) render items as training instructions, evaluation
 (mlan.evaluate) renders them as prompts; this package imports no stage.
 
-- `SCHEMAS`: schema name -> reader `(row) -> Item` (`arc`, `commonsense_qa`, `squad`, `pope`, ...).
+- `SCHEMAS`: schema name -> reader `(row) -> Item` (`arc`, `commonsense_qa`, `squad`, `pope`, ...;
+  `llava`: LLaVA's own JSON rows, see mlan.schemas.llava).
 - `BY_COLUMNS`: `qa`, `chat`, `plain` readers `(row, columns) -> Item` for data in no published schema.
 - `REQUIRED_COLUMNS`: the top-level columns a mixture checks before reading a schema's rows.
-- `open_local`, `read_rows`, `find_local`: local JSONL/JSON/Parquet files and save_to_disk folders.
+- `open_local`, `read_rows`, `find_local`, `is_json_lines`: local JSONL/JSON/Parquet files and save_to_disk folders.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from mlan.schemas import language, vision
-from mlan.schemas.files import LOCAL_SUFFIXES, find_local, open_local, read_rows
+from mlan.schemas.files import LOCAL_SUFFIXES, find_local, is_json_lines, open_local, read_rows
 from mlan.schemas.generic import BY_COLUMNS, qa_rows
 from mlan.schemas.item import LETTERS, BadRow, Item
+from mlan.schemas.llava import llava
 
 SCHEMAS: dict[str, Callable[[dict], Item]] = {
     "squad": language.squad,
@@ -38,6 +40,7 @@ SCHEMAS: dict[str, Callable[[dict], Item]] = {
     "gqa": vision.gqa,
     "scienceqa": vision.scienceqa,
     "qa_rows": qa_rows,
+    "llava": llava,
 }
 
 # VQAv2 also needs `answers` or `multiple_choice_answer` (either will do; the mixture checks that).
@@ -49,6 +52,7 @@ REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
     "cosmos_qa": ("id", "context", "question", "answer0", "answer1", "answer2", "answer3", "label"),
     "vqav2": ("question", "image"),
     "aokvqa": ("question_id", "question", "choices", "correct_choice_idx", "image"),
+    "llava": ("conversations",),
 }
 
 __all__ = [
@@ -60,6 +64,7 @@ __all__ = [
     "BadRow",
     "Item",
     "find_local",
+    "is_json_lines",
     "open_local",
     "read_rows",
 ]

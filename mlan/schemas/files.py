@@ -49,6 +49,18 @@ def open_local(path: Path, *, split: str | None, what: str):
     return ds
 
 
+def is_json_lines(path: Path) -> bool:
+    """Whether a local file holds one JSON row per line (so row N is line N + 1), rather than a JSON
+    list such as LLaVA's pretty-printed files, where a row number says nothing about lines."""
+    if path.suffix == ".jsonl":
+        return True
+    if path.suffix != ".json" or not path.is_file():
+        return False
+    with path.open("rb") as f:
+        head = f.read(4096).lstrip()
+    return not head.startswith(b"[") and not _rows_under_data(path)
+
+
 def _rows_under_data(path: Path) -> bool:
     """Whether a .json file is one object holding its rows in a `data` list (the Arrow loader
     needs to be told; it reads a list of rows or JSON lines by itself)."""

@@ -17,7 +17,12 @@ LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
 class BadRow(ValueError):
-    """A row its reader cannot use; the message says which field and why."""
+    """A row its reader cannot use; the message says which field and why, and `row_id` the row's
+    own id when the reader knows it (the mixture names it beside the row number)."""
+
+    def __init__(self, message: str, row_id: str | None = None) -> None:
+        super().__init__(message)
+        self.row_id = row_id
 
 
 @dataclass
