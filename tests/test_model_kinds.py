@@ -97,7 +97,19 @@ def test_llava_next_vision_eval_and_merge(cli, llava_next_dir, eval_data, tmp_pa
 
     llm = save_language_model(llava_next_dir, tmp_path / "llm")
     merged = tmp_path / "merged"
-    r = cli("merge", "--multimodal", llava_next_dir, "--original", llm, "--method", "linear", "--alpha", "1", "--out", merged)
+    r = cli(
+        "merge",
+        "--multimodal",
+        llava_next_dir,
+        "--original",
+        llm,
+        "--method",
+        "linear",
+        "--alpha",
+        "1",
+        "--out",
+        merged,
+    )
     assert r.exit_code == 0, r.output
     from safetensors.torch import load_file
 
