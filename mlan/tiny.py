@@ -273,3 +273,34 @@ def save_tiny_llava(
     n = sum(p.numel() for p in model.parameters())
     log.info("tiny LLaVA (%s, %d parameters) written to %s", size, n, out)
     return Path(out)
+
+
+def build_llm_tokenizer(vocab_size: int = 1984):
+    """The tiny BPE as a plain Llama/Vicuna LLM ships its tokenizer, for building checkpoints in
+    other layouts (`mlan assemble`/`mlan convert` tests): `<s>` prepended, no `<image>` and no
+    `<pad>` (Llama has neither; LLaVA pads with `<unk>`), right padding. 1984 = 31 x 64 rows, so
+    adding `<image>` and `<pad>` grows the vocabulary to the next multiple of 64, as 32000 -> 32064."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<unk>", "<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_corpus(), trainer)
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", tok.token_to_id("<s>"))]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="</s>",
+        padding_side="right",
+        model_max_length=2048,
+    )

@@ -103,11 +103,13 @@ def _main(
 
 
 def _register() -> None:
-    from mlan.cli import evaluate, lab, merge, mixture, quickstart, sft, tiny, validate
+    from mlan.cli import checkpoints, evaluate, lab, merge, mixture, quickstart, sft, tiny, validate
 
     # validate reads YAML only: no library to set up.
     for name, fn, cls in (
         ("build-mixture", mixture.build_mixture, _Command),
+        ("assemble", checkpoints.assemble, _Command),
+        ("convert", checkpoints.convert, _Command),
         ("sft", sft.sft, _Command),
         ("eval", evaluate.evaluate, _Command),
         ("merge", merge.merge, _Command),
