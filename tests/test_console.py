@@ -16,7 +16,18 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-COMMANDS = ["build-mixture", "assemble", "convert", "sft", "eval", "merge", "quickstart", "lab", "tiny-model", "validate"]
+COMMANDS = [
+    "build-mixture",
+    "assemble",
+    "convert",
+    "sft",
+    "eval",
+    "merge",
+    "quickstart",
+    "lab",
+    "tiny-model",
+    "validate",
+]
 
 
 def _mlan(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
