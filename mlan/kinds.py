@@ -88,7 +88,7 @@ def read_model_config(ref: str | Path, *, revision: str | None = None, what: str
     if folder is not None:
         cfg = folder / "config.json"
         if not cfg.is_file():
-            raise MlanError(f"{folder}: not a model folder (no config.json)")
+            raise MlanError(f"{what} {folder}: not a model folder (no config.json)")
         try:
             return json.loads(cfg.read_text(encoding="utf-8"))
         except ValueError as e:

@@ -155,9 +155,8 @@ def _llama_style(tok, model_max_length: int, chat_template: str):
     )
 
 
-def build_tokenizer(vocab_size: int = VOCAB_SIZE):
-    """A byte-level BPE tokenizer trained on the bundled text (deterministic), Llama-style:
-    `<s>` is prepended on encoding, `<image>` is a special token."""
+def _trained_bpe(vocab_size: int, special_tokens: list[str]):
+    """A byte-level BPE `tokenizers.Tokenizer` trained on the bundled text (deterministic)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
@@ -165,11 +164,18 @@ def build_tokenizer(vocab_size: int = VOCAB_SIZE):
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
+        special_tokens=special_tokens,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tok.train_from_iterator(_corpus(), trainer)
+    return tok
+
+
+def build_tokenizer(vocab_size: int = VOCAB_SIZE):
+    """A byte-level BPE tokenizer trained on the bundled text (deterministic), Llama-style:
+    `<s>` is prepended on encoding, `<image>` is a special token."""
+    tok = _trained_bpe(vocab_size, SPECIAL_TOKENS)
     return _llama_style(tok, model_max_length=2048, chat_template=CHAT_TEMPLATE)
 
 
@@ -280,19 +286,10 @@ def build_llm_tokenizer(vocab_size: int = 1984):
     other layouts (`mlan assemble`/`mlan convert` tests): `<s>` prepended, no `<image>` and no
     `<pad>` (Llama has neither; LLaVA pads with `<unk>`), right padding. 1984 = 31 x 64 rows, so
     adding `<image>` and `<pad>` grows the vocabulary to the next multiple of 64, as 32000 -> 32064."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import processors
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=["<unk>", "<s>", "</s>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(_corpus(), trainer)
+    tok = _trained_bpe(vocab_size, ["<unk>", "<s>", "</s>"])
     tok.post_processor = processors.TemplateProcessing(
         single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", tok.token_to_id("<s>"))]
     )

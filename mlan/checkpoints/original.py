@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from mlan.errors import MlanError, first_line
-from mlan.kinds import current_name, is_original_llava_config
+from mlan.kinds import current_name, is_original_llava_config, read_model_config
 
 log = logging.getLogger(__name__)
 
@@ -151,12 +151,7 @@ def check_projector_type(ptype: str | None, where: str) -> None:
 def read_original_config(folder: Path) -> OriginalConfig:
     """The config.json of an original checkpoint, checked and mapped (one-line errors naming the field)."""
     path = folder / "config.json"
-    if not path.is_file():
-        raise MlanError(f"{folder}: not a model folder (no config.json)")
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as e:
-        raise MlanError(f"{path}: invalid JSON ({e})") from None
+    config = read_model_config(folder)
     _check_kind(config, path)
     check_projector_type(config.get("mm_projector_type"), str(path))
     for flag in ("mm_use_im_start_end", "mm_use_im_patch_token"):

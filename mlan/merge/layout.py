@@ -268,13 +268,7 @@ def weight_file_names(path: Path) -> list[str]:
 
 def open_checkpoint(path: Path, what: str) -> Checkpoint:
     """Read a folder's config and the headers of its weight files (no tensor data)."""
-    cfg_file = path / "config.json"
-    if not cfg_file.is_file():
-        raise MlanError(f"{what} {path}: not a model folder (no config.json)")
-    try:
-        config = json.loads(cfg_file.read_text(encoding="utf-8"))
-    except ValueError as e:
-        raise MlanError(f"{cfg_file}: invalid JSON ({e})") from None
+    config = kinds.read_model_config(path, what=what)
     names = weight_file_names(path)
     files: list[WeightFile] = [
         SafetensorsFile(path / n) if n.endswith(".safetensors") else TorchBinFile(path / n) for n in names
