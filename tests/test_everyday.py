@@ -62,7 +62,9 @@ def test_three_commands_chain_by_defaults(cli, tmp_path, monkeypatch, shared_dat
         "build-mixture",
         "--data-dir",
         data,
-        *_overrides(["size=240", "modality_split.language=240", "validation=12"]),
+        # MLAN's shares (1/4, 3/16 x 4; ARC split by size) at 240 rows; mlan's tiny tokenizer offline.
+        *_overrides(["size=240", "validation=12", "tokenizer=null"]),
+        *_overrides([f"sources.{i}.count={n}" for i, n in enumerate((60, 45, 45, 45, 30, 15))]),
     )
     assert r.exit_code == 0, r.output
     mixture = Path("runs/mixtures/mlan")

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from evaldata import SCIENCEQA_ROWS
 
-from mlan.data.templates import CHAIN_OF_THOUGHT, MULTIPLE_CHOICE, SHORT_ANSWER, YES_NO
+from mlan.data.templates import DIRECT_ANSWER, MULTIPLE_CHOICE, SHORT_ANSWER, YES_NO
 
 LETTER = re.compile(r"^[A-Z]$")
 
@@ -68,10 +68,14 @@ def test_quickstart_counts_ratios_and_rows(quickstart):
     assert m["modalities"]["vision"]["image_tokens"] == 40 * 576
     assert m["ratios"]["tokens_language_share"] < 0.75
     assert m["tokens"]["tokenizer"].startswith("mlan.tiny")
-    # Per-source counts add up, language sources split proportionally (all bundled slices hold 200 rows).
+    # Per-source counts add up; language sources at MLAN's shares (weights 4 : 3 : 3 : 3 : 2 + 1 of 280 rows).
     train = dd["train"]
     assert sum(s["train"] for s in m["sources"].values()) == 320
-    assert {s["train"] for n, s in m["sources"].items() if s["modality"] == "language"} <= {46, 47}
+    language = {n: s["train"] for n, s in m["sources"].items() if s["modality"] == "language"}
+    assert language == {
+        "squad": 70, "strategyqa": 53, "commonsense_qa": 53, "cosmos_qa": 52, "arc_easy": 35, "arc_challenge": 17
+    }  # fmt: skip
+    assert not any(s["drawn_with_replacement"] or s["repeats"] for s in m["sources"].values())
     assert sorted(set(train["id"])) == sorted(train["id"])
     assert m["covers_eval_tasks"] == ["arc_challenge", "arc_easy", "commonsense_qa"]
     assert len(m["config_hash"]) == len(m["content_hash"]) == 64
@@ -94,17 +98,21 @@ def test_quickstart_templates_and_images(quickstart):
         else:
             assert row["images"] == []
         target = assistant["content"]
-        if "So the answer is" in target:
-            kinds["cot"] += 1
-            assert any(t in user["content"] for t in CHAIN_OF_THOUGHT)
-        elif "\nA. " in user["content"]:
-            kinds["mc"] += 1
-            assert LETTER.match(target) and f"\n{target}. " in user["content"]
+        if "the direct answer is:" in target:
+            kinds["cot"] += 1  # MLAN's form: rationale, newline, phrase, answer, full stop; the user turn unchanged
+            rationale, _, last = target.rpartition("\n")
+            assert rationale and any(re.fullmatch(re.escape(t) + r" [A-Z]\.", last) for t in DIRECT_ANSWER)
+            assert any(f" {t}\nA " in user["content"] for t in MULTIPLE_CHOICE)
+        elif "\nA " in user["content"]:
+            kinds["mc"] += 1  # `<question> <instruction>\nA text\nB text...`, the letter as target
+            assert LETTER.match(target) and f"\n{target} " in user["content"]
+            assert any(f" {t}\nA " in user["content"] for t in MULTIPLE_CHOICE)
         elif any(t in user["content"] for t in YES_NO):
-            kinds["yesno"] += 1
-            assert target in ("yes", "no")
+            kinds["yesno"] += 1  # `[Context: c\n]<instruction>\n<question>`
+            assert target in ("yes", "no") and any(f"{t}\n" in user["content"] for t in YES_NO)
         else:
             kinds["short"] += 1
+            assert any(f"{t}\n" in user["content"] for t in SHORT_ANSWER)
         if row["source"] == "squad":
             assert user["content"].startswith("Context: ")
     assert all(kinds.values()), kinds
@@ -251,7 +259,9 @@ def test_generic_chat_and_qa_adapters_and_chain_of_thought(cli, shared_data, tmp
     for row in by_source["chat"]:
         assert row["messages"][0] == {"role": "system", "content": "Be brief."} and len(row["images"]) == 1
     for row in by_source["sqa"]:
-        assert row["messages"][1]["content"].endswith(".") and "So the answer is " in row["messages"][1]["content"]
+        assert (
+            row["messages"][1]["content"].endswith(".") and " the direct answer is: " in row["messages"][1]["content"]
+        )
         assert row["id"].startswith("sqa:")
     assert all(r["messages"][1]["content"] in ("yes", "no") for r in by_source["boolq"])
     assert any(k.startswith("cot/") for k in m["templates"]["used"])
@@ -352,25 +362,6 @@ def test_token_counts_with_model_tokenizer_and_processor(cli, quickstart, tiny_l
     # Same rows, same tokenizer vocabulary as the built-in default: the same text token counts.
     assert m["content_hash"] == manifest(quickstart)["content_hash"]
     assert m["modalities"]["language"]["text_tokens"] == manifest(quickstart)["modalities"]["language"]["text_tokens"]
-
-
-def test_shipped_specs_are_the_mlan_mixtures():
-    from mlan.config.base import load_config
-    from mlan.config.mixture import MixtureSpec
-    from mlan.paths import shipped_dir
-
-    splits = {
-        "mlan": (80000, 0),
-        "mlan_v_llama2": (70000, 10000),
-        "mlan_v_vicuna": (40000, 40000),
-        "vision_only": (0, 80000),
-    }
-    for name, (lang, vis) in splits.items():
-        spec = load_config(shipped_dir("data_mixtures") / f"{name}.yaml", MixtureSpec)
-        assert (spec.modality_split.language, spec.modality_split.vision, spec.size) == (lang, vis, 80000)
-        assert {e.task for e in spec.contamination.evals} >= {"boolq", "commonsense_qa", "arc_easy", "pope", "gqa"}
-        covers = {t for s in spec.sources if getattr(spec.modality_split, s.modality) for t in s.covered_tasks()}
-        assert covers == ({"commonsense_qa", "arc_easy", "arc_challenge"} if lang else set())
 
 
 # ---------------------------------------------------------------- bad input: one line, exit 2, nothing written

@@ -101,11 +101,17 @@ class SourceSpec(StrictModel):
     """Folder that relative image paths are resolved against (LLaVA's `--image_folder`; default: the data file's
     folder for a local source; a hub source whose rows hold paths needs it)."""
     count: int | None = Field(default=None, ge=0)
-    """Number of training rows to take from this source (exactly one of count/fraction unless a modality split is given)."""
+    """Number of training rows to take from this source (exactly one of count/fraction unless a modality split is given);
+    above the source's size only with `replace: true`."""
     fraction: float | None = Field(default=None, gt=0, le=1)
     """Share of this source's rows to take for training, in (0, 1]."""
     weight: float | None = Field(default=None, gt=0)
     """With a modality split: relative weight of this source within its modality (default: its number of rows)."""
+    replace: bool = False
+    """Draw the training rows with replacement, as MLAN's data preparation does, so `count` (or a weight's share)
+    may exceed the source's size: a row drawn again repeats the row as first rendered, and the manifest counts the
+    repeats. Validation rows are still distinct and never trained on. Without it, asking for more rows than the
+    source holds is an error."""
     chain_of_thought: float = Field(default=0.0, ge=0, le=1)
     """Share of rows with a rationale rendered in the chain-of-thought form (rationale, then the answer)."""
     bad_rows: Literal["fail", "skip"] = "fail"

@@ -21,9 +21,18 @@ def _by_columns(read: Callable) -> Callable[[dict, SourceSpec], Item]:
     return lambda row, src: read(row, src.columns)
 
 
+def _arc_as_mlan(row: dict, src: SourceSpec) -> Item:
+    """An ARC row as MLAN's data preparation reads it: a stem that is no question ends in "..."
+    ("The best way to cool a drink is...": wang-research-lab/mlan@7ce179a8:llava/anno/evaluate_util.py L294)."""
+    item = SCHEMAS["arc"](row)
+    if not item.question.endswith("?"):
+        item.question += "..."
+    return item
+
+
 ADAPTER_FUNCS: dict[str, Callable[[dict, SourceSpec], Item]] = {
     name: _by_columns(BY_COLUMNS[name]) if name in BY_COLUMNS else _by_schema(SCHEMAS[name]) for name in ADAPTERS
-}
+} | {"arc": _arc_as_mlan}
 
 
 def required_columns(src: SourceSpec) -> list[str]:

@@ -18,7 +18,13 @@ MODALITIES = ("language", "vision")
 
 def config_hash(spec: MixtureSpec) -> str:
     """SHA-256 of the resolved spec (defaults filled in, keys sorted)."""
-    return hashlib.sha256(json.dumps(spec.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+    data = spec.model_dump(mode="json")
+    # `replace` came later; left at its default (the earlier behaviour) it keeps older specs' hashes, so
+    # their built folders are not taken for stale.
+    for src in data["sources"]:
+        if not src["replace"]:
+            del src["replace"]
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
 def _share(a: int, b: int) -> float | None:
@@ -114,6 +120,9 @@ def _source_entry(st) -> dict[str, Any]:
         "modality": _source_modality(st),
         "rows_in_source": st.rows_in_source,
         "train": st.train,
+        "drawn_with_replacement": st.replace,
+        # Train rows that repeat a row drawn before (replace: true); distinct rows are train - repeats.
+        "repeats": st.repeats,
         "train_by_modality": {m: st.train_by_modality[m] for m in MODALITIES},
         "validation": st.validation,
         "rows_examined": st.examined,

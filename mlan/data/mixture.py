@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
 import logging
-import random
 import tempfile
 import time
 from collections import Counter
@@ -21,22 +19,21 @@ from pathlib import Path
 from typing import Any
 
 from mlan import hub as hf_hub
-from mlan.config.mixture import MixtureSpec, SourceSpec
-from mlan.data.adapters import ADAPTER_FUNCS, required_columns
-from mlan.data.hygiene import ContaminationChecker, Deduplicator, contamination_checker
+from mlan.config.mixture import MixtureSpec
+from mlan.data.adapters import required_columns
+from mlan.data.fill import SourceFill
+from mlan.data.fill import label as _label
+from mlan.data.hygiene import Deduplicator, contamination_checker
 from mlan.data.manifest import build_manifest
-from mlan.data.sources import base_folder, is_local, load_image_bytes, open_dataset
-from mlan.data.templates import render
+from mlan.data.sources import open_dataset
 from mlan.errors import MlanError, first_line
 from mlan.io import atomic_dir, atomic_write_json, check_output_dir
 from mlan.paths import resolve_data_path
-from mlan.schemas import BadRow, is_json_lines
 from mlan.tiny import build_tokenizer
 
 log = logging.getLogger(__name__)
 
 WRITE_BATCH = 512
-MAX_BAD_EXAMPLES = 5
 
 
 def features():
@@ -66,6 +63,8 @@ class SourceStats:
     train: int
     validation: int
     covers: list[str]
+    replace: bool = False
+    repeats: int = 0
     examined: int = 0
     bad_rows: int = 0
     bad_row_examples: list[str] = field(default_factory=list)
@@ -105,14 +104,6 @@ def apportion(total: int, weights: list[float]) -> list[int]:
     return out
 
 
-def _stable_int(text: str) -> int:
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
-
-
-def _label(src: SourceSpec) -> str:
-    return f"source {src.name!r} ({src.dataset})"
-
-
 def plan_counts(spec: MixtureSpec, sizes: list[int]) -> tuple[list[int], list[int]]:
     """Training and validation rows per source, from counts, fractions or the modality split."""
     if spec.modality_split is not None:
@@ -132,10 +123,15 @@ def plan_counts(spec: MixtureSpec, sizes: list[int]) -> tuple[list[int], list[in
     n_val = int(spec.validation) if spec.validation >= 1 else round(spec.validation * total)
     val = apportion(n_val, train)
     for src, t, v, n in zip(spec.sources, train, val, sizes, strict=True):
-        if t + v > n:
+        if src.replace and t and v >= n:
+            raise MlanError(
+                f"{_label(src)}: its {v} validation rows take all {n} rows, leaving none to draw its {t} training "
+                "rows from; lower the validation size"
+            )
+        if not src.replace and t + v > n:
             raise MlanError(
                 f"{_label(src)}: asks for {t + v} rows ({t} train + {v} validation) but holds only {n}; "
-                "lower its count/fraction or the validation size"
+                "lower its count/fraction or the validation size, or draw with replacement (replace: true)"
             )
     return train, val
 
@@ -147,7 +143,8 @@ def _tokenizer(spec: MixtureSpec):
     from transformers import AutoTokenizer
 
     ref = str(resolve_data_path(spec.tokenizer)) if Path(spec.tokenizer).expanduser().exists() else spec.tokenizer
-    hf_hub.require_hub(ref, "tokenizer", "give a local tokenizer folder in `tokenizer`", model=True)
+    fix = "give a local tokenizer folder (-o tokenizer=DIR), or count with mlan's tiny tokenizer (-o tokenizer=null)"
+    hf_hub.require_hub(ref, "tokenizer", fix, model=True)
     try:
         return AutoTokenizer.from_pretrained(ref), spec.tokenizer
     except Exception as e:  # not a tokenizer folder / unknown id: one line
@@ -249,120 +246,6 @@ def _open_sources(spec: MixtureSpec) -> list:
     return opened
 
 
-def _rows(ds, batch_size: int = 256):
-    """Rows as dicts, read in Arrow batches (iterating a Dataset row by row is several times slower)."""
-    for batch in ds.iter(batch_size=batch_size):
-        keys = list(batch)
-        for values in zip(*(batch[k] for k in keys), strict=True):
-            yield dict(zip(keys, values, strict=True))
-
-
-def _accept_row(src: SourceSpec, row, idx, stats, spec, adapter, root, is_jsonl, dedup, checker, rng):
-    """One source row as a mixture row `(row, digest, template ids, images)`, or None when it is
-    bad, a duplicate or contaminated (and dropped); the reason is counted in `stats`."""
-    stats.examined += 1
-    item = None
-    try:
-        item = adapter(row, src)
-        blobs = [load_image_bytes(v, root) for v in item.images or []]
-        if src.modality == "vision" and not blobs:
-            raise BadRow("no image in a vision source")
-    except (BadRow, ValueError) as e:
-        rid = getattr(e, "row_id", None) or (item.id if item is not None else None)
-        where = f"row {idx}" + (f" (line {idx + 1})" if is_jsonl else "") + (f", id {rid!r}" if rid else "")
-        if src.bad_rows == "fail":
-            raise MlanError(f"{_label(src)}: {where}: {e} (set bad_rows: skip to skip such rows)") from None
-        stats.bad_rows += 1
-        if len(stats.bad_row_examples) < MAX_BAD_EXAMPLES:
-            stats.bad_row_examples.append(f"{where}: {e}")
-        return None
-    image_digests = [hashlib.sha256(b).hexdigest() for b, _ in blobs]
-    if dedup is not None:
-        dup = dedup.seen(item, image_digests)
-        if dup:
-            setattr(stats, f"{dup}_duplicates", getattr(stats, f"{dup}_duplicates") + 1)
-            return None
-    row_id = f"{src.name}:{item.id or idx}"
-    hits = checker.check(item.question) if checker is not None else []
-    if hits:
-        checker.record(hits, src.name, row_id, dropped=spec.contamination.drop)
-        if spec.contamination.drop:
-            stats.contaminated_dropped += 1
-            return None
-    messages, template_ids = render(item, rng, src.chain_of_thought)
-    out = {
-        "messages": messages,
-        "images": [{"bytes": b, "path": name} for b, name in blobs],
-        "modality": "vision" if blobs else "language",
-        "source": src.name,
-        "id": row_id,
-    }
-    digest = hashlib.sha256(
-        json.dumps([messages, out["modality"], src.name, row_id, image_digests], sort_keys=True).encode()
-    ).digest()
-    return out, digest, template_ids, blobs
-
-
-def _fill_source(
-    src: SourceSpec,
-    ds,
-    stats: SourceStats,
-    spec: MixtureSpec,
-    dedup: Deduplicator | None,
-    checker: ContaminationChecker | None,
-    writers: tuple[_SplitWriter, _SplitWriter],
-    image_tokens: int,
-) -> None:
-    """Walk a seeded permutation of the source until its train + validation rows are accepted."""
-    import numpy as np
-
-    need = stats.train + stats.validation
-    if need == 0:
-        return
-    n = len(ds)
-    perm = np.random.default_rng([spec.seed, _stable_int(src.name)]).permutation(n)
-    rng = random.Random(f"{spec.seed}/{src.name}")
-    adapter = ADAPTER_FUNCS[src.adapter]
-    root = resolve_data_path(src.image_root) if src.image_root else base_folder(src.dataset)
-    is_jsonl = is_local(src.dataset) and is_json_lines(resolve_data_path(src.dataset))
-    accepted, pos, t0 = 0, 0, time.perf_counter()
-    while accepted < need:
-        if pos >= n:
-            raise MlanError(
-                f"{_label(src)}: only {accepted} usable rows of {n} ({stats.bad_rows} bad, "
-                f"{stats.exact_duplicates + stats.near_duplicates} duplicates, {stats.contaminated_dropped} "
-                f"contaminated) but {need} needed; lower its count/fraction"
-            )
-        # Over-read a little so skipped rows rarely need a second pass.
-        take = perm[pos : pos + min(n - pos, need - accepted + (need - accepted) // 10 + 16)]
-        pos += len(take)
-        for idx, row in zip(take.tolist(), _rows(ds.select(take)), strict=True):
-            accepted_row = _accept_row(src, row, idx, stats, spec, adapter, root, is_jsonl, dedup, checker, rng)
-            if accepted_row is None:
-                continue
-            out, digest, template_ids, blobs = accepted_row
-            is_train = accepted < stats.train
-            if is_train:
-                stats.train_by_modality[out["modality"]] += 1
-                stats.templates.update(template_ids)
-                stats.images += len(blobs)
-                stats.image_tokens += len(blobs) * image_tokens
-            writers[0 if is_train else 1].add(out, digest, stats)
-            accepted += 1
-            if accepted % 10000 == 0:
-                log.info("%s: %d/%d rows", src.name, accepted, need)
-            if accepted >= need:
-                break
-    log.info(
-        "%s: %d rows (%d train, %d validation) in %.1f s",
-        src.name,
-        need,
-        stats.train,
-        stats.validation,
-        time.perf_counter() - t0,
-    )
-
-
 def build_mixture(spec: MixtureSpec, out: str | Path, *, overwrite: bool = False) -> MixtureResult:
     """Build the mixture described by `spec` into `out` (a `save_to_disk` DatasetDict with
     `train` and `validation` splits, plus `manifest.json`); the same spec and seed give the same
@@ -380,7 +263,7 @@ def build_mixture(spec: MixtureSpec, out: str | Path, *, overwrite: bool = False
     tokenizer, tokenizer_name = _tokenizer(spec)
     per_image, per_image_from = image_tokens_per_image(spec.image_tokens)
     stats = [
-        SourceStats(s.name, s.dataset, s.adapter, s.modality, n, t, v, s.covered_tasks())
+        SourceStats(s.name, s.dataset, s.adapter, s.modality, n, t, v, s.covered_tasks(), replace=s.replace)
         for s, n, t, v in zip(spec.sources, sizes, train, val, strict=True)
     ]
     dedup = Deduplicator() if spec.dedup else None
@@ -394,7 +277,7 @@ def build_mixture(spec: MixtureSpec, out: str | Path, *, overwrite: bool = False
             _SplitWriter(Path(scratch) / "validation.arrow", tokenizer, count_tokens=False),
         )
         for src, ds, st in zip(spec.sources, datasets_, stats, strict=True):
-            _fill_source(src, ds, st, spec, dedup, checker, writers, per_image)
+            SourceFill(src, ds, st, spec, dedup, checker, writers, per_image).run()
         digests = {name: w.digests for name, w in zip(("train", "validation"), writers, strict=True)}
         splits = {name: w.close() for name, w in zip(("train", "validation"), writers, strict=True)}
         # Rows were written source by source; shuffle them (seeded) so batches mix sources.

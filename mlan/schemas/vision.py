@@ -15,10 +15,14 @@ from mlan.schemas.item import LETTERS, BadRow, Item, get, image_list, row_id, te
 
 
 def vqav2(row: dict) -> Item:
-    """VQAv2 (`HuggingFaceM4/VQAv2` schema): the most common of the ten answers (first seen wins
-    a tie), `multiple_choice_answer` when the list is absent; yes/no answers are yes/no items."""
+    """VQAv2 (`HuggingFaceM4/VQAv2` schema): `multiple_choice_answer`, the answer MLAN trains on
+    (wang-research-lab/mlan@7ce179a8:llava/anno/evaluate_util.py L313); without that column, the most
+    common of the ten answers (first seen wins a tie). Yes/no answers are yes/no items."""
+    mca = row.get("multiple_choice_answer")
     answers = row.get("answers")
-    if answers:
+    if mca is not None and str(mca).strip():
+        answer = str(mca).strip()
+    elif answers:
         texts = [str(a["answer"] if isinstance(a, dict) else a).strip().lower() for a in answers]
         counts = Counter(t for t in texts if t)
         if not counts:
@@ -26,7 +30,9 @@ def vqav2(row: dict) -> Item:
         best = max(counts.values())
         answer = next(t for t in texts if counts.get(t) == best)
     else:
-        answer = text(row, "multiple_choice_answer").lower()
+        answer = text(row, "multiple_choice_answer")
+    if answer.lower() in ("yes", "no"):
+        answer = answer.lower()
     kind = "yesno" if answer in ("yes", "no") else "short"
     qid = row.get("question_id")
     return Item(kind, text(row, "question"), answer, str(qid if qid is not None else ""), images=[get(row, "image")])
