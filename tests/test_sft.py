@@ -126,7 +126,7 @@ def test_shipped_recipes_validate():
         assert (r.train.language_model, r.train.projector, r.train.vision_tower) == ("full", True, False)
         assert (t.learning_rate, t.num_train_epochs, t.global_batch_size, t.max_length) == (2e-5, 1, 64, 2048)
         assert (t.lr_scheduler_type, t.warmup_ratio, t.seed, t.precision) == ("cosine", 0.03, 42, "bf16")
-        assert t.group_by_modality_length and t.gradient_checkpointing
+        assert t.batch_order == "llava" and t.gradient_checkpointing
 
 
 def test_sft_config_gets_exactly_the_managed_fields(tmp_path):
@@ -187,38 +187,6 @@ def test_sft_config_gets_exactly_the_managed_fields(tmp_path):
     mapped = {s.removeprefix("training.") for s in sources.values() if s.startswith("training.")}
     assert not mapped & set(MLAN_ONLY)
     assert mapped | set(MLAN_ONLY) == set(TrainingSection.model_fields)
-
-
-def test_sampler_groups_by_modality_and_length():
-    import random
-
-    import torch
-
-    from mlan.train.sampler import ModalityLengthGroupedSampler
-
-    rnd = random.Random(0)
-    has_image = [i % 4 == 0 for i in range(1000)]
-    lengths = [rnd.randint(620, 900) if m else rnd.randint(100, 400) for m in has_image]
-    s = ModalityLengthGroupedSampler(lengths, has_image, per_device_batch=4, world_size=2, seed=7)
-    order = list(s)
-    assert sorted(order) == list(range(1000))
-    assert order == list(ModalityLengthGroupedSampler(lengths, has_image, 4, 2, seed=7))  # seeded
-    s.set_epoch(1)
-    assert list(s) != order  # another epoch, another order
-    batches = [order[i : i + 8] for i in range(0, 1000, 8)]
-    mixed = [b for b in batches if len({has_image[i] for i in b}) > 1]
-    assert len(mixed) <= 1 and (not mixed or mixed[0] == batches[-1])  # only the leftover batch mixes
-
-    def padding(order):
-        per_device = [order[i : i + 4] for i in range(0, len(order), 4)]
-        real = sum(lengths[i] for b in per_device for i in b)
-        return 1 - real / sum(max(lengths[i] for i in b) * len(b) for b in per_device)
-
-    text_only = list(ModalityLengthGroupedSampler(lengths, [False] * 1000, 4, 2, seed=7))
-    assert sorted(text_only) == list(range(1000))  # a language-only mixture (MLAN) is length-grouped only
-
-    random_order = torch.randperm(1000, generator=torch.Generator().manual_seed(0)).tolist()
-    assert padding(order) < 0.05 < 0.2 < padding(random_order)
 
 
 def test_lengths_and_labels_match_the_collator(tiny_llava_dir, mixture_dir):

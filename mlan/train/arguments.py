@@ -102,9 +102,9 @@ def managed_args(
         "save_steps": Managed("training.save_steps", t.save_steps),
         "save_total_limit": Managed("training.save_total_limit", t.save_total_limit),
         "dataloader_num_workers": Managed("training.dataloader_num_workers", t.dataloader_num_workers),
-        # The Trainer's random order for ungrouped batches; grouped ones come from mlan's sampler instead
-        # (MlanSFTTrainer._get_train_sampler).
-        "train_sampling_strategy": Managed("training.group_by_modality_length", "random"),
+        # The Trainer's random order for `batch_order: random`; llava and wide come from mlan's sampler
+        # instead (MlanSFTTrainer._get_train_sampler).
+        "train_sampling_strategy": Managed("training.batch_order", "random"),
     }
 
 
