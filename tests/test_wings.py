@@ -196,7 +196,8 @@ def test_save_and_load_round_trip(tiny, tmp_path):
     base = copy.deepcopy(tiny[0])
     inputs = _batch(tiny, MIXED)
     base_logits = _logits(base, inputs)
-    model = _randomize(add_wings(base, WingsConfig(rank=8, layers=[1])))
+    # With the processor: the system prompt left out of the textual learner's keys is saved and restored.
+    model = _randomize(add_wings(base, WingsConfig(rank=8, layers=[1], router="modality"), processor=tiny[1]))
     expected = _logits(model, inputs)
     out = save_wings_model(model, tmp_path / "wings-model", tiny[1])
     assert is_wings_dir(out) and (out / "wings.safetensors").is_file()
@@ -225,7 +226,7 @@ def test_save_and_load_round_trip(tiny, tmp_path):
     with safe_open(str(ckpt / "model.safetensors"), "pt") as f:
         assert not any("wings" in k for k in list(f.keys()))
     assert torch.equal(_logits(load_wings_model(ckpt, device="cpu")[0], inputs), expected)
-    fresh = add_wings(copy.deepcopy(tiny[0]), WingsConfig(rank=8, layers=[1]))
+    fresh = add_wings(copy.deepcopy(tiny[0]), WingsConfig(rank=8, layers=[1], router="modality"), processor=tiny[1])
     load_wings_weights(fresh, ckpt)
     assert torch.equal(_logits(fresh, inputs), expected)
     assert torch.equal(_logits(copy.deepcopy(fresh), inputs), expected)
@@ -245,7 +246,7 @@ def test_parameter_groups_per_stage(tiny):
     model.train()
     groups = wings_parameter_groups(model, 1)
     assert [g["name"] for g in groups] == ["projector", "visual_learners"]
-    assert groups[0]["lr"] == 1e-3
+    assert groups[0]["lr"] == 2e-4  # Wings' run/pretrain_wings_llama3_1.sh
     grads = _train_step(model, inputs)
     assert grads and all("multi_modal_projector" in n or ".wings.visual." in n for n in grads)
     assert any(g.abs().sum() > 0 for n, g in grads.items() if ".wings.visual." in n)
@@ -281,7 +282,7 @@ def test_bad_input(tiny, tmp_path):
         add_wings(base, WingsConfig(rank=8, layers=[0, 5]))
     with pytest.raises(MlanError, match=r"^wings.router: 'attention' needs eager attention, but the model uses 'sdpa'"):
         add_wings(base, WingsConfig(rank=8, router="attention"))
-    model = add_wings(base, WingsConfig(rank=8))
+    model = add_wings(base, WingsConfig(rank=8, router="modality"))
     with pytest.raises(MlanError, match="already has Wings"):
         add_wings(model, WingsConfig(rank=8))
     with pytest.raises(MlanError, match="expected 1 or 2"):

@@ -99,13 +99,19 @@ def test_two_stages_train_the_right_parts(stages):
     for stage, routed in (("stage1", False), ("stage2", True)):
         meta = json.loads((stages[stage] / "wings_config.json").read_text())
         assert meta["use_router"] is routed and meta["config"]["rank"] == 8 and meta["layers"] == [0, 1]
+        # Wings as published: the attention router (on eager attention), the textual learner without the
+        # system prompt of the template the rows were rendered with, images padded (the recipes say so).
+        assert meta["config"]["router"] == "attention" and meta["system_prompt"]["ids"]
+        assert "attn_implementation: eager" in (stages[stage] / "recipe.yaml").read_text()
         losses = _losses(stages[stage])
         assert len(losses) == STEPS and sum(losses[-2:]) < sum(losses[:2]), losses
         results = json.loads((stages[stage] / "train_results.json").read_text())
         assert (
             results["parameters"]["wings"]["trainable"] > 0 and results["parameters"]["vision_tower"]["trainable"] == 0
         )
+        assert results["image_aspect_ratio"] == "pad"
         card = (stages[stage] / "README.md").read_text()
+        assert "`image_aspect_ratio: pad`" in card
         assert f"Wings stage {stage[-1]}" in card and "wings.safetensors" in card
         assert (stages[stage] / "mixture_manifest.json").is_file() and (stages[stage] / "recipe.yaml").is_file()
     # Stage 1 trains on image rows only (text-only rows give its parameters no gradient).
@@ -184,7 +190,8 @@ def test_resume_restores_the_learners(cli, stages, mixture, tmp_path):
     assert rates == {"language_model": 1e-3, "language_model_no_decay": 1e-3, "projector": 1e-3,
                      "projector_no_decay": 1e-3, "learners": 3e-3, "router": 3e-3, "router_no_decay": 3e-3}, rates  # fmt: skip
     # The Trainer's resume hook on a model with fresh learners brings back the checkpoint's learners and base.
-    model = add_wings(LlavaForConditionalGeneration.from_pretrained(stages["base"]), WingsConfig(rank=8))
+    base = LlavaForConditionalGeneration.from_pretrained(stages["base"], attn_implementation="eager")
+    model = add_wings(base, WingsConfig(rank=8))
     trainer = types.SimpleNamespace(is_fsdp_enabled=False, is_deepspeed_enabled=False, model=model)
     MlanSFTTrainer._load_from_checkpoint(trainer, str(ckpt))
     assert _same(wings_state_dict(model), load_file(str(ckpt / "wings.safetensors")))
@@ -221,8 +228,8 @@ BAD_WINGS = {
         "wings.layers: layer index 5 is out of range (the language model has 2 layers: 0-1)",
     ),
     "router kernel": (
-        lambda f, t: (f["base"], f["mixture"], ["-o", "wings.router=attention"]),
-        "wings.router: 'attention' needs eager attention, but the model uses 'sdpa'",
+        lambda f, t: (f["base"], f["mixture"], ["-o", "model.attn_implementation=sdpa"]),
+        "wings.router: 'attention' needs eager attention, but model.attn_implementation is 'sdpa'",
     ),
     "lora": (
         lambda f, t: (f["base"], f["mixture"], ["-o", "train.language_model=lora"]),

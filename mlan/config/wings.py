@@ -13,27 +13,36 @@ from pydantic import Field, field_validator
 
 from mlan.config.base import StrictModel
 
+# Learning rates from Wings' public training scripts (AIDC-AI/Wings@5dec325, run/*.sh). Their Trainer
+# gives `mm_projector_lr` only to parameters named by `lr_projector_follow_tuned_keys` ('mm_projector'
+# in the stage-2 scripts) and `learning_rate` to every other trainable parameter, learners and router
+# included (wings/trainer.py:142-179).
+
 
 class WingsStage1LR(StrictModel):
     """Learning rates of stage 1 (projector + visual learners; language model and vision tower frozen)."""
 
-    projector: float = Field(1e-3, gt=0)
-    """Learning rate of the multimodal projector (LLaVA's own pretraining stage uses 1e-3)."""
-    visual_learners: float = Field(1e-4, gt=0)
-    """Learning rate of the visual learners (not given in the paper; 1e-4 is a common low-rank adapter rate)."""
+    projector: float = Field(2e-4, gt=0)
+    """Learning rate of the multimodal projector: 2e-4, Wings' Llama-3.1 stage-1 script
+    (run/pretrain_wings_llama3_1.sh:22; its Qwen1.5 script uses 2e-5, run/pretrain_wings_qwen1_5.sh:22),
+    one rate for the projector and the visual learners (no `mm_projector_lr` there)."""
+    visual_learners: float = Field(2e-4, gt=0)
+    """Learning rate of the visual learners: the same script's single rate, 2e-4."""
 
 
 class WingsStage2LR(StrictModel):
     """Learning rates of stage 2 (both learners + router + full language model; vision tower frozen)."""
 
     language_model: float = Field(2e-6, gt=0)
-    """Learning rate of the language model (embeddings, decoder layers, head): 2e-6 in the paper."""
+    """Learning rate of the language model (embeddings, decoder layers, head): 2e-6, the paper and Wings'
+    stage-2 scripts (`--learning_rate`, run/finetune_wings_qwen1_5.sh:25, run/finetune_wings_llama3_1.sh:25)."""
     projector: float = Field(1e-5, gt=0)
-    """Learning rate of the multimodal projector: 1e-5 in the paper."""
-    learners: float = Field(1e-4, gt=0)
-    """Learning rate of the visual and textual learners (not given in the paper)."""
-    router: float = Field(1e-4, gt=0)
-    """Learning rate of the routers (not given in the paper)."""
+    """Learning rate of the multimodal projector: 1e-5 (`--mm_projector_lr`, the same scripts' line 24)."""
+    learners: float = Field(2e-6, gt=0)
+    """Learning rate of the visual and textual learners: 2e-6, the scripts' `--learning_rate`, which
+    Wings' Trainer gives every trainable parameter but the projector."""
+    router: float = Field(2e-6, gt=0)
+    """Learning rate of the routers: 2e-6, as the learners'."""
 
 
 class WingsConfig(StrictModel):
@@ -43,11 +52,12 @@ class WingsConfig(StrictModel):
     """Rank r of every low-rank projection of a learner (the paper uses 64 at hidden size 4096)."""
     layers: Literal["all"] | list[int] = "all"
     """Decoder layers that get learners: `all`, or a list of 0-based layer indices."""
-    router: Literal["attention", "modality"] = "modality"
-    """How the per-token learner weights are computed from the main attention. `attention`: the paper's
-    form, the main branch's attention probabilities summed over heads and pooled by key position
-    (needs eager attention). `modality`: the main branch's attention mass on image keys vs text keys,
-    per head (works with any attention kernel, SDPA included)."""
+    router: Literal["attention", "modality"] = "attention"
+    """How the per-token learner weights are computed from the main attention. `attention` (the paper's,
+    and Wings' `wings_router_type: linear`): a linear layer over the main branch's attention probabilities
+    summed over heads, by key position (AIDC-AI/Wings@5dec325:wings/model/base_module.py:81-98); it needs
+    eager attention, which `mlan sft` then loads. `modality`: the main branch's attention mass on image
+    keys vs text keys, per head (mlan's alternative; works with any attention kernel, SDPA included)."""
     router_max_positions: int = Field(4096, gt=0)
     """Input size of the `attention` router: key positions at or beyond it are pooled into the last slot."""
     init_std: float = Field(0.02, gt=0)

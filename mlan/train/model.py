@@ -38,7 +38,7 @@ def model_to_train(recipe: SFTRecipe, info: ModelInfo, cuda: bool, device_index:
     set_seed(recipe.training.seed)
     model = load_model(recipe, info, cuda, device_index)
     if recipe.wings is not None:
-        return ModelToTrain(model, wings_groups=add_recipe_wings(model, recipe, info.path))
+        return ModelToTrain(model, wings_groups=add_recipe_wings(model, recipe, info))
     if recipe.train.language_model in ("lora", "qlora"):
         for p in model.parameters():
             p.requires_grad_(False)
@@ -97,13 +97,15 @@ def lora_config(recipe: SFTRecipe):
     )
 
 
-def add_recipe_wings(model, recipe: SFTRecipe, path: str) -> list[dict]:
-    """Add the recipe's Wings learners (restored from `path` when it is a Wings folder); the stage's
-    optimizer groups (this also sets what trains and whether the router is used)."""
+def add_recipe_wings(model, recipe: SFTRecipe, info: ModelInfo) -> list[dict]:
+    """Add the recipe's Wings learners (restored from `info.path` when it is a Wings folder); the stage's
+    optimizer groups (this also sets what trains and whether the router is used). The system prompt of
+    the template the rows are rendered with is left out of the textual learner's keys."""
     from mlan.wings import add_wings, is_wings_dir, load_wings_weights, wings_parameter_groups
 
     config = recipe.wings.learner_config()
-    add_wings(model, config)
+    path = info.path
+    add_wings(model, config, processor=info.processor, chat_template=info.chat_template)
     if Path(path).is_dir() and is_wings_dir(path):
         # from_pretrained read the base only; the learners of the earlier stage live beside it.
         load_wings_weights(model, path)

@@ -12,7 +12,7 @@ from mlan.config.wings import WingsConfig
 from mlan.errors import MlanError, first_line
 from mlan.kinds import check_model_dir, default_device, resolve_dtype
 from mlan.wings.model import add_wings
-from mlan.wings.runtime import wings_layers
+from mlan.wings.runtime import set_system_prompt, wings_layers
 from mlan.wings.save import FORMAT, FORMAT_VERSION, WINGS_CONFIG, WINGS_WEIGHTS
 
 log = logging.getLogger(__name__)
@@ -98,6 +98,13 @@ def load_wings_model(path: str | Path, *, device: str | None = None, dtype: str 
         kwargs["attn_implementation"] = "eager"
     model = LlavaForConditionalGeneration.from_pretrained(str(p), **kwargs)
     add_wings(model, config, use_router=bool(meta.get("use_router", True)))
+    # The system prompt the learners were trained without, as saved (a folder from before it was
+    # recorded trained its textual learner on all text, and keeps doing so).
+    system = meta.get("system_prompt")
+    if system is not None and not (isinstance(system, dict) and isinstance(system.get("ids"), list)):
+        raise MlanError(f'{p / WINGS_CONFIG}: system_prompt: expected null or {{"ids": [...], "bos_token_id": ...}}')
+    if system:
+        set_system_prompt(model, system.get("ids", []), system.get("bos_token_id"))
     load_wings_weights(model, p)
     processor = AutoProcessor.from_pretrained(str(p))
     return model.to(device).eval(), processor

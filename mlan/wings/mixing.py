@@ -1,6 +1,8 @@
 """One Wings layer's contribution: `w_v * LoRRA_v(h) + w_t * LoRRA_t(h)`, with the router's weights.
 
-Called by the attention hook of `mlan.wings.runtime` with the forward's shared context.
+Called by the attention hook of `mlan.wings.runtime` with the forward's shared context. Each learner's
+output is added once: Wings' layer adds the routed outputs twice, once masked and once not
+(AIDC-AI/Wings@5dec325:wings/model/modeling_wings_llama.py:184-198), a defect not copied here.
 """
 
 from __future__ import annotations

@@ -20,10 +20,12 @@ from mlan.wings.runtime import (
     get_runtime,
     require_runtime,
     set_routing,
+    set_system_prompt,
     wings_layers,
     wings_parameters,
 )
 from mlan.wings.save import wings_save_pretrained
+from mlan.wings.system import system_prompt_ids
 
 log = logging.getLogger(__name__)
 
@@ -72,11 +74,14 @@ def check_router_kernel(config: WingsConfig, attn_implementation: str) -> None:
         )
 
 
-def add_wings(model, config: WingsConfig | None = None, *, use_router: bool = True):
+def add_wings(model, config: WingsConfig | None = None, *, use_router: bool = True, processor=None, chat_template=None):
     """Add Wings learners (and routers) to a LLaVA-style model in place and return it.
 
     With fresh learners the model's outputs are unchanged (bit for bit). `use_router=False`
     adds the learners' outputs directly (stage 1); `wings_parameter_groups` switches it per stage.
+    With `processor`, the system prompt its chat template (or `chat_template`) writes is left out of
+    the textual learner's keys, as in Wings' code; without it the textual learner sees all text
+    (`set_system_prompt` sets it later).
     """
     config = config or WingsConfig()
     if get_runtime(model) is not None:
@@ -100,13 +105,15 @@ def add_wings(model, config: WingsConfig | None = None, *, use_router: bool = Tr
     model.__dict__["_wings_runtime"] = WingsRuntime(model, config, layers, use_router)
     # Every save (the Trainer's checkpoints too) keeps the base a standard LLaVA folder.
     model.save_pretrained = types.MethodType(wings_save_pretrained, model)
+    if processor is not None:
+        tokenizer = getattr(processor, "tokenizer", processor)
+        set_system_prompt(model, system_prompt_ids(processor, chat_template), tokenizer.bos_token_id)
     n = sum(p.numel() for p in wings_parameters(model))
+    system = get_runtime(model).system_ids
     log.info(
-        "Wings: %d learner/router parameters on %d layers (rank %d, router %s)",
-        n,
-        len(layers),
-        config.rank,
-        config.router,
+        "Wings: %d learner/router parameters on %d layers (rank %d, router %s); textual learner: %s",
+        *(n, len(layers), config.rank, config.router),
+        "all text" if system is None else f"text without the {len(system)}-token system prompt",
     )
     return model
 

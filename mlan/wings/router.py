@@ -2,8 +2,13 @@
 
 Weights (w_v, w_t) = softmax(SiLU(linear(features))). Two feature forms:
 
-- `attention` (the paper's): the main branch's attention probabilities summed over heads and
-  pooled by key position into a fixed-size vector. Needs the probabilities, so eager attention.
+- `attention` (the paper's, and the default): the main branch's attention probabilities summed over
+  heads and pooled by key position into a fixed-size vector, as Wings' `ReweightLinear`
+  (AIDC-AI/Wings@5dec325:wings/model/base_module.py:81-98, fed the probabilities of an eager main
+  attention at wings/model/modeling_wings_llama.py:141-151 and :185). Needs the probabilities, so
+  eager attention. Deliberately not as there: keys are placed by rotary position, not by slot, so
+  left padding does not shift them, and positions past `router_max_positions` share the last slot
+  (Wings' weight slice would fail past its 4096 inputs).
 - `modality`: per head, the main branch's attention mass on image keys and on text keys. With
   eager attention it is read off the probabilities; with any other kernel it is computed by one
   extra `scaled_dot_product_attention` call whose values are the 0/1 image-key indicator: its

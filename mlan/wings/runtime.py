@@ -21,7 +21,8 @@ replaced `forward`, no private attention helpers or cache internals):
 - Visual keys/values are the projector's image features: LLaVA scatters them into the input
   embeddings at the image-token positions, so they are read there (multi-image and mixed
   batches need no extra bookkeeping). Textual keys/values are the embeddings of the other
-  non-padding tokens, causally masked.
+  non-padding tokens, causally masked, without the system prompt when it is known
+  (`set_system_prompt`, see `mlan.wings.system`), as Wings' code leaves it out.
 - KV cache: the learners keep their own keys/values for past tokens beside the main cache
   (weakly keyed by the cache object, whose length is read with the public `get_seq_length`),
   so generation with the cache gives the same tokens as without it. Not supported: beam search and cache cropping (the learners'
@@ -46,9 +47,11 @@ from mlan.errors import MlanError
 from mlan.wings.lorra import LoRRA
 from mlan.wings.mixing import learners_delta
 from mlan.wings.router import Router
+from mlan.wings.system import system_prefix_mask
 
 _CHUNK_KW = "wings_chunk"
 _IMAGE_KW = "wings_image_mask"
+_IDS_KW = "wings_input_ids"
 
 
 class WingsLayer(nn.Module):
@@ -111,6 +114,7 @@ class _Chunk:
     x: torch.Tensor  # (B, L, d) input embeddings (image features at image positions)
     image: torch.Tensor  # (B, L) bool
     mask2d: torch.Tensor | None
+    ids: torch.Tensor | None = None  # (B, L) token ids, when the forward got them: to find the system prompt
     context: _Context | None = None
 
 
@@ -127,6 +131,9 @@ class WingsRuntime:
         self.text_config = model.config.text_config
         self.caches: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self.pending: dict[int, _Pending] = {}
+        # Token ids of the system prompt the textual learner leaves out (None: unknown, nothing left out).
+        self.system_ids: tuple[int, ...] | None = None
+        self.bos_id: int | None = None
         self.hooks = [
             model.model.register_forward_pre_hook(self._llava_pre_hook, with_kwargs=True),
             self.language_model.register_forward_pre_hook(self._lm_pre_hook, with_kwargs=True),
@@ -163,10 +170,14 @@ class WingsRuntime:
             token = module.get_input_embeddings()(torch.tensor(self.image_token_id, device=embeds.device))
             mask = (embeds == token).all(-1)
         kwargs[_IMAGE_KW] = mask
+        kwargs[_IDS_KW] = input_ids
         return args, kwargs
 
     def _lm_pre_hook(self, module, args, kwargs):
         image = kwargs.pop(_IMAGE_KW, None)
+        ids = kwargs.pop(_IDS_KW, None)
+        if ids is None:  # the language model called on its own
+            ids = kwargs.get("input_ids", args[0] if args else None)
         embeds = kwargs.get("inputs_embeds")
         if embeds is None:
             input_ids = kwargs.get("input_ids", args[0] if args else None)
@@ -179,7 +190,7 @@ class WingsRuntime:
                 "Wings: expected a 2D attention mask (batch, tokens) from the tokenizer/processor; "
                 "4D masks and static caches are not supported"
             )
-        kwargs[_CHUNK_KW] = _Chunk(x=embeds, image=image.to(embeds.device), mask2d=mask2d)
+        kwargs[_CHUNK_KW] = _Chunk(x=embeds, image=image.to(embeds.device), mask2d=mask2d, ids=ids)
         return args, kwargs
 
     # -- per-forward context -----------------------------------------------------------------
@@ -205,6 +216,9 @@ class WingsRuntime:
         positions = position_ids.to(dev).expand(b, n)
         image = chunk.image & valid
         text = ~chunk.image & valid
+        if past == 0 and self.system_ids is not None and chunk.ids is not None:
+            # Only a first chunk can start with the system prompt (later ones continue a cached row).
+            text &= ~system_prefix_mask(chunk.ids.to(dev), valid, self.system_ids, self.bos_id)
         slots = torch.arange(past, past + n, device=dev)
 
         image_all = _extend(state.image if state else None, image)
@@ -408,6 +422,14 @@ def wings_parameters(model) -> list[nn.Parameter]:
 def set_routing(model, use_router: bool) -> None:
     """Route learner outputs by the router (stage 2, inference) or add them directly (stage 1)."""
     require_runtime(model).use_router = use_router
+
+
+def set_system_prompt(model, ids: list[int] | tuple[int, ...] | None, bos_id: int | None = None) -> None:
+    """Leave a row's system prompt (`ids`, the tokens after any BOS; see `mlan.wings.system`) and its BOS out
+    of the textual learner's keys, in rows that start with it; None leaves nothing out."""
+    runtime = require_runtime(model)
+    runtime.system_ids = None if ids is None else tuple(int(i) for i in ids)
+    runtime.bos_id = bos_id
 
 
 def require_runtime(model) -> WingsRuntime:

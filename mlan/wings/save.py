@@ -4,7 +4,8 @@ Folder layout:
 - everything `LlavaForConditionalGeneration.save_pretrained` + the processor write (the base model,
   loadable on its own by any LLaVA tooling, without the learners);
 - `wings.safetensors`: learner and router parameters, keys `layers.<i>.<visual|textual|router>.<name>`;
-- `wings_config.json`: the `WingsConfig`, the routing mode and the layer indices.
+- `wings_config.json`: the `WingsConfig`, the routing mode, the layer indices and the system prompt's token
+  ids that the textual learner leaves out.
 """
 
 from __future__ import annotations
@@ -62,6 +63,10 @@ def write_wings_files(model, folder: str | Path) -> None:
             "config": runtime.config.model_dump(mode="json"),
             "use_router": runtime.use_router,
             "layers": runtime.layer_ids,
+            # What the textual learner left out (mlan.wings.system); null: nothing (older folders lack the key).
+            "system_prompt": None
+            if runtime.system_ids is None
+            else {"ids": list(runtime.system_ids), "bos_token_id": runtime.bos_id},
         },
     )
 
