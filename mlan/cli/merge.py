@@ -34,6 +34,12 @@ def merge(
     density: Annotated[
         str | None, typer.Option(help="Kept fraction of the task vector in (0, 1] (ties/dare); a comma list sweeps.")
     ] = None,
+    sparsify_scope: Annotated[
+        str | None,
+        typer.Option(
+            help="ties: keep the density per tensor (tensor, default) or over the whole task vector (global)."
+        ),
+    ] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of DARE's random masks.")] = None,
     out: Annotated[
         Path | None, typer.Option("--out", help="Output folder (default: runs/merges/<model>-<method>-a<alpha>).")
@@ -60,6 +66,7 @@ def merge(
     from mlan.merge.sweep import SweepReport
 
     options = {"multimodal": multimodal, "original": original, "method": method, "seed": seed}
+    options |= {"sparsify_scope": sparsify_scope}
     options |= {"alpha": _numbers("--alpha", alpha) if alpha else None}
     options |= {"density": _numbers("--density", density) if density else None}
     options |= {"out": str(out) if out is not None else None, "suites": list(suite) if suite else None}
@@ -73,9 +80,10 @@ def merge(
 
 def _print_merge(result) -> None:
     c = console()
+    scope = ", one threshold over the whole task vector" if result.sparsify_scope == "global" else ""
     c.print(
         f"merged {result.merged_tensors} language-model tensors ({result.method}, alpha {result.alpha:g}, "
-        f"density {result.density:g}); copied {result.copied_tensors} vision/projector tensors unchanged"
+        f"density {result.density:g}{scope}); copied {result.copied_tensors} vision/projector tensors unchanged"
     )
     if result.kept_vocab_rows:
         c.print(f"kept {result.kept_vocab_rows} vocabulary rows the original LLM lacks from the multimodal model")

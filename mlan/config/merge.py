@@ -65,6 +65,11 @@ class MergeConfig(StrictModel):
     """Fraction K of the task vector kept, in (0, 1]; below 1 only for ties, dare_linear, dare_ties.
     A list makes a sweep."""
 
+    sparsify_scope: Literal["tensor", "global"] = "tensor"
+    """Where ties' magnitude trim keeps the fraction K: `tensor`, in each tensor (mergekit's scope);
+    `global`, over the whole task vector with one threshold (the TIES authors' code), so tensors whose
+    task vector is small keep less. DARE drops entries independently, so it has no scope."""
+
     seed: int = 0
     """Seed of DARE's random masks (each tensor's mask comes from this seed and its name)."""
 
@@ -102,6 +107,15 @@ class MergeConfig(StrictModel):
             raise ValueError(
                 f"density: method {self.method} keeps the whole task vector (density 1); "
                 f"use one of {', '.join(SPARSE_METHODS)} to sparsify"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _global_scope_needs_ties(self) -> MergeConfig:
+        if self.sparsify_scope == "global" and self.method != "ties":
+            raise ValueError(
+                f"sparsify_scope: global applies to ties' magnitude trim, not to method {self.method} "
+                "(DARE drops each entry independently, so it has no scope)"
             )
         return self
 

@@ -1,25 +1,20 @@
 """Merging tensor by tensor: read one block of rows of each model, merge, append it to the output shard.
 
-Peak memory stays at a few blocks of rows (16 MB float32 buffers; for TIES also one float32 copy
-of the tensor's magnitudes, so near the largest tensor), not the size of one model, let alone
-two. The output mirrors the multimodal model's sharding and key layout, so `from_pretrained`
-loads it exactly as it loads the input.
-
-The output safetensors files are written by hand (8-byte header length, JSON header, then each
-tensor's bytes) because `safetensors.torch.save_file` needs every tensor of a file in memory at
-once; all shapes and dtypes are known before the first byte is written, so the header can go first
-and the data can stream after it.
+Peak memory stays at a few blocks of rows (16 MB float32 buffers; for TIES in `tensor` scope also
+one float32 copy of the tensor's magnitudes, so near the largest tensor), not the size of one
+model, let alone two. The output mirrors the multimodal model's sharding and key layout, so
+`from_pretrained` loads it exactly as it loads the input; the files are streamed by
+`mlan.merge.writer`. TIES in `global` scope first streams the task vector to find its one
+threshold (`mlan.merge.sparsify`), then merges as above.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import shutil
-import struct
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,7 +36,9 @@ from mlan.merge.layout import (
     open_checkpoint,
     resolve_model_dir,
 )
-from mlan.merge.methods import add_task_vector, apply_trim, merge_tensor, task_vector, trim_threshold
+from mlan.merge.methods import add_task_vector, merge_tensor, task_vector
+from mlan.merge.sparsify import Trim, global_trim, tensor_trim
+from mlan.merge.writer import SafetensorsWriter, _tensor_bytes
 from mlan.runs import RUNS_DIR
 from mlan.wings.save import WINGS_WEIGHTS
 
@@ -72,6 +69,7 @@ class MergeResult:
     shards: int
     bytes_written: int
     seconds: float
+    sparsify_scope: str = "tensor"
     merged_names: list[str] = field(default_factory=list, repr=False)
 
     def summary(self) -> dict[str, Any]:
@@ -91,52 +89,6 @@ class _Plan:
     llm: TensorInfo | None = None  # None: copied from the multimodal model bit for bit
     name: str = ""  # the original LLM's (causal-LM) name, for messages and DARE seeds
     shared_rows: int | None = None  # vocabulary tensors: rows shared with the original LLM
-
-
-class SafetensorsWriter:
-    """Writes one safetensors file whose tensors are declared up front and then streamed in order."""
-
-    def __init__(self, path: Path, entries: list[tuple[str, str, tuple[int, ...], int]]):
-        header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
-        offset = 0
-        for key, dtype, shape, nbytes in entries:
-            header[key] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
-            offset += nbytes
-        raw = json.dumps(header, separators=(",", ":")).encode()
-        raw += b" " * (-len(raw) % 8)  # the data starts 8-byte aligned, as safetensors writes it
-        self.path = path
-        self.expected = [(key, nbytes) for key, _, _, nbytes in entries]
-        self.total = offset
-        self._i = 0
-        self._f = open(path, "wb")  # noqa: SIM115 (closed in close(), after every tensor is streamed)
-        self._f.write(struct.pack("<Q", len(raw)))
-        self._f.write(raw)
-
-    def write(self, key: str, chunks) -> None:
-        """Append the next declared tensor from an iterable of byte chunks."""
-        want_key, want = self.expected[self._i]
-        if key != want_key:
-            raise RuntimeError(f"{self.path}: expected tensor {want_key}, got {key}")
-        n = 0
-        for chunk in chunks:
-            self._f.write(chunk)
-            n += len(chunk)
-        if n != want:
-            raise RuntimeError(f"{self.path}: tensor {key}: wrote {n} bytes, declared {want}")
-        self._i += 1
-
-    def close(self) -> None:
-        """Finish the file; every declared tensor must have been written."""
-        self._f.close()
-        if self._i != len(self.expected):
-            raise RuntimeError(f"{self.path}: {len(self.expected) - self._i} declared tensors not written")
-
-
-def _tensor_bytes(t) -> list[memoryview]:
-    import torch
-
-    t = t.contiguous().view(-1)
-    return [memoryview(t.view(torch.uint8).numpy())] if t.numel() else []
 
 
 def plan_merge(mm: Checkpoint, llm: Checkpoint) -> tuple[str, list[_Plan], list[str]]:
@@ -197,63 +149,111 @@ def plan_merge(mm: Checkpoint, llm: Checkpoint) -> tuple[str, list[_Plan], list[
     return layout, plans, unused
 
 
-def _merged_chunks(plan: _Plan, method: str, alpha: float, density: float, seed: int) -> Iterator[memoryview]:
+def _blocks(plan: _Plan) -> list[tuple[int, int]]:
+    """The blocks of rows a tensor is read in: CHUNK_ELEMENTS at a time (one block for a scalar)."""
+    shape = plan.mm.shape
+    if not shape:
+        return [(0, 1)]
+    step = max(1, CHUNK_ELEMENTS // max(1, math.prod(shape[1:])))
+    return [(start, min(shape[0], start + step)) for start in range(0, shape[0], step)]
+
+
+def _shared_rows(plan: _Plan) -> int:
+    return plan.mm.shape[0] if plan.shared_rows is None else plan.shared_rows
+
+
+def _pair(plan: _Plan, start: int, stop: int):
+    """Rows start:stop of the multimodal tensor, the original LLM's rows among them, and where those end."""
+    info, other = plan.mm, plan.llm
+    if not info.shape:
+        return info.file.read(info.key), other.file.read(other.key), stop
+    mid = min(stop, _shared_rows(plan))
+    return info.file.read_rows(info.key, start, stop), other.file.read_rows(other.key, start, mid), mid
+
+
+def _magnitudes(plans: Iterable[_Plan], work=None) -> Iterator:
+    """|task vector| of the shared rows, flat, block by block, tensor by tensor (in `work` dtype if given)."""
+    for plan in plans:
+        for start, stop in _blocks(plan):
+            if plan.mm.shape and start >= _shared_rows(plan):
+                break  # rows the original LLM lacks are no part of the task vector
+            base, other, mid = _pair(plan, start, stop)
+            delta = task_vector(base[: mid - start] if plan.mm.shape else base, other).abs_().view(-1)
+            yield delta if work is None else delta.to(work)
+
+
+def _task_entries(plan: _Plan) -> int:
+    """Entries of a tensor's task vector: its shared rows only."""
+    return _shared_rows(plan) * math.prod(plan.mm.shape[1:]) if plan.mm.shape else 1
+
+
+def _tensor_trim(plan: _Plan, density: float) -> Trim:
+    """TIES' per-tensor trim: one float32 copy of the tensor's magnitudes for the k-th value."""
+    import torch
+
+    flat, at = None, 0
+    for block in _magnitudes([plan]):
+        if flat is None:
+            flat = torch.empty(_task_entries(plan), dtype=block.dtype)
+        flat[at : at + block.numel()] = block
+        at += block.numel()
+    return tensor_trim(flat, density)
+
+
+def _merged_chunks(
+    plan: _Plan, method: str, alpha: float, density: float, seed: int, trim: Trim | None = None
+) -> Iterator[memoryview]:
     """The merged tensor's bytes, block of rows by block of rows.
 
     Every method but TIES is elementwise, so a large tensor (the embedding, the head) is merged
     CHUNK_ELEMENTS at a time and memory stays at a few blocks whatever the model's size. TIES
-    trims by a magnitude threshold over the whole task vector: a first pass over the blocks
-    collects the magnitudes (one float32 copy of the tensor) for the threshold, the second applies
-    it block by block, which gives exactly the whole-tensor result. DARE seeds each block's mask
-    from the tensor's name and the block's index.
+    trims by a magnitude threshold: `trim` when given (the `global` scope's one threshold, shared by
+    every tensor), else this tensor's own, from a first pass over its blocks; it is then applied
+    block by block, which gives exactly the whole-tensor result. DARE seeds each block's mask from
+    the tensor's name and the block's index.
     """
     import torch
 
     info = plan.mm
     dtype = getattr(torch, SAFETENSORS_DTYPES[info.dtype])
-    if not info.shape:
-        base, other = info.file.read(info.key), plan.llm.file.read(plan.llm.key)
-        yield from _tensor_bytes(merge_tensor(base, other, method, alpha, density, seed, plan.name))
-        return
-    rows = info.shape[0]
-    shared = rows if plan.shared_rows is None else plan.shared_rows
-    row_elems = math.prod(info.shape[1:])
-    step = max(1, CHUNK_ELEMENTS // max(1, row_elems))
-    blocks = [(start, min(rows, start + step)) for start in range(0, rows, step)]
-
-    def pair(start: int, stop: int):
-        mid = min(stop, shared)
-        return info.file.read_rows(info.key, start, stop), plan.llm.file.read_rows(plan.llm.key, start, mid), mid
-
-    trim = None
-    if method == "ties" and density < 1:
-        work = torch.float64 if dtype == torch.float64 else torch.float32
-        flat = torch.empty(shared * row_elems, dtype=work)
-        for start, stop in blocks:
-            if start < shared:
-                base, other, mid = pair(start, stop)
-                flat[start * row_elems : mid * row_elems] = task_vector(base[: mid - start], other).abs_().view(-1)
-                del base, other
-        threshold, ties_left = trim_threshold(flat, density)
-        del flat
-        trim = [threshold, ties_left]
+    if trim is None and method == "ties" and density < 1:
+        trim = _tensor_trim(plan, density)
+    blocks = _blocks(plan)
     for i, (start, stop) in enumerate(blocks):
-        if start >= shared:  # rows the original LLM lacks (added tokens such as <image>) stay as they are
+        if info.shape and start >= _shared_rows(plan):
+            # Rows the original LLM lacks (added tokens such as <image>) stay as they are.
             out = info.file.read_rows(info.key, start, stop)
         else:
-            base, other, mid = pair(start, stop)
+            base, other, mid = _pair(plan, start, stop)
+            shared = base[: mid - start] if info.shape else base
             if trim is not None:
-                delta = task_vector(base[: mid - start], other)
-                trim[1] = apply_trim(delta, trim[0], trim[1])
-                merged = add_task_vector(base[: mid - start], delta, alpha)
+                delta = task_vector(shared, other)
+                trim.apply(delta)
+                merged = add_task_vector(shared, delta, alpha)
             else:
                 name = plan.name if len(blocks) == 1 else f"{plan.name}[{i}]"
-                merged = merge_tensor(base[: mid - start], other, method, alpha, density, seed, name)
-            out = merged if mid == stop else torch.cat([merged, base[mid - start :]])
+                merged = merge_tensor(shared, other, method, alpha, density, seed, name)
+            out = merged if mid == stop or not info.shape else torch.cat([merged, base[mid - start :]])
             del base, other, merged
         if out.dtype != dtype:
             raise RuntimeError(f"{plan.key}: merged dtype {out.dtype} differs from the input's {info.dtype}")
         yield from _tensor_bytes(out)
+
+
+def whole_vector_trim(plans: list[_Plan], density: float) -> Trim | None:
+    """`sparsify_scope: global`: the one TIES threshold over every merged tensor's task vector, in
+    `plans`' order (the write order, which breaks ties at the threshold), streamed (`global_trim`)."""
+    import torch
+
+    merged = [p for p in plans if p.llm is not None]
+    wide = any(SAFETENSORS_DTYPES[p.mm.dtype] == "float64" for p in merged)
+    work = torch.float64 if wide else torch.float32
+    total = sum(_task_entries(p) for p in merged)
+    trim = global_trim(lambda: _magnitudes(merged, work), density, work, total)
+    if trim is not None:
+        threshold = float(trim.threshold)
+        log.info("global trim: keeping %d of %d entries (|delta| >= %.3g)", trim.kept, trim.total, threshold)
+    return trim
 
 
 def _output_shards(mm: Checkpoint, plans: list[_Plan]) -> list[tuple[str, list[_Plan]]]:
@@ -304,11 +304,13 @@ def _verify_output(out: Path, plans: list[_Plan], merged: set[str]) -> None:
 
 
 def default_out(config: MergeConfig) -> Path:
-    """Where a merge is written when no `out` is given: `runs/merges/<model>-<method>-a<alpha>[-d<density>]`."""
+    """Where a merge is written when no `out` is given:
+    `runs/merges/<model>-<method>[-global]-a<alpha>[-d<density>]`."""
     name = Path(str(config.multimodal).rstrip("/")).name or "model"
+    method = config.method + ("-global" if config.sparsify_scope == "global" else "")
     if config.is_sweep:
-        return RUNS_DIR / "merges" / f"{name}-{config.method}-sweep"
-    tag = f"{name}-{config.method}-a{config.alphas[0]:g}"
+        return RUNS_DIR / "merges" / f"{name}-{method}-sweep"
+    tag = f"{name}-{method}-a{config.alphas[0]:g}"
     if config.densities[0] != 1.0:
         tag += f"-d{config.densities[0]:g}"
     return RUNS_DIR / "merges" / tag
@@ -338,9 +340,15 @@ def prepare(config: MergeConfig) -> tuple[Checkpoint, Checkpoint, str, list[_Pla
 
 
 def _write_shards(
-    tmp: Path, shards: list[tuple[str, list[_Plan]]], config: MergeConfig, alpha: float, density: float
+    tmp: Path,
+    shards: list[tuple[str, list[_Plan]]],
+    config: MergeConfig,
+    alpha: float,
+    density: float,
+    trim: Trim | None = None,
 ) -> tuple[set[str], int, int]:
-    """Stream every shard (merged language-model tensors, copied others) and the index of several.
+    """Stream every shard (merged language-model tensors, copied others) and the index of several;
+    `trim` is the global scope's one TIES threshold (None: per tensor).
 
     Returns the merged tensor keys, the most vocabulary rows kept from the multimodal model, the bytes written.
     """
@@ -354,7 +362,7 @@ def _write_shards(
                 if p.llm is None:
                     writer.write(p.key, p.mm.file.raw_chunks(p.key))
                 else:
-                    writer.write(p.key, _merged_chunks(p, config.method, alpha, density, config.seed))
+                    writer.write(p.key, _merged_chunks(p, config.method, alpha, density, config.seed, trim))
                     merged.add(p.key)
                     if p.shared_rows is not None:
                         kept_rows = max(kept_rows, p.mm.shape[0] - p.shared_rows)
@@ -392,18 +400,15 @@ def merge_models(config: MergeConfig, overwrite: bool = False) -> MergeResult:
     shards = _output_shards(mm, plans)
     to_merge = sum(p.llm is not None for p in plans)
     log.info(
-        "merging %d language-model tensors (%s, alpha %g, density %g), copying %d others, %d shard(s), %s layout",
-        to_merge,
-        config.method,
-        alpha,
-        density,
-        len(plans) - to_merge,
-        len(shards),
-        layout,
+        "merging %d language-model tensors (%s, alpha %g, density %g, %s scope), copying %d others, %d shard(s), %s layout",
+        *(to_merge, config.method, alpha, density, config.sparsify_scope, len(plans) - to_merge, len(shards), layout),
     )
+    trim = None
+    if config.sparsify_scope == "global" and config.method == "ties" and density < 1:
+        trim = whole_vector_trim([p for _, group in shards for p in group], density)
     with atomic_dir(out, overwrite=overwrite) as tmp:
         side = _copy_side_files(mm, tmp)
-        merged, kept_rows, written = _write_shards(tmp, shards, config, alpha, density)
+        merged, kept_rows, written = _write_shards(tmp, shards, config, alpha, density, trim)
         _verify_output(tmp, plans, merged)
         result = MergeResult(
             out=out,
@@ -418,6 +423,7 @@ def merge_models(config: MergeConfig, overwrite: bool = False) -> MergeResult:
             shards=len(shards),
             bytes_written=written,
             seconds=0.0,
+            sparsify_scope=config.sparsify_scope,
             merged_names=sorted(p.name for p in plans if p.key in merged),
         )
         result.seconds = round(time.perf_counter() - t0, 3)
@@ -430,6 +436,7 @@ def merge_models(config: MergeConfig, overwrite: bool = False) -> MergeResult:
                 "unused_original_tensors": unused,
                 "copied_files": side,
                 "formula": "merged = theta_vlm + alpha * sparsify_density(theta_llm - theta_vlm)",
+                **({"global_trim": {"kept": trim.kept, "total": trim.total}} if trim is not None else {}),
             },
         )
     log.info("merged model written to %s in %.1f s", out, result.seconds)

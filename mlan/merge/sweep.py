@@ -204,6 +204,7 @@ def sweep_table(report: SweepReport) -> str:
 def _to_json(report: SweepReport, config: MergeConfig) -> dict[str, Any]:
     return {
         "method": report.method,
+        "sparsify_scope": config.sparsify_scope,
         "criterion": report.criterion,
         "multimodal": str(config.multimodal),
         "original": str(config.original),
@@ -216,6 +217,7 @@ def _to_json(report: SweepReport, config: MergeConfig) -> dict[str, Any]:
             f"mlan merge --multimodal {config.multimodal} --original {config.original} --method {config.method} "
             f"--alpha {report.best.alpha:g}"
             + (f" --density {report.best.density:g}" if report.best.density != 1 else "")
+            + (" --sparsify-scope global" if config.sparsify_scope == "global" else "")
             + (f" --seed {config.seed}" if report.method.startswith("dare") else "")
         ),
     }
