@@ -36,7 +36,7 @@ def model_trio(tiny_llava_dir, tmp_path_factory) -> dict[str, Path]:
 
 class Scripted:
     """A scripted model for the generate harness: answers from a lookup of the gold answers by
-    question text (`mode="correct"`), or always the same text (`mode="A"`)."""
+    prompt, or always the same text (`constant`)."""
 
     multimodal = True
 
@@ -58,16 +58,16 @@ class Scripted:
             if self.constant is not None:
                 out.append(self.constant)
                 continue
-            hit = [a for q, a in self.answers.items() if q in r.prompt]
-            assert hit, f"scripted model has no answer for prompt {r.prompt[:80]!r}"
-            out.append(max(hit, key=len))
+            assert r.prompt in self.answers, f"scripted model has no answer for prompt {r.prompt[:80]!r}"
+            out.append(self.answers[r.prompt])
         return out
 
 
-def _gold_answers(suite, data_dir, image_dir, *, as_text: bool) -> tuple[dict[str, str], dict[str, list]]:
-    """The question as asked (context, question, options) -> the answer a perfect model would
-    write; and per task the gold answers."""
-    from mlan.evaluate.generate import user_text
+def _gold_answers(suite, data_dir, image_dir, *, as_text: bool, apply_chat) -> tuple[dict, dict[str, list]]:
+    """The prompt as built -> the answer a perfect model would write in the suite's protocol (MLAN's:
+    the letter or the choice's text, then the closing quote; mlan's lenient one: "(B)"); and per
+    task the gold answers."""
+    from mlan.evaluate.generate import build_prompt
     from mlan.evaluate.tasks import load_task_data, to_items
 
     answers, golds = {}, {}
@@ -78,10 +78,10 @@ def _gold_answers(suite, data_dir, image_dir, *, as_text: bool) -> tuple[dict[st
             if it.kind == "mc" and as_text:
                 ans = it.choices[ord(it.answer) - 65]  # the choice's text instead of its letter
             elif it.kind == "mc":
-                ans = f" ({it.answer})"
+                ans = it.answer if suite.extraction_of(t) == "mlan" else f" ({it.answer})"
             else:
                 ans = f" {it.answer.capitalize()}"
-            answers[user_text(it, suite)] = ans
+            answers[build_prompt(it, t, suite, apply_chat)] = f'{ans}" and more'
     return answers, golds
 
 
@@ -96,13 +96,14 @@ def test_scripted_models_score_exactly(suite_name, eval_data, tiny_llava_dir, tm
     proc = AutoProcessor.from_pretrained(tiny_llava_dir)
     suite = load_suite(suite_name)
     images = eval_data / "images"
-    letters, golds = _gold_answers(suite, eval_data, images, as_text=False)
-    texts, _ = _gold_answers(suite, eval_data, images, as_text=True)
+    chat = Scripted("chat", processor=proc).apply_chat
+    letters, golds = _gold_answers(suite, eval_data, images, as_text=False, apply_chat=chat)
+    texts, _ = _gold_answers(suite, eval_data, images, as_text=True, apply_chat=chat)
     report = run_evaluation(
         EvalRun(limit=6, data_dir=str(eval_data), image_dir=str(images), out=str(tmp_path)),
         models=[
             Scripted(n, a, c, proc)
-            for n, a, c in (("right", letters, None), ("right-text", texts, None), ("always-a", None, " A"))
+            for n, a, c in (("right", letters, None), ("right-text", texts, None), ("always-a", None, 'A"'))
         ],
         suites=[suite],
     )
@@ -133,10 +134,13 @@ def test_scripted_models_score_exactly(suite_name, eval_data, tiny_llava_dir, tm
             r.source.startswith(str(BUNDLED_IMAGES.parent)) for r in right.results
         )  # bundled, no --data-dir needed
     elif suite_name == "unseen_language":
-        assert prompt.startswith("User: Context: ") and prompt.endswith("\nAssistant: The best answer is")
+        assert prompt.startswith("User: Context: ") and prompt.endswith('\nAssistant: The best answer is"')
         assert "\nChoose the best option from the choices provided:\nA: " in prompt
     else:
-        assert "USER: <image>\n" in prompt and prompt.endswith('ASSISTANT: The best answer is "')
+        assert prompt.startswith("A chat between a curious user and an artificial intelligence assistant.")
+        assert " USER: <image>\n" in prompt and prompt.endswith('ASSISTANT: The best answer is "')
+    for r in right.results:
+        assert r.extraction == ("lenient" if suite_name == "quickstart" else "mlan")
 
 
 def test_unseen_suites_on_tiny_llava_cli(cli, tiny_llava_dir, eval_data, tmp_path):
@@ -155,6 +159,17 @@ def test_unseen_suites_on_tiny_llava_cli(cli, tiny_llava_dir, eval_data, tmp_pat
         assert x["n"] == 3 and 0.0 <= x["value"] <= 1.0 and x["engine"] == "generate" and not x["seen"]
         assert x["modality"] == ("vision" if x["suite"] == "unseen_vision" else "language")
     assert "| unseen_vision | pope | f1 |" in r.output
+    # MLAN's published averages, each named: language over its four, vision as the v3 table (GQA,
+    # RealWorldQA, AI2D, POPE-F1) and as v1 (with ScienceQA).
+    avgs = {a["name"]: a for a in data["averages"]}
+    assert set(avgs) == {"language_avg", "vision_avg_v3", "vision_avg_v1"}
+    for a in avgs.values():
+        vals = [rows[(a["suite"], t)]["value"] for t in a["tasks"]]
+        assert a["value"] == pytest.approx(sum(vals) / len(vals)) and not a["missing"]
+    assert avgs["vision_avg_v3"]["tasks"] == ["gqa", "realworldqa", "ai2d", "pope"]
+    assert "| unseen_vision | **vision_avg_v3** (gqa, realworldqa, ai2d, pope) |" in r.output
+    assert "| unseen_language | **language_avg** (race_high, openbookqa, boolq, hellaswag) |" in r.output
+    assert {x["extraction"] for x in rows.values()} == {"mlan"}
     # A second run finds every task in the cache and does not load the model.
     from mlan.evaluate import cache
 
@@ -235,6 +250,9 @@ def test_eight_task_compare_trio_cli(cli, model_trio, eval_data, tmp_path):
     assert {x["task"] for x in res if x["seen"]} == {"commonsense_qa", "arc_easy", "arc_challenge"}
     assert all(x["engine"] == "lm_eval" and x["n"] == 2 and x["modality"] == "language" for x in res)
     assert next(x for x in res if x["task"] == "race_high")["source"].endswith("race_high/test.jsonl")
+    gsm = next(x for x in res if x["task"] == "gsm8k")  # both of lm-eval's GSM8K filters reported
+    assert set(gsm["extra"]) == {"exact_match,strict-match"} and gsm["extraction"] == "lm_eval"
+    assert "| eight_task | gsm8k [exact_match,strict-match] |" in r.output
 
 
 def test_suite_from_file_and_overrides(cli, tiny_llava_dir, eval_data, tmp_path):

@@ -2,8 +2,10 @@
 
 A suite runs on one engine: `lm_eval` (lm-evaluation-harness in process, its standard task
 definitions: what papers compare against) or `generate` (MLAN's zero-shot generate-then-match
-protocol: a prompt, greedy generation with stop strings, our answer extraction, exact match).
-Every task names its hub dataset and can point at local files instead.
+protocol: a prompt, greedy generation with stop strings, answer extraction, exact match). For the
+generate engine the suite owns the whole protocol: the template (`prompt.style`), the words
+(`prompt.wording`), the answer prefix, the stops and how answers are read (`extraction`), so every
+model is asked the same text. Every task names its hub dataset and can point at local files instead.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from mlan.config.base import StrictModel
 # run. Kept here so a suite file is validated without importing the evaluation code.
 GENERATE_FORMATS = (
     "race_high",
+    "race_high_all",
     "openbookqa",
     "boolq",
     "hellaswag",
@@ -34,6 +37,21 @@ GENERATE_FORMATS = (
     "mmlu",
     "qa",
 )
+# Formats whose prompt text MLAN's evaluation code writes out (`prompt.wording: mlan`, see
+# mlan/evaluate/prompts.py for the source of each).
+MLAN_FORMATS = (
+    "race_high",
+    "race_high_all",
+    "openbookqa",
+    "boolq",
+    "hellaswag",
+    "realworldqa",
+    "ai2d",
+    "pope",
+    "gqa",
+    "scienceqa",
+)
+Extraction = Literal["mlan", "lenient"]
 LM_EVAL_TASKS = (
     "gsm8k",
     "commonsense_qa",
@@ -69,7 +87,10 @@ class SuiteTask(StrictModel):
     name: str
     """Task name in results (unique within the suite), e.g. `race_high`."""
     format: str | None = None
-    """generate engine: dataset schema and prompt adapter (default: `name`); one of the known formats."""
+    """generate engine: dataset schema and prompt adapter (default: `name`); one of the known formats.
+    `race_high` asks the last question of each article (MLAN's `race_em`: 1,045 items of RACE-High test),
+    `race_high_all` every question (3,498); both read `EleutherAI/race` (one row per article) or
+    `ehovy/race` (one row per question) rows."""
     lm_eval_task: str | None = None
     """lm_eval engine: the lm-eval task whose standard definition is used (default: `name`)."""
     hub: HubData
@@ -86,6 +107,14 @@ class SuiteTask(StrictModel):
     """generate engine: most tokens generated per answer."""
     stop: list[str] | None = None
     """generate engine: generation is cut at the first of these strings (None: the suite's `stop`)."""
+    answer_prefix: str | None = None
+    """generate engine: text that starts this task's answer (None: the suite's `prompt.answer_prefix`);
+    MLAN primes ScienceQA with `The answer is "`."""
+    extraction: Extraction | None = None
+    """generate engine: how answers are read (None: the suite's `extraction`)."""
+    also_report: list[str] = Field(default_factory=list)
+    """Further metrics shown beside the headline one in the results (e.g. GSM8K's other lm-eval filter,
+    `exact_match,strict-match`); they do not enter any average."""
     with_images: bool = True
     """generate engine, vision: include questions that have an image (ScienceQA has both kinds)."""
     without_images: bool = True
@@ -95,19 +124,39 @@ class SuiteTask(StrictModel):
 class PromptSettings(StrictModel):
     """How the generate engine phrases a question (MLAN's zero-shot protocol)."""
 
-    style: Literal["plain", "chat"] = "plain"
-    """`plain`: `User: ...\\nAssistant: <prefix>` text (MLAN's language prompt); `chat`: the model's chat template
-    (Vicuna-v1 system prompt for LLaVA), then the prefix (MLAN's vision prompt)."""
+    style: Literal["plain", "vicuna_v1", "chat"] = "plain"
+    """Who renders the turn. `plain`: `User: ...\\nAssistant: <prefix>` (MLAN's language prompt);
+    `vicuna_v1`: LLaVA's Vicuna-v1 template with its system prompt, rendered by the suite for every model,
+    `<image>` before the whole prompt (MLAN's vision prompt: a stage-1 checkpoint and a tuned model get the
+    same text); `chat`: each model's own chat template (a folder without one: a bare `USER: ... ASSISTANT:`)."""
+    wording: Literal["generic", "mlan"] = "generic"
+    """Which words ask the question. `mlan`: MLAN's per-task text from its evaluation code (formats
+    race_high, openbookqa, boolq, hellaswag, realworldqa, ai2d, pope, gqa, scienceqa); `generic`: the
+    instruction fields below, the same for every task."""
     answer_prefix: str = "The best answer is"
-    """Text that starts the assistant's answer; the model continues it."""
+    """Text that starts the assistant's answer; the model continues it (a task may set its own)."""
+    add_bos: bool = True
+    """Start text-only prompts with the tokenizer's BOS token. MLAN's language runs (lm-eval's `hf` model)
+    encode without it; image prompts always get it, as LLaVA's tokenizer_image_token gives it."""
     choice_instruction: str = "Choose the best option from the choices provided:"
-    """Line placed before the lettered options of a multiple-choice question."""
+    """generic wording: line placed before the lettered options of a multiple-choice question."""
     choice_format: str = "{label}: {text}"
-    """How each option is written (`{label}` is A, B, ...)."""
+    """generic wording: how each option is written (`{label}` is A, B, ...)."""
     yes_no_instruction: str = "Answer yes or no."
-    """Line placed after a yes/no question."""
+    """generic wording: line placed after a yes/no question."""
     open_instruction: str = "Answer the question using a single word or phrase."
-    """Line placed after an open question (GQA)."""
+    """generic wording: line placed after an open question (GQA)."""
+
+
+class SuiteAverage(StrictModel):
+    """A named average over some of a suite's tasks (each task's headline metric), e.g. a paper's table column."""
+
+    name: str
+    """Name in results and tables, e.g. `vision_avg_v3`."""
+    tasks: list[str] = Field(min_length=1)
+    """The suite's tasks it averages; it is left empty (null) unless every one was evaluated."""
+    description: str = ""
+    """Where the set comes from (which paper table)."""
 
 
 class EvalSuite(StrictModel):
@@ -127,8 +176,20 @@ class EvalSuite(StrictModel):
     """generate engine: default most new tokens per answer (a task may set its own)."""
     stop: list[str] = Field(default_factory=lambda: ["User:", "\n\n"])
     """generate engine: default stop strings (a task may set its own)."""
+    extraction: Extraction = "lenient"
+    """generate engine: how answers are read (a task may set its own). `mlan`: MLAN's answer filters (a
+    letter, or all words of one choice; vision: the text up to the first `. , : "` or newline), with their
+    case and substring bugs fixed, then exact match; `lenient`: mlan's own extractor (letter forms, choice
+    text, number words, yes/no as a whole word)."""
     tasks: list[SuiteTask] = Field(min_length=1)
     """The tasks, in report order."""
+    averages: list[SuiteAverage] = Field(default_factory=list)
+    """Named averages written into results.json and the tables (default: one average of all tasks)."""
+    image_aspect_ratio: Literal["model", "pad", "original"] = "original"
+    """generate engine, vision: `pad` pads each image to a square with the processor's mean colour before
+    the processor resizes and crops it (LLaVA's `image_aspect_ratio: pad`, mlan.images); `original` hands it
+    over as it is; `model`: as each model was trained (the `image_aspect_ratio` its config.json records, as
+    LLaVA's `process_images` reads it: MLAN pads the models it trained with pad, not a stage-1 baseline)."""
 
     @field_validator("name")
     @classmethod
@@ -150,17 +211,44 @@ class EvalSuite(StrictModel):
                     raise ValueError(f"tasks.{i}.format: unknown format {fmt!r}{_suggest(fmt, GENERATE_FORMATS)}")
                 if t.lm_eval_task is not None or t.num_fewshot is not None:
                     raise ValueError(f"tasks.{i}: lm_eval_task/num_fewshot only apply to engine lm_eval")
+                if self.prompt.wording == "mlan" and fmt not in MLAN_FORMATS:
+                    raise ValueError(
+                        f"tasks.{i}.format: {fmt!r} has no MLAN prompt text (prompt.wording mlan knows "
+                        f"{', '.join(MLAN_FORMATS)}); use prompt.wording: generic"
+                    )
             else:
                 name = t.lm_eval_task or t.name
                 if name not in LM_EVAL_TASKS:
                     raise ValueError(
                         f"tasks.{i}.lm_eval_task: unsupported lm-eval task {name!r}{_suggest(name, LM_EVAL_TASKS)}"
                     )
-                if t.format is not None or t.max_new_tokens is not None or t.stop is not None:
-                    raise ValueError(f"tasks.{i}: format/max_new_tokens/stop only apply to engine generate")
+                generate_only = (t.format, t.max_new_tokens, t.stop, t.answer_prefix, t.extraction)
+                if any(v is not None for v in generate_only):
+                    raise ValueError(
+                        f"tasks.{i}: format/max_new_tokens/stop/answer_prefix/extraction only apply to engine generate"
+                    )
             if not (t.with_images or t.without_images):
                 raise ValueError(f"tasks.{i}: with_images and without_images are both false: nothing to evaluate")
+        self._check_averages(seen)
         return self
+
+    def _check_averages(self, tasks: set[str]) -> None:
+        names: set[str] = set()
+        for i, a in enumerate(self.averages):
+            if a.name in names or a.name in tasks:
+                raise ValueError(f"averages.{i}.name: {a.name!r} is already the name of a task or an average")
+            names.add(a.name)
+            for t in a.tasks:
+                if t not in tasks:
+                    raise ValueError(f"averages.{i}.tasks: no task {t!r} in this suite{_suggest(t, sorted(tasks))}")
+
+    def extraction_of(self, task: SuiteTask) -> str:
+        """How `task`'s answers are read: its own setting, else the suite's."""
+        return task.extraction or self.extraction
+
+    def answer_prefix_of(self, task: SuiteTask) -> str:
+        """The text that starts `task`'s answers: its own, else the suite's."""
+        return self.prompt.answer_prefix if task.answer_prefix is None else task.answer_prefix
 
     def task(self, name: str) -> SuiteTask:
         """The task called `name` (KeyError if absent)."""

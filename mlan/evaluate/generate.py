@@ -11,29 +11,47 @@ extraction and result format, and batches generation (see benchmarks/eval_throug
 
 The harness talks to a model only through `Generator.generate(requests, max_new_tokens, stop)`,
 so a scripted generator (tests) goes through exactly the same prompting, extraction and scoring.
+Prompts are built in mlan.evaluate.prompts; answers are read by MLAN's filters
+(mlan.evaluate.extract_mlan, `extraction: mlan`) or mlan's lenient extractor (mlan.evaluate.extract).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from mlan.config.suite import EvalSuite, SuiteTask
 from mlan.evaluate.extract import extract_choice, extract_exact, extract_open, extract_yes_no, normalize
-from mlan.schemas import LETTERS, Item
+from mlan.evaluate.extract_mlan import mlan_answer
+from mlan.evaluate.prompts import build_prompt, user_text
+from mlan.images import model_aspect_ratio, prepare_image
+from mlan.schemas import Item
+
+__all__ = [
+    "Generator",
+    "HFGenerator",
+    "Request",
+    "build_prompt",
+    "cut_at_stop",
+    "run_generate_task",
+    "score_items",
+    "user_text",
+]
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class Request:
-    """One prompt to continue; `image` is a PIL image for vision questions, else None."""
+    """One prompt to continue; `image` is a PIL image for vision questions, else None; `bos`: a
+    text-only prompt starts with the tokenizer's BOS token."""
 
     prompt: str
     image: Any = None
+    bos: bool = True
+    image_aspect_ratio: str = "original"  # `pad`: squared in the processor's mean colour first (mlan.images)
 
 
 class Generator(Protocol):
@@ -57,62 +75,40 @@ def cut_at_stop(text: str, stop: list[str]) -> str:
     return text[:cut]
 
 
-# --------------------------------------------------------------------------- prompts
-
-
-def user_text(item: Item, suite: EvalSuite) -> str:
-    """The question as the user asks it: context, question, instruction, options."""
-    p = suite.prompt
-    parts = []
-    if item.context:
-        parts.append(f"Context: {item.context}")
-    parts.append(item.question)
-    if item.kind == "mc" and item.choices:
-        parts.append(p.choice_instruction)
-        parts.extend(p.choice_format.format(label=LETTERS[i], text=c) for i, c in enumerate(item.choices))
-    elif item.kind == "yesno":
-        parts.append(p.yes_no_instruction)
-    else:
-        parts.append(p.open_instruction)
-    return "\n".join(x for x in parts if x)
-
-
-def build_prompt(item: Item, suite: EvalSuite, apply_chat: Callable[[list[dict]], str] | None) -> str:
-    """The full prompt text. `apply_chat` renders chat messages with the model's template
-    (adding the generation prompt); for the plain style it is not used."""
-    p = suite.prompt
-    text = user_text(item, suite)
-    if p.style == "chat" and apply_chat is not None:
-        content: Any = [{"type": "image"}, {"type": "text", "text": text}] if item.image is not None else text
-        rendered = apply_chat([{"role": "user", "content": content}])
-        return f"{rendered} {p.answer_prefix}" if p.answer_prefix else rendered
-    image = "<image>\n" if item.image is not None else ""
-    return f"User: {image}{text}\nAssistant: {p.answer_prefix}".rstrip(" ")
-
-
 # --------------------------------------------------------------------------- scoring
 
 
-def score_items(items: list[Item], responses: list[str]) -> tuple[dict[str, float], list[dict]]:
+def lenient_answer(item: Item, response: str) -> tuple[str | None, bool]:
+    """(prediction, correct) with mlan's own extractor: letter forms, choice text, number words,
+    yes/no as a whole word, normalised short answers."""
+    if item.kind == "mc":
+        pred = extract_choice(response, item.choices or [])
+        return pred, pred == item.answer
+    if item.kind == "yesno":
+        pred = extract_yes_no(response)
+        return pred, pred == item.answer
+    if item.kind == "exact":
+        pred = extract_exact(response)
+        return pred, pred == extract_exact(item.answer)
+    pred = extract_open(response)
+    return pred, pred == normalize(item.answer)
+
+
+def score_items(
+    items: list[Item], responses: list[str], *, extraction: str = "lenient", modality: str = "language"
+) -> tuple[dict[str, float], list[dict]]:
     """Metrics over a task and one record per question (response, prediction, gold, correct).
 
-    acc for every task; for yes/no tasks also POPE's precision, recall, F1 (positive = "yes")
-    and yes-ratio. An answer that cannot be extracted is wrong and never counts as "yes".
+    `extraction`: `mlan` (MLAN's filters for the suite's `modality`) or `lenient`. acc for every
+    task; for yes/no tasks also POPE's precision, recall, F1 (positive = "yes") and the yes-ratio of
+    the PREDICTIONS: MLAN's pope_aggregate_yes_ratio counts the gold answers instead
+    (wang-research-lab/mlan@7ce179a:scripts/eval/custom/pope/helper.py:L131-141), a number that
+    does not depend on the model. An answer that reads as neither yes nor no never counts as "yes" and
+    is a false negative when the gold is "yes" (MLAN's recall, L110-121, leaves it out).
     """
     samples = []
     for item, resp in zip(items, responses, strict=True):
-        if item.kind == "mc":
-            pred = extract_choice(resp, item.choices or [])
-            correct = pred == item.answer
-        elif item.kind == "yesno":
-            pred = extract_yes_no(resp)
-            correct = pred == item.answer
-        elif item.kind == "exact":
-            pred = extract_exact(resp)
-            correct = pred == extract_exact(item.answer)
-        else:
-            pred = extract_open(resp)
-            correct = pred == normalize(item.answer)
+        pred, correct = mlan_answer(item, resp, modality) if extraction == "mlan" else lenient_answer(item, resp)
         samples.append(
             {
                 "id": item.id,
@@ -175,25 +171,27 @@ class HFGenerator:
         """Continue every request greedily; `on_batch(n_done)` is called after each batch."""
         import torch
 
-        order = sorted(range(len(requests)), key=lambda i: (requests[i].image is not None, -len(requests[i].prompt)))
+        def group(r: Request) -> tuple[bool, bool]:  # one batch: one tokenization
+            return r.image is not None, r.bos
+
+        order = sorted(range(len(requests)), key=lambda i: (group(requests[i]), -len(requests[i].prompt)))
         out: list[str] = [""] * len(requests)
         done = 0
         i = 0
         while i < len(order):
-            has_image = requests[order[i]].image is not None
+            has_image, bos = group(requests[order[i]])
             batch = [order[i]]
             i += 1
-            while (
-                i < len(order) and len(batch) < self.batch_size and (requests[order[i]].image is not None) == has_image
-            ):
+            while i < len(order) and len(batch) < self.batch_size and group(requests[order[i]]) == (has_image, bos):
                 batch.append(order[i])
                 i += 1
             prompts = [requests[j].prompt for j in batch]
             if has_image:
-                images = [requests[j].image.convert("RGB") for j in batch]
+                processor = self.loaded.processor
+                images = [prepare_image(requests[j].image, processor, requests[j].image_aspect_ratio) for j in batch]
                 inputs = self.loaded.processor(text=prompts, images=images, return_tensors="pt", padding=True)
             else:
-                inputs = self.tokenizer(prompts, return_tensors="pt", padding=True)
+                inputs = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=bos)
             inputs = {k: v.to(self.loaded.device) for k, v in inputs.items()}
             if "pixel_values" in inputs:
                 inputs["pixel_values"] = inputs["pixel_values"].to(self.loaded.model.dtype)
@@ -218,17 +216,29 @@ class HFGenerator:
 # --------------------------------------------------------------------------- one task
 
 
+def image_aspect_ratio(suite: EvalSuite, generator) -> str:
+    """The suite's image padding; `model` reads it from the loaded model's config (original for a scripted one)."""
+    if suite.image_aspect_ratio != "model":
+        return suite.image_aspect_ratio
+    loaded = getattr(generator, "loaded", None)
+    return model_aspect_ratio(loaded.model.config) if loaded is not None else "original"
+
+
 def run_generate_task(
     task: SuiteTask, suite: EvalSuite, items: list[Item], generator, *, on_batch=None
 ) -> tuple[dict[str, float], list[dict]]:
     """Prompt, generate and score one task; returns (metrics, per-question samples)."""
     apply_chat = getattr(generator, "apply_chat", None)
-    requests = [Request(build_prompt(it, suite, apply_chat), it.image) for it in items]
+    bos = suite.prompt.add_bos
+    ratio = image_aspect_ratio(suite, generator)
+    requests = [Request(build_prompt(it, task, suite, apply_chat), it.image, bos, ratio) for it in items]
     max_new = task.max_new_tokens or suite.max_new_tokens
     stop = task.stop if task.stop is not None else suite.stop
     kwargs = {"on_batch": on_batch} if on_batch is not None and isinstance(generator, HFGenerator) else {}
     responses = generator.generate(requests, max_new_tokens=max_new, stop=stop, **kwargs)
-    metrics, samples = score_items(items, responses)
+    # Every generator's continuation is cut here too, so a scripted one is scored as a model would be.
+    responses = [cut_at_stop(r, stop) for r in responses]
+    metrics, samples = score_items(items, responses, extraction=suite.extraction_of(task), modality=suite.modality)
     for s, r in zip(samples, requests, strict=True):
         s["prompt"] = r.prompt
     return metrics, samples

@@ -10,8 +10,8 @@ Two deliberate departures, both score-preserving at lm-eval's default 0-shot:
 - MMLU runs as one task over all subjects (hub `cais/mmlu` config `all`, or one local file)
   with the per-subject description rendered from each row's `subject`; lm-eval's `mmlu` group
   averages its 57 subtasks weighted by size, which is the same number.
-- RACE local rows may be in the one-question-per-row schema of `ehovy/race` (what the unseen
-  suite reads); they are grouped by article into lm-eval's `EleutherAI/race` schema.
+- RACE local rows may be in the one-question-per-row schema of `ehovy/race` (which the unseen
+  suite also reads); they are grouped by article into lm-eval's `EleutherAI/race` schema.
 """
 
 from __future__ import annotations

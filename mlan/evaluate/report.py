@@ -27,6 +27,22 @@ class TaskResult:
     source: str = ""
     metrics: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
+    extraction: str = ""
+    """How answers were read: `mlan` or `lenient` (generate engine), `lm_eval` (lm-eval's own filters)."""
+    extra: dict[str, float] = field(default_factory=dict)
+    """The task's `also_report` metrics, shown beside the headline one."""
+
+
+@dataclass
+class AverageResult:
+    """A named average of one suite (its `averages`): None unless every task in it was evaluated."""
+
+    name: str
+    suite: str
+    tasks: list[str]
+    value: float | None
+    missing: list[str] = field(default_factory=list)
+    description: str = ""
 
 
 @dataclass
@@ -38,6 +54,7 @@ class ModelResults:
     results: list[TaskResult]
     seen_tasks: list[str] = field(default_factory=list)
     results_file: Path | None = None
+    averages: list[AverageResult] = field(default_factory=list)
 
     def get(self, suite: str, task: str) -> TaskResult | None:
         """The result of one task, if it was evaluated."""
@@ -48,7 +65,7 @@ class ModelResults:
 class ComparisonRow:
     """One row of a comparison: a task, a suite average or a modality average."""
 
-    kind: str  # "task", "suite", "modality"
+    kind: str  # "task", "metric" (a task's also_report metric), "average" (named), "suite", "modality"
     suite: str
     name: str
     metric: str
@@ -82,6 +99,7 @@ def write_model_results(mr: ModelResults, out: Path) -> Path:
         "label": mr.label,
         "seen_tasks": mr.seen_tasks,
         "results": [asdict(r) for r in mr.results],
+        "averages": [asdict(a) for a in mr.averages],
     }
     atomic_write_text(out / "results.md", results_table(mr) + "\n")
     mr.results_file = atomic_write_json(out / "results.json", data)
@@ -92,8 +110,21 @@ def _pct(v: float | None) -> str:
     return "-" if v is None else f"{100 * v:.1f}"
 
 
+def named_averages(results: list[TaskResult], suites) -> list[AverageResult]:
+    """Each suite's named averages (`EvalSuite.averages`) over these results' headline values."""
+    out = []
+    for suite in suites:
+        for a in suite.averages:
+            got = {r.task: r.value for r in results if r.suite == suite.name}
+            missing = [t for t in a.tasks if t not in got]
+            value = None if missing else sum(got[t] for t in a.tasks) / len(a.tasks)
+            out.append(AverageResult(a.name, suite.name, list(a.tasks), value, missing, a.description))
+    return out
+
+
 def results_table(mr: ModelResults) -> str:
-    """A markdown table of one model's results (scores in percent; seen tasks marked)."""
+    """A markdown table of one model's results (scores in percent; seen tasks marked), then each
+    suite's named averages (or, for a suite without any, the average of all its tasks)."""
     lines = [
         f"{mr.label} ({mr.model})",
         "",
@@ -101,10 +132,15 @@ def results_table(mr: ModelResults) -> str:
         "| --- | --- | --- | ---: | ---: | ---: | :---: |",
     ]
     for r in mr.results:
-        lines.append(
-            f"| {r.suite} | {r.task} | {r.metric} | {_pct(r.value)} | {_pct(r.stderr)} | {r.n} | {'seen' if r.seen else ''} |"
-        )
+        seen = "seen" if r.seen else ""
+        lines.append(f"| {r.suite} | {r.task} | {r.metric} | {_pct(r.value)} | {_pct(r.stderr)} | {r.n} | {seen} |")
+        lines += [f"| {r.suite} | {r.task} | {m} | {_pct(v)} | | {r.n} | {seen} |" for m, v in r.extra.items()]
+    named = {a.suite for a in mr.averages}
     for suite in dict.fromkeys(r.suite for r in mr.results):
+        if suite in named:
+            for a in (a for a in mr.averages if a.suite == suite):
+                lines.append(f"| {suite} | **{a.name}** ({', '.join(a.tasks)}) | | {_pct(a.value)} | | | |")
+            continue
         vals = [r.value for r in mr.results if r.suite == suite]
         lines.append(f"| {suite} | **average** | | {_pct(sum(vals) / len(vals))} | | | |")
     return "\n".join(lines)
@@ -116,8 +152,9 @@ def _mean(xs: list[float | None]) -> float | None:
 
 
 def compare(models: list[ModelResults], reference: str | None) -> list[ComparisonRow]:
-    """Rows of a side-by-side comparison: every task, each suite's average, then the language and
-    vision averages, each with deltas against the reference model (None: no deltas)."""
+    """Rows of a side-by-side comparison: every task (and its `also_report` metrics), each suite's
+    named averages (or its plain average), then the language and vision averages over all tasks,
+    each with deltas against the reference model (None: no deltas)."""
     labels = [m.label for m in models]
     ref = reference if reference in labels else None
     keys: list[tuple[str, str, str, str]] = []  # suite, task, metric, modality
@@ -135,24 +172,35 @@ def compare(models: list[ModelResults], reference: str | None) -> list[Compariso
         return ComparisonRow(kind, suite, name, metric, values, deltas, seen)
 
     rows: list[ComparisonRow] = []
+    unseen = dict.fromkeys(labels, False)
     for suite, task, metric, _ in keys:
-        values, seen = {}, {}
-        for m in models:
-            r = m.get(suite, task)
-            values[m.label] = r.value if r else None
-            seen[m.label] = bool(r and r.seen)
-        rows.append(row("task", suite, task, metric, values, seen))
+        got = {m.label: m.get(suite, task) for m in models}
+        seen = {lab: bool(r and r.seen) for lab, r in got.items()}
+        rows.append(row("task", suite, task, metric, {lab: r.value if r else None for lab, r in got.items()}, seen))
+        for extra in dict.fromkeys(x for r in got.values() if r for x in r.extra):
+            values = {lab: r.extra.get(extra) if r else None for lab, r in got.items()}
+            rows.append(row("metric", suite, task, extra, values, seen))
+    named = {(a.suite, a.name): a for m in models for a in m.averages}
     for suite in dict.fromkeys(k[0] for k in keys):
+        if any(s == suite for s, _ in named):
+            for name in (n for s, n in named if s == suite):
+                values = {m.label: _average_of(m, suite, name) for m in models}
+                rows.append(row("average", suite, name, "", values, unseen))
+            continue
         sub = [r for r in rows if r.kind == "task" and r.suite == suite]
         values = {lab: _mean([r.values[lab] for r in sub]) for lab in labels}
-        rows.append(row("suite", suite, "average", "", values, dict.fromkeys(labels, False)))
+        rows.append(row("suite", suite, "average", "", values, unseen))
     for modality in ("language", "vision"):
-        idx = [i for i, k in enumerate(keys) if k[3] == modality]
-        if not idx:
+        sub = [r for r, k in zip([r for r in rows if r.kind == "task"], keys, strict=True) if k[3] == modality]
+        if not sub:
             continue
-        values = {lab: _mean([rows[i].values[lab] for i in idx]) for lab in labels}
-        rows.append(row("modality", "", f"{modality} average", "", values, dict.fromkeys(labels, False)))
+        values = {lab: _mean([r.values[lab] for r in sub]) for lab in labels}
+        rows.append(row("modality", "", f"{modality} average", "", values, unseen))
     return rows
+
+
+def _average_of(m: ModelResults, suite: str, name: str) -> float | None:
+    return next((a.value for a in m.averages if a.suite == suite and a.name == name), None)
 
 
 def comparison_table(report: EvalReport) -> str:
@@ -167,7 +215,7 @@ def comparison_table(report: EvalReport) -> str:
             head.append("Δ")
     lines = ["| " + " | ".join(head) + " |", "| " + " | ".join(["---"] * 2 + ["---:"] * (len(head) - 2)) + " |"]
     for r in report.comparison:
-        name = r.name if r.kind == "task" else f"**{r.name}**"
+        name = {"task": r.name, "metric": f"{r.name} [{r.metric}]"}.get(r.kind, f"**{r.name}**")
         cells = [r.suite, name]
         for lab in labels:
             cells.append(_pct(r.values[lab]) + ("*" if r.seen.get(lab) else ""))
@@ -203,7 +251,7 @@ def plot_comparison(report: EvalReport, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [r for r in report.comparison if r.kind in ("task", "modality")]
+    rows = [r for r in report.comparison if r.kind in ("task", "average", "modality")]
     labels = [m.label for m in report.models]
     width = 0.8 / max(1, len(labels))
     fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(rows) + 2), 4.2))

@@ -19,7 +19,15 @@ from mlan.config.evaluation import DEFAULT_SUITE, UNSEEN_SUITES, EvalRun
 from mlan.config.suite import EvalSuite, SuiteTask
 from mlan.errors import MlanError
 from mlan.evaluate import cache
-from mlan.evaluate.report import EvalReport, ModelResults, TaskResult, compare, write_comparison, write_model_results
+from mlan.evaluate.report import (
+    EvalReport,
+    ModelResults,
+    TaskResult,
+    compare,
+    named_averages,
+    write_comparison,
+    write_model_results,
+)
 from mlan.evaluate.tasks import check_local_data, data_fingerprint, load_task_data, to_items
 from mlan.hub import require_hub
 from mlan.io import atomic_write_text
@@ -119,8 +127,9 @@ def run_evaluation(
     Writes to `run.out`: `<label>/results.{json,md}`, per-task samples and cache, `run.yaml` (the
     run config) and, for several models, `comparison.{json,md,png}`. Each `results.json` lists per
     task: task, suite, metric, value, stderr, n, modality, seen (its mixture manifest's
-    `covers_eval_tasks` includes the task), engine, source, metrics. Every input is checked
-    before any weights are loaded.
+    `covers_eval_tasks` includes the task), engine, source, metrics, extraction (how answers were
+    read) and extra (`also_report` metrics); and `averages`, each suite's named averages (MLAN's
+    published sets for the unseen suites). Every input is checked before any weights are loaded.
     """
     suite_objs = suites if suites is not None else [load_suite(n, run.suite_overrides) for n in run.suite_names()]
     plan = select_tasks(suite_objs, run.tasks)
@@ -136,6 +145,7 @@ def run_evaluation(
         model_plan = [(s, ts) for s, ts in plan if entry.multimodal or s.modality != "vision"]
         mr = _evaluate_model(entry, model_plan, run, out_dir / entry.label, progress)
         mr.seen_tasks = sorted(entry.covered)
+        mr.averages = named_averages(mr.results, [s for s, _ in model_plan])
         write_model_results(mr, out_dir / entry.label)
         results.append(mr)
     report = EvalReport(models=results, out_dir=out_dir, reference=ref_label)
@@ -224,7 +234,8 @@ def _task_key(entry: _Entry, suite: EvalSuite, task: SuiteTask, run: EvalRun) ->
     ident = (
         {"scripted": getattr(model, "name", type(model).__name__)} if entry.scripted else cache.model_identity(model)
     )
-    protocol = suite.model_dump(mode="json", exclude={"tasks", "description", "name"})
+    # Averages change no task's score, so editing them keeps the cached tasks.
+    protocol = suite.model_dump(mode="json", exclude={"tasks", "description", "name", "averages"})
     return cache.cache_key(
         {
             "model": ident,
@@ -259,9 +270,11 @@ class _Runner:
         raw = run_lm_eval_tasks(self.lm, [t], data_dir=run.data_dir, overrides=run.data or None, limit=run.limit)
         raw = raw[t.name]
         value, stderr = pick_metric(raw["metrics"], t.metric)
+        extra = {m: float(pick_metric(raw["metrics"], m)[0]) for m in t.also_report}
         return TaskResult(
             task=t.name, suite=suite.name, metric=t.metric, value=float(value), stderr=stderr, n=int(raw["n"] or 0),
             modality=suite.modality, seen=seen, engine="lm_eval", source=raw["source"], metrics=raw["metrics"],
+            extraction="lm_eval", extra=extra,
         )  # fmt: skip
 
     def generate_task(self, suite: EvalSuite, t: SuiteTask, seen: bool, on_batch) -> TaskResult:
@@ -279,15 +292,17 @@ class _Runner:
         metrics, samples = run_generate_task(
             t, suite, items, self.generator, on_batch=lambda k: on_batch(k, len(items))
         )
-        if t.metric not in metrics:
-            raise MlanError(
-                f"suite {suite.name}: task {t.name}: metric {t.metric!r} not computed (has: {', '.join(metrics)})"
-            )
+        for m in (t.metric, *t.also_report):
+            if m not in metrics:
+                raise MlanError(
+                    f"suite {suite.name}: task {t.name}: metric {m!r} not computed (has: {', '.join(metrics)})"
+                )
         _write_samples(self.out / "samples" / f"{suite.name}__{t.name}.jsonl", samples)
         return TaskResult(
             task=t.name, suite=suite.name, metric=t.metric, value=float(metrics[t.metric]),
             stderr=metrics.get(f"{t.metric}_stderr"), n=len(items), modality=suite.modality, seen=seen,
-            engine="generate", source=data.source, metrics=metrics,
+            engine="generate", source=data.source, metrics=metrics, extraction=suite.extraction_of(t),
+            extra={m: float(metrics[m]) for m in t.also_report},
         )  # fmt: skip
 
 

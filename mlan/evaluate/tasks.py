@@ -4,14 +4,17 @@ Every task reads rows in its hub dataset's own schema, wherever they come from: 
 (`datasets.load_dataset`), a per-task file (`data_file`, or `--data TASK=PATH`), or
 `<data_dir>/<task>/<split>.jsonl`. A local file that was asked for and is missing is an
 error, never a silent fall-back to the hub. The schema readers of mlan.schemas (one per dataset)
-turn rows into `Item`s: question, optional context, lettered choices, gold answer, image.
+turn rows into `Item`s: question, optional context, lettered choices, gold answer, image; each
+`EvalItem` keeps its row too, for MLAN's prompt text. RACE rows (per article or per question) are
+first turned into questions: the last of each article (`race_high`, as MLAN) or all (`race_high_all`).
 """
 
 from __future__ import annotations
 
+import ast
 import io
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from mlan import hub as hf_hub  # module access, so tests can replace hf_hub.require_hub
@@ -26,6 +29,7 @@ log = logging.getLogger(__name__)
 # Task format -> the schema its rows are in.
 FORMATS = {
     "race_high": "race",
+    "race_high_all": "race",
     "openbookqa": "openbookqa",
     "boolq": "boolq",
     "hellaswag": "hellaswag",
@@ -42,6 +46,14 @@ FORMATS = {
 }
 # Answers are extracted as the extractor's letters (A-J): at most that many choices.
 MAX_CHOICES = len(ANSWER_LETTERS)
+
+
+@dataclass
+class EvalItem(Item):
+    """A question to evaluate: the schema reader's item and the row it was read from (MLAN's prompt
+    text is built from some rows' own fields, e.g. BoolQ's question as written, HellaSwag's ctx_a/ctx_b)."""
+
+    row: dict | None = None
 
 
 @dataclass
@@ -141,12 +153,15 @@ def to_items(
     task: SuiteTask, data: TaskData, limit: int | None = None, image_dir: str | Path | None = None
 ) -> list[Item]:
     """Turn rows into items (filtered by image presence for vision tasks), at most `limit`, in file order."""
-    read = SCHEMAS[FORMATS[task.format or task.name]]
+    fmt = task.format or task.name
+    read = SCHEMAS[FORMATS[fmt]]
     items: list[Item] = []
     dirs = _image_dirs(task, data, image_dir)
-    for i, row in enumerate(data.rows):
+    rows = race_questions(data.rows, last_only=fmt == "race_high", source=data.source) if fmt in RACE else data.rows
+    for i, row in enumerate(rows):
         try:
-            item = read(row)
+            base = read(row)
+            item = EvalItem(**{f.name: getattr(base, f.name) for f in fields(Item)}, row=row)
             _check_letters(item)
         except (KeyError, ValueError, IndexError, TypeError) as e:
             raise MlanError(
@@ -163,6 +178,43 @@ def to_items(
         if limit is not None and len(items) >= limit:
             break
     return items
+
+
+RACE = ("race_high", "race_high_all")
+
+
+def race_questions(rows: list[dict], *, last_only: bool, source: str) -> list[dict]:
+    """RACE rows as one question each (the `ehovy/race` schema the reader takes), in article order.
+
+    Rows are `EleutherAI/race` articles (`problems`: the article's questions, a Python literal on the
+    hub) or `ehovy/race` questions (grouped by article, in file order). `last_only` keeps the last
+    question of each article: MLAN's `race_em` asks exactly that one
+    (wang-research-lab/lm_eval@6f81a6b:lm_eval/tasks/race/preprocess_race.py:L8-9, L36-44), 1,045
+    questions of RACE-High test instead of 3,498.
+    """
+    articles: dict[str, list[dict]] = {}
+    for i, r in enumerate(rows):
+        try:
+            if "problems" in r:
+                probs = r["problems"]
+                probs = ast.literal_eval(probs) if isinstance(probs, str) else probs
+                key = str(r.get("example_id") or f"article{i}")
+                articles[key] = [{**p, "article": r["article"], "example_id": key} for p in probs]
+            else:
+                key = str(r.get("example_id") or r["article"])
+                articles.setdefault(key, []).append(r)
+        except (KeyError, ValueError, SyntaxError, TypeError) as e:
+            raise MlanError(
+                f"{source}: row {i + 1}: RACE rows need article/problems (EleutherAI/race) or "
+                f"article/question/options/answer (ehovy/race) ({type(e).__name__}: {e})"
+            ) from None
+    out = []
+    for key, qs in articles.items():
+        picked = qs[-1:] if last_only else qs
+        start = len(qs) - len(picked)
+        # Per-question ids: the article's id and the question's place in it (0-based).
+        out += [{**q, "example_id": f"{key}#{start + k}"} for k, q in enumerate(picked)]
+    return out
 
 
 def _check_letters(item: Item) -> None:
