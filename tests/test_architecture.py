@@ -10,7 +10,16 @@ import mlan
 
 PACKAGE = Path(mlan.__file__).parent
 # Layers every stage may use; they must not reach into a stage.
-SHARED = ("mlan.config", "mlan.schemas", "mlan.io", "mlan.paths", "mlan.errors", "mlan.kinds", "mlan.hub")
+SHARED = (
+    "mlan.config",
+    "mlan.schemas",
+    "mlan.io",
+    "mlan.paths",
+    "mlan.errors",
+    "mlan.kinds",
+    "mlan.hub",
+    "mlan.images",
+)
 STAGES = (
     "mlan.data",
     "mlan.train",

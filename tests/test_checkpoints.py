@@ -129,6 +129,7 @@ def test_converted_config_processor_and_card(parts):
     assert config.vision_feature_layer == -2 and config.vision_feature_select_strategy == "default"
     assert config.projector_hidden_act == "gelu" and config.image_seq_length == IMAGE_TOKENS
     assert config.vision_config.hidden_size == VISION_DIMS["hidden_size"]
+    assert config.image_aspect_ratio == "pad"  # the original's flag, read by evaluation's `image_aspect_ratio: model`
     processor = AutoProcessor.from_pretrained(out)
     tok = processor.tokenizer
     assert (tok.pad_token, tok.padding_side, tok.convert_tokens_to_ids("<image>")) == ("<pad>", "left", VOCAB)

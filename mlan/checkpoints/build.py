@@ -65,6 +65,7 @@ class LlavaParts:
     card: dict[str, str]
     command: str
     source: str  # the file (or folder) to name when a tensor is missing
+    image_aspect_ratio: str | None = None  # an original checkpoint's flag, kept in the config as LLaVA keeps it
 
 
 @dataclass(frozen=True)
@@ -280,6 +281,8 @@ def build_model(parts: LlavaParts):
         pad_token_id=tok.pad_token_id,
         tie_word_embeddings=tied,
     )
+    if parts.image_aspect_ratio:
+        config.image_aspect_ratio = parts.image_aspect_ratio  # read by evaluation's `image_aspect_ratio: model`
     for c in (config, parts.text_config, parts.tower.config):
         c.dtype = parts.dtype  # one dtype for the whole model, as every tensor was cast above
     with torch.device("meta"):
@@ -346,7 +349,8 @@ def model_card(parts: LlavaParts, facts: dict, name: str) -> str:
         f"| part | source |\n|---|---|\n{table}\n\n"
         "Prompt format: the Vicuna-v1 chat template with its system prompt (`USER: <image>\\n... ASSISTANT:`), "
         "with `{% generation %}` markers around assistant replies for assistant-only loss.\n\n"
-        "Images: LLaVA-1.5 and MLAN train with `image_aspect_ratio: pad` (each image padded to a square with the "
-        "image-mean colour, then resized); the CLIP image processor here only resizes and crops, so pad "
-        "non-square images first to match that training.\n"
+        "Images: LLaVA-1.5 and MLAN's stage 2 train with `image_aspect_ratio: pad` (each image padded to a square "
+        "with the image-mean colour, then resized and cropped); the CLIP image processor here only resizes and "
+        "crops. mlan pads where a recipe's `data.image_aspect_ratio` or a suite's `image_aspect_ratio` says so; "
+        f"this folder's config records `image_aspect_ratio: {parts.image_aspect_ratio or 'none'}`.\n"
     )

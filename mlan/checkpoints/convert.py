@@ -83,6 +83,7 @@ def convert(
         tokenizer=tokenizer,
         feature_layer=oc.feature_layer,
         select_strategy=oc.select_strategy,
+        image_aspect_ratio=oc.image_aspect_ratio,
         dtype=keep if torch_dtype == "auto" else torch_dtype,
         card={
             "original checkpoint": f"`{original_dir}` (LlavaLlamaForCausalLM)",

@@ -81,6 +81,10 @@ class DataSection(StrictModel):
     """Where `spec` is built; default `runs/mixtures/<mixture name>` (where `mlan build-mixture` writes it)."""
     eval_at_end: bool = True
     """Compute the loss on the mixture's validation split after training (reported in the model card)."""
+    image_aspect_ratio: Literal["pad", "original"] = "original"
+    """LLaVA's `image_aspect_ratio`: `pad` pads each image to a square with the processor's mean colour
+    before the processor resizes and crops it (MLAN's stage 2 trains so); `original` hands it over as it is
+    (LLaVA's stage-1 default). Evaluate with the same setting (the suite's `image_aspect_ratio`)."""
 
     @model_validator(mode="after")
     def _one_source(self) -> DataSection:
@@ -127,8 +131,13 @@ class TrainingSection(StrictModel):
     chat_template: Literal["auto", "plain"] = "auto"
     """auto: the model's own template when it marks assistant turns, else Vicuna-v1. plain: LLaVA's stage-1
     format (`<image>` then the caption and a newline; no instruction, no system prompt); the model keeps its own."""
-    group_by_modality_length: bool = True
-    """Batches of one modality and similar length (LLaVA's sampler); False: uniformly random batches."""
+    batch_order: Literal["llava", "wide", "random"] = "llava"
+    """How rows are ordered into batches. llava: LLaVA's `group_by_modality_length` (what MLAN trained with):
+    each modality shuffled, sorted by length only inside one optimizer step's rows, so a batch is one
+    modality and a random draw of its sources. wide: mlan's faster order, sorted by length inside groups of
+    50 batches (less padding, but a batch then mostly holds one source, and the model learns more slowly).
+    random: the Trainer's uniformly random order. The older `group_by_modality_length: true|false` is still
+    read as llava|random."""
     logging_steps: int = Field(10, gt=0)
     """Log loss and learning rate every this many optimizer steps."""
     save_steps: int = Field(500, gt=0)
@@ -146,6 +155,26 @@ class TrainingSection(StrictModel):
     environment variables (WANDB_PROJECT, MLFLOW_TRACKING_URI, ...). The run is named after the recipe."""
     extra: dict[str, Any] = Field(default_factory=dict)
     """Further SFTConfig fields, passed unchanged (e.g. {optim: adamw_torch_fused, torch_compile: true})."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _older_batch_order(cls, data: Any) -> Any:
+        # `group_by_modality_length` named the order before `batch_order` existed (recipes, saved runs).
+        # true meant a wider grouping under LLaVA's name; it now gets LLaVA's rule, which the name promised.
+        if not isinstance(data, dict) or "group_by_modality_length" not in data:
+            return data
+        data = dict(data)
+        old = data.pop("group_by_modality_length")
+        if not isinstance(old, bool):
+            raise ValueError(f"group_by_modality_length: expected true or false, got {old!r} (or set batch_order)")
+        mapped = "llava" if old else "random"
+        if data.get("batch_order", mapped) != mapped:
+            raise ValueError(
+                f"group_by_modality_length: {str(old).lower()} means batch_order {mapped}, but batch_order is "
+                f"{data['batch_order']}; set batch_order only"
+            )
+        data["batch_order"] = mapped
+        return data
 
     @field_validator("report_to")
     @classmethod
@@ -254,4 +283,20 @@ class SFTRecipe(StrictModel):
             raise ValueError("wings: both Wings stages train the projector (leave train.projector out)")
         if "learning_rate" in self.training.model_fields_set:
             raise ValueError(f"wings: set the per-group rates in wings.stage{stage} instead of training.learning_rate")
+        return self
+
+    @model_validator(mode="after")
+    def _wings_router_kernel(self) -> SFTRecipe:
+        # The paper's router reads the main attention's probabilities, which only eager attention returns:
+        # a recipe with it loads eager attention unless it names another kernel, which is refused.
+        if self.wings is None or self.wings.router != "attention":
+            return self
+        kernel = self.model.attn_implementation
+        if kernel is None:
+            self.model.attn_implementation = "eager"
+        elif kernel != "eager":
+            raise ValueError(
+                f"wings.router: 'attention' needs eager attention, but model.attn_implementation is {kernel!r} "
+                "(leave it out or set eager, or use router: modality)"
+            )
         return self

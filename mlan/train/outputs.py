@@ -166,8 +166,13 @@ def model_card(
         f"- Global batch {results.get('global_batch_size')} ({t.per_device_train_batch_size} per device x "
         f"{results.get('gradient_accumulation_steps')} accumulation x {results.get('world_size')} processes), "
         f"max length {t.max_length}, seed {t.seed}, precision {results.get('precision')}",
-        f"- Batches grouped by modality and length: {'yes' if t.group_by_modality_length else 'no'}; "
-        f"loss on assistant tokens only: {'yes' if t.assistant_only_loss else 'no'}",
+        f"- Batch order: {t.batch_order}; loss on assistant tokens only: {'yes' if t.assistant_only_loss else 'no'}",
+        f"- Images: `image_aspect_ratio: {recipe.data.image_aspect_ratio}` ("
+        + (
+            "padded to a square with the processor's mean colour, then resized and cropped; evaluate the same way)"
+            if recipe.data.image_aspect_ratio == "pad"
+            else "resized and centre-cropped as they are)"
+        ),
         "",
         "## Results",
         "| metric | value |",
@@ -235,6 +240,7 @@ def write_output(
         results["merged_dir"] = str(merged) if merged else None
         results["mixture"] = str(mixture_dir)
         results["chat_template"] = info.template_source
+        results["image_aspect_ratio"] = recipe.data.image_aspect_ratio
         atomic_write_json(tmp / "train_results.json", results)
         write_model_card(
             tmp / "README.md",
@@ -263,6 +269,7 @@ def merge_lora(recipe: SFTRecipe, info: ModelInfo, adapter_dir: Path, dest: Path
     kwargs = {"revision": recipe.model.revision} if recipe.model.revision else {}
     base = LlavaForConditionalGeneration.from_pretrained(info.path, dtype=dtype, **kwargs)
     merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    merged.config.image_aspect_ratio = recipe.data.image_aspect_ratio  # as run_sft records it
     dest.mkdir(parents=True)
     merged.save_pretrained(dest)
     info.processor.save_pretrained(dest)

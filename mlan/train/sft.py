@@ -120,6 +120,8 @@ def run_sft(recipe: SFTRecipe, *, resume: bool | None = None, overwrite: bool = 
     close_tensorboard(trainer)
     checksums = rank_checksums(trainer, state.num_processes)
     final_dir = ckpt_dir / "final"
+    # Recorded where LLaVA keeps it (llava/train/train.py:904), for evaluation's `image_aspect_ratio: model`.
+    to_train.model.config.image_aspect_ratio = recipe.data.image_aspect_ratio
     trainer.save_model(str(final_dir))  # collective under FSDP / DeepSpeed: every process calls it
     state.wait_for_everyone()
     info.processor.chat_template = info.saved_template  # a stage-1 `plain` run leaves the chat template as it was

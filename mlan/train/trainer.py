@@ -1,6 +1,6 @@
 """The Trainer mlan trains with, and its assembly from the prepared pieces.
 
-`MlanSFTTrainer` is TRL's SFTTrainer with mlan's modality/length-grouped sampler, the Wings
+`MlanSFTTrainer` is TRL's SFTTrainer with the recipe's batch order (mlan.train.sampler), the Wings
 optimizer groups, and resuming that loads a LLaVA checkpoint's weights whatever their key layout.
 The collator wrapper keeps image placeholder tokens out of the loss; `build_trainer` puts model,
 arguments, rows, collator and mlan's progress display together.
@@ -20,6 +20,7 @@ from trl import SFTTrainer
 
 from mlan.config.recipe import SFTRecipe
 from mlan.errors import MlanError
+from mlan.images import PadImages, mean_colour
 from mlan.train.checkpoint import TENSORBOARD_DIR, checkpoint_weight_files, load_checkpoint, unwrapped_name
 from mlan.train.data import PreparedSplit
 from mlan.train.model import ModelToTrain
@@ -52,18 +53,20 @@ def image_token_masking(collator, image_token_id: int) -> ImageTokenMasking:
 
 
 class MlanSFTTrainer(SFTTrainer):
-    """SFTTrainer with mlan's modality/length-grouped sampler (on the Trainer's sampler hook), the
-    Wings optimizer groups, and LLaVA-aware resuming.
+    """SFTTrainer with the recipe's batch order (on the Trainer's sampler hook), the Wings optimizer
+    groups, and LLaVA-aware resuming.
 
     row_lengths / row_has_image: per train row, for the sampler (row_lengths None: the Trainer's
-    own sampler). wings_groups: the stage's optimizer groups (`wings_parameter_groups`), or None.
+    own random sampler); batch_order: `llava` or `wide` (mlan.train.sampler). wings_groups: the stage's
+    optimizer groups (`wings_parameter_groups`), or None.
 
     `_get_train_sampler`, `_run_epoch` and `_load_from_checkpoint` are private Trainer methods:
     check them when transformers is upgraded.
     """
 
-    def __init__(self, *args, row_lengths=None, row_has_image=None, wings_groups=None, **kwargs):
+    def __init__(self, *args, row_lengths=None, row_has_image=None, batch_order="llava", wings_groups=None, **kwargs):
         self._row_lengths = row_lengths
+        self._batch_order = batch_order
         self._row_has_image = row_has_image
         self._wings_groups = None
         if wings_groups is not None:
@@ -122,6 +125,8 @@ class MlanSFTTrainer(SFTTrainer):
             per_device_batch=self.args.per_device_train_batch_size,
             world_size=self.args.world_size,
             seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed,
+            order=self._batch_order,
+            accumulation=self.args.gradient_accumulation_steps,
         )
         return self._mlan_sampler
 
@@ -157,11 +162,15 @@ def build_trainer(
         train_dataset=train.dataset,
         processing_class=info.processor,
         peft_config=to_train.peft_config,
-        row_lengths=train.lengths if recipe.training.group_by_modality_length else None,
+        row_lengths=None if recipe.training.batch_order == "random" else train.lengths,
         row_has_image=train.has_image,
+        batch_order=recipe.training.batch_order,
         wings_groups=to_train.wings_groups,
     )
     trainer.data_collator = image_token_masking(trainer.data_collator, info.image_token_id)
+    if recipe.data.image_aspect_ratio == "pad":
+        # LLaVA's `image_aspect_ratio: pad`: square images in the processor's mean colour (mlan.images).
+        trainer.data_collator = PadImages(trainer.data_collator, mean_colour(info.processor))
     set_up_reporting(trainer, ckpt_dir)
     if recipe.train.language_model == "qlora" and checked.precision == "fp32":
         # TRL casts every trainable parameter of a quantized model to bf16 (the QLoRA paper's
