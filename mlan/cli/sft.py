@@ -66,4 +66,12 @@ def sft(
     table.add_row(
         "runtime", f"{res.runtime_s:.1f} s" + (f" (resumed from {res.resumed_from})" if res.resumed_from else "")
     )
+    if res.step_time_split:
+        from mlan.train.timing import describe
+
+        table.add_row("step time", describe(res.step_time_split))
+    table.add_row(
+        "padding-free text batches",
+        ("on" if res.padding_free.get("on") else "off") + f" ({res.padding_free.get('reason')})",
+    )
     console().print(table)

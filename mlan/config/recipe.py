@@ -138,6 +138,12 @@ class TrainingSection(StrictModel):
     50 batches (less padding, but a batch then mostly holds one source, and the model learns more slowly).
     random: the Trainer's uniformly random order. The older `group_by_modality_length: true|false` is still
     read as llava|random."""
+    padding_free: Literal["auto", "on", "off"] = "auto"
+    """Batches with no image row as one row without padding (rows concatenated, positions restarting per
+    row); image and mixed batches stay padded. auto: on with a flash-attention kernel on a GPU
+    (model.attn_implementation: flash_attention_2/3), which runs the rows as variable-length sequences; off
+    with sdpa or eager (they would attend over the whole packed row), on a CPU and with Wings. on: also with
+    sdpa, eager or flex_attention (correct, through a block-diagonal mask)."""
     logging_steps: int = Field(10, gt=0)
     """Log loss and learning rate every this many optimizer steps."""
     save_steps: int = Field(500, gt=0)
@@ -175,6 +181,12 @@ class TrainingSection(StrictModel):
             )
         data["batch_order"] = mapped
         return data
+
+    @field_validator("padding_free", mode="before")
+    @classmethod
+    def _yaml_on_off(cls, value: Any) -> Any:
+        # YAML 1.1 reads a bare on/off (`padding_free: on`, `-o training.padding_free=off`) as a boolean.
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
     @field_validator("report_to")
     @classmethod

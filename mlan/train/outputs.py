@@ -82,6 +82,20 @@ def _fmt(n: float | int | None, digits: int = 4) -> str:
     return f"{n:.{digits}g}"
 
 
+def _padding_free_line(choice: dict[str, Any] | None) -> str:
+    """The model card's line on `training.padding_free`: what it resolved to, and why."""
+    if not choice:
+        return "- Padding-free text batches: n/a"
+    used = "on" if choice.get("on") else "off"
+    return f"- Padding-free text batches: {used} (`padding_free: {choice.get('setting')}`; {choice.get('reason')})"
+
+
+def _split_cell(split: dict[str, Any] | None) -> str:
+    if not split:
+        return "n/a"
+    return " / ".join(f"{split['fractions'][p]:.0%}" for p in ("data", "forward_backward", "optimizer", "other"))
+
+
 def _model_section(recipe: Any, results: dict[str, Any]) -> list[str]:
     """The model card's "Model" section: base, what was trained (LoRA, Wings stage), parameters."""
     tr = recipe.train
@@ -167,6 +181,7 @@ def model_card(
         f"{results.get('gradient_accumulation_steps')} accumulation x {results.get('world_size')} processes), "
         f"max length {t.max_length}, seed {t.seed}, precision {results.get('precision')}",
         f"- Batch order: {t.batch_order}; loss on assistant tokens only: {'yes' if t.assistant_only_loss else 'no'}",
+        _padding_free_line(results.get("padding_free")),
         f"- Images: `image_aspect_ratio: {recipe.data.image_aspect_ratio}` ("
         + (
             "padded to a square with the processor's mean colour, then resized and cropped; evaluate the same way)"
@@ -183,6 +198,7 @@ def model_card(
         f"| mean train loss | {_fmt(results.get('train_loss'))} |",
         f"| validation loss | {_fmt(results.get('eval_loss'))} |",
         f"| runtime (s) | {_fmt(results.get('runtime_s'), 5)} |",
+        f"| step time: data / forward+backward / optimizer / other | {_split_cell(results.get('step_time_split'))} |",
         "",
         "The loss curve is in `loss_curve.png`, every logged point in `loss_log.json`, the mixture's manifest "
         "in `mixture_manifest.json`.",

@@ -41,6 +41,7 @@ from mlan.train.arguments import (
 from mlan.train.checkpoint import decide_resume
 from mlan.train.data import load_mixture
 from mlan.train.freeze import check_lora_targets
+from mlan.train.packing import PaddingFree, default_kernel, resolve_padding_free
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,7 @@ class Checked:
     batch: BatchShape
     sft_args: dict[str, Any]  # SFTConfig keyword arguments
     resume_from: Path | None
+    padding_free: PaddingFree  # `training.padding_free` as resolved for this model and machine
 
 
 def preflight(recipe: SFTRecipe, *, out: Path, ckpt_dir: Path, resume: bool | None) -> Checked:
@@ -98,8 +100,19 @@ def preflight(recipe: SFTRecipe, *, out: Path, ckpt_dir: Path, resume: bool | No
     )
     check_extra(recipe.training.extra, managed_sources(managed))
     sft_args = sft_config_kwargs(recipe, managed, run_name=recipe.name or out.name)
+    padding_free = check_padding_free(recipe, info, cuda)
     resume_from = decide_resume(recipe, ckpt_dir, resume)
-    return Checked(mix_dir, mixture, manifest, info, precision, cuda, batch, sft_args, resume_from)
+    return Checked(mix_dir, mixture, manifest, info, precision, cuda, batch, sft_args, resume_from, padding_free)
+
+
+def check_padding_free(recipe: SFTRecipe, info: ModelInfo, cuda: bool) -> PaddingFree:
+    """`training.padding_free` resolved against the attention kernel the model will load with: the
+    recipe's, else transformers' default, read from a weightless copy only when the answer depends on it."""
+    setting = recipe.training.padding_free
+    kernel = recipe.model.attn_implementation
+    if kernel is None and recipe.wings is None and (setting == "on" or (setting == "auto" and cuda)):
+        kernel = default_kernel(info.config)
+    return resolve_padding_free(setting, kernel, cuda=cuda, wings=recipe.wings is not None)
 
 
 def resolve_mixture(recipe: SFTRecipe) -> Path:

@@ -58,6 +58,10 @@ class SFTResult:
     resumed_from: str | None = None
     merged_dir: Path | None = None
     rank_checksums: list[str] = field(default_factory=list)
+    # `training.padding_free` as resolved: {setting, on, kernel, reason} (mlan.train.packing).
+    padding_free: dict[str, Any] = field(default_factory=dict)
+    # This process's step time in parts: {steps, total_s, seconds, fractions, collate_s} (mlan.train.timing).
+    step_time_split: dict[str, Any] | None = None
     is_main_process: bool = True
 
     def to_json(self) -> dict[str, Any]:
@@ -145,6 +149,8 @@ def run_sft(recipe: SFTRecipe, *, resume: bool | None = None, overwrite: bool = 
         precision=checked.precision,
         resumed_from=str(resume_from) if resume_from else None,
         rank_checksums=checksums,
+        padding_free=checked.padding_free.to_json(),
+        step_time_split=trainer.step_timer.summary(),
         is_main_process=state.is_main_process,
     )
     if state.is_main_process:

@@ -24,9 +24,11 @@ from mlan.images import PadImages, mean_colour
 from mlan.train.checkpoint import TENSORBOARD_DIR, checkpoint_weight_files, load_checkpoint, unwrapped_name
 from mlan.train.data import PreparedSplit
 from mlan.train.model import ModelToTrain
+from mlan.train.packing import PaddingFreeText
 from mlan.train.preflight import Checked
 from mlan.train.progress import use_mlan_progress
 from mlan.train.sampler import ModalityLengthGroupedSampler
+from mlan.train.timing import StepTimer, TimedCollator
 
 
 class ImageTokenMasking:
@@ -65,6 +67,7 @@ class MlanSFTTrainer(SFTTrainer):
     """
 
     def __init__(self, *args, row_lengths=None, row_has_image=None, batch_order="llava", wings_groups=None, **kwargs):
+        self.step_timer: StepTimer | None = None  # set by `build_trainer`
         self._row_lengths = row_lengths
         self._batch_order = batch_order
         self._row_has_image = row_has_image
@@ -115,6 +118,14 @@ class MlanSFTTrainer(SFTTrainer):
                         {"name": g["name"] + suffix, "params": params, "lr": g["lr"], "weight_decay": weight_decay}
                     )
         return groups
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        # The Trainer fetches one optimizer step's batches here, before `on_step_begin`: the step timer's data part.
+        if self.step_timer is None:
+            return super().get_batch_samples(epoch_iterator, num_batches, device)
+        return self.step_timer.fetch(
+            lambda: super(MlanSFTTrainer, self).get_batch_samples(epoch_iterator, num_batches, device)
+        )
 
     def _get_train_sampler(self, train_dataset=None):
         if self._row_lengths is None:
@@ -168,6 +179,12 @@ def build_trainer(
         wings_groups=to_train.wings_groups,
     )
     trainer.data_collator = image_token_masking(trainer.data_collator, info.image_token_id)
+    if checked.padding_free.on:
+        # Batches with no image row as one row without padding (mlan.train.packing).
+        trainer.data_collator = PaddingFreeText(trainer.data_collator, info.processor.tokenizer.pad_token_id)
+    trainer.step_timer = StepTimer()
+    trainer.add_callback(trainer.step_timer)
+    trainer.data_collator = TimedCollator(trainer.data_collator, trainer.step_timer)
     if recipe.data.image_aspect_ratio == "pad":
         # LLaVA's `image_aspect_ratio: pad`: square images in the processor's mean colour (mlan.images).
         trainer.data_collator = PadImages(trainer.data_collator, mean_colour(info.processor))
