@@ -133,15 +133,21 @@ def _strings(obj) -> list[str]:
     return []
 
 
-def _llama_style(tok, model_max_length: int, chat_template: str):
-    """Wrap a `tokenizers.Tokenizer` Llama-style: `<s>` prepended on encoding, left padding,
-    `<image>` as the image token, the given chat template."""
+def _prepend_bos(tok) -> None:
+    """`<s>` in front of every encoded text, as Llama's tokenizer does."""
     from tokenizers import processors
-    from transformers import PreTrainedTokenizerFast
 
     tok.post_processor = processors.TemplateProcessing(
         single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", tok.token_to_id("<s>"))]
     )
+
+
+def _llama_style(tok, model_max_length: int, chat_template: str):
+    """Wrap a `tokenizers.Tokenizer` Llama-style: `<s>` prepended on encoding, left padding,
+    `<image>` as the image token, the given chat template."""
+    from transformers import PreTrainedTokenizerFast
+
+    _prepend_bos(tok)
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         unk_token="<unk>",
@@ -286,13 +292,10 @@ def build_llm_tokenizer(vocab_size: int = 1984):
     other layouts (`mlan assemble`/`mlan convert` tests): `<s>` prepended, no `<image>` and no
     `<pad>` (Llama has neither; LLaVA pads with `<unk>`), right padding. 1984 = 31 x 64 rows, so
     adding `<image>` and `<pad>` grows the vocabulary to the next multiple of 64, as 32000 -> 32064."""
-    from tokenizers import processors
     from transformers import PreTrainedTokenizerFast
 
     tok = _trained_bpe(vocab_size, ["<unk>", "<s>", "</s>"])
-    tok.post_processor = processors.TemplateProcessing(
-        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", tok.token_to_id("<s>"))]
-    )
+    _prepend_bos(tok)
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         unk_token="<unk>",

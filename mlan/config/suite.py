@@ -20,23 +20,6 @@ from mlan.config.base import StrictModel
 # Formats the generate engine knows how to turn into prompts (each read by its dataset schema in
 # mlan/schemas, rendered in mlan/evaluate/tasks.py), and the lm-eval tasks the lm_eval engine can
 # run. Kept here so a suite file is validated without importing the evaluation code.
-GENERATE_FORMATS = (
-    "race_high",
-    "race_high_all",
-    "openbookqa",
-    "boolq",
-    "hellaswag",
-    "realworldqa",
-    "ai2d",
-    "pope",
-    "gqa",
-    "scienceqa",
-    "arc_easy",
-    "arc_challenge",
-    "commonsense_qa",
-    "mmlu",
-    "qa",
-)
 # Formats whose prompt text MLAN's evaluation code writes out (`prompt.wording: mlan`, see
 # mlan/evaluate/prompts.py for the source of each).
 MLAN_FORMATS = (
@@ -51,6 +34,7 @@ MLAN_FORMATS = (
     "gqa",
     "scienceqa",
 )
+GENERATE_FORMATS = (*MLAN_FORMATS, "arc_easy", "arc_challenge", "commonsense_qa", "mmlu", "qa")
 Extraction = Literal["mlan", "lenient"]
 LM_EVAL_TASKS = (
     "gsm8k",
