@@ -283,37 +283,11 @@ def recipe_for(a, model_dir: Path, mixture: Path, out: Path, changes: dict):
     return SFTRecipe.model_validate(data)
 
 
-def with_callback(callback):
-    """`run_sft` with `callback` on its trainer: run_sft takes no callbacks, so its trainer builder is
-    wrapped, in this process only, for the run (a context manager)."""
-    import contextlib
-
-    import mlan.train.trainer as mt
-
-    @contextlib.contextmanager
-    def patched():
-        original = mt.build_trainer
-
-        def build(*args, **kwargs):
-            trainer = original(*args, **kwargs)
-            trainer.add_callback(callback)
-            return trainer
-
-        mt.build_trainer = build
-        try:
-            yield
-        finally:
-            mt.build_trainer = original
-
-    return patched()
-
-
 def run_mlan(a, m: Measured, recipe) -> None:
     from mlan.train.sft import run_sft
 
     free_gpu()
-    with with_callback(measuring_callback(m, a.warmup)):
-        res = run_sft(recipe, resume=False, overwrite=True)
+    res = run_sft(recipe, resume=False, overwrite=True, callbacks=[measuring_callback(m, a.warmup)])
     m.peak_bytes = peak_bytes()
     results = json.loads((res.output_dir / "train_results.json").read_text(encoding="utf-8"))
     m.split = results.get("step_time_split")

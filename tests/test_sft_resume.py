@@ -42,6 +42,21 @@ def _mlan(*args: str) -> subprocess.Popen:
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
+def _step_counter():
+    """A TrainerCallback recording each finished step."""
+    from transformers import TrainerCallback
+
+    class StepCounter(TrainerCallback):
+        seen: list[int]
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.seen.append(state.global_step)
+
+    counter = StepCounter()
+    counter.seen = []
+    return counter
+
+
 def test_kill_and_resume_matches_uninterrupted(cli, tiny_llava_dir, shared_data, tmp_path):
     import torch
     from safetensors.torch import load_file
@@ -70,7 +85,9 @@ def test_kill_and_resume_matches_uninterrupted(cli, tiny_llava_dir, shared_data,
     torch.set_num_threads(1)
     try:
         ref = load_config(_recipe(tmp_path / "ref.yaml", tiny_llava_dir, mixture, tmp_path / "ref"), SFTRecipe)
-        run_sft(ref)
+        steps = _step_counter()
+        run_sft(ref, callbacks=[steps])  # extra callbacks (benchmarks measure through them) see every step
+        assert steps.seen == list(range(1, 25))
         r = cli("sft", str(run_recipe))  # no flag: resumes automatically from the last complete checkpoint
     finally:
         torch.set_num_threads(threads)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -80,12 +81,14 @@ def output_dir(recipe: SFTRecipe) -> Path:
     return run_dir(recipe.name or "sft")
 
 
-def run_sft(recipe: SFTRecipe, *, resume: bool | None = None, overwrite: bool = False) -> SFTResult:
+def run_sft(
+    recipe: SFTRecipe, *, resume: bool | None = None, overwrite: bool = False, callbacks: Sequence[Any] = ()
+) -> SFTResult:
     """Fine-tune `recipe.model` on `recipe.data` as the recipe says; returns what was produced.
 
     resume: None resumes from the last complete checkpoint of this recipe's run when there is
     one; True requires one; False discards old checkpoints and starts over. overwrite: replace an
-    existing output folder. Under `accelerate launch` every process calls this; only the main
+    existing output folder. callbacks: extra `TrainerCallback`s (benchmarks measure through them). Under `accelerate launch` every process calls this; only the main
     process writes the output folder (its result has `is_main_process=True`).
     """
     out = output_dir(recipe)
@@ -108,6 +111,8 @@ def run_sft(recipe: SFTRecipe, *, resume: bool | None = None, overwrite: bool = 
     start_checkpoints(recipe, ckpt_dir, checked.resume_from, state)
     to_train = model_to_train(recipe, info, checked.cuda, state.local_process_index)
     trainer = build_trainer(recipe, checked, sft_args, to_train, train, ckpt_dir)
+    for callback in callbacks:
+        trainer.add_callback(callback)
     params = parameter_report(trainer.model)
     if state.is_main_process:
         for comp, c in params.items():
