@@ -41,7 +41,6 @@ import importlib.util
 import json
 import logging
 import os
-import random
 import sys
 import tempfile
 import time
@@ -99,61 +98,14 @@ def build_model(out: Path, shape: str, seed: int) -> Path:
     return out
 
 
-def _text_pool() -> list[str]:
-    data = REPO / "mlan" / "assets" / "data"
-    words: list[str] = []
-    for f in ("squad/validation.jsonl", "cosmos_qa/validation.jsonl", "arc_easy/train.jsonl"):
-        for line in (data / f).read_text(encoding="utf-8").splitlines():
-            r = json.loads(line)
-            words.extend(w for key in ("context", "question") if isinstance(r.get(key), str) for w in r[key].split())
-    return words
-
-
 def build_mixture(out: Path, tokenizer, rows: int, vision_share: float, seed: int) -> None:
     """A mixture folder (the mixture-stage contract) of MLAN-style rows: text rows of 100-500 tokens,
-    image rows of one image and a short question."""
-    from datasets import Dataset, DatasetDict
+    image rows of one image and a short question (sft_throughput's builder, with longer rows)."""
+    from sft_throughput import build_mixture as build
 
-    from mlan.data.mixture import features
-
-    rnd = random.Random(seed)
-    words = _text_pool()
-    images = sorted(p for p in (REPO / "mlan" / "assets" / "data" / "images").iterdir() if p.suffix in (".png", ".jpg"))
-    per_word = len(tokenizer(" ".join(words[:2000]), add_special_tokens=False)["input_ids"]) / 2000
-    n_vision = round(rows * vision_share)
-    out_rows = []
-    for i in range(rows - n_vision):
-        k = max(5, int((rnd.randint(100, 500) - 40) / per_word))  # the template takes ~40 tokens
-        start = rnd.randrange(0, len(words) - k)
-        out_rows.append(
-            {
-                "messages": [
-                    {"role": "user", "content": "Context: " + " ".join(words[start : start + k]) + "\nAnswer briefly."},
-                    {"role": "assistant", "content": " ".join(words[start : start + rnd.randint(1, 12)])},
-                ],
-                "images": [],
-                "modality": "language",
-                "source": "text",
-                "id": f"t{i}",
-            }
-        )
-    for i in range(n_vision):
-        img = images[i % len(images)]
-        out_rows.append(
-            {
-                "messages": [
-                    {"role": "user", "content": "What is shown in the image? Answer with one word."},
-                    {"role": "assistant", "content": img.stem.split("_")[-1]},
-                ],
-                "images": [str(img)],
-                "modality": "vision",
-                "source": "images",
-                "id": f"v{i}",
-            }
-        )
-    rnd.shuffle(out_rows)
-    DatasetDict({"train": Dataset.from_list(out_rows, features=features())}).save_to_disk(str(out))
-    (out / "manifest.json").write_text(json.dumps({"name": "gpu_sft", "covers_eval_tasks": []}))
+    # the template takes ~40 tokens here (no system prompt counted in these lengths)
+    build(out, tokenizer, rows, vision_share, seed, text_tokens=(100, 500), template_tokens=40,
+          instruction="Answer briefly.", answer_words=12, name="gpu_sft")  # fmt: skip
 
 
 # --------------------------------------------------------------------------- measuring

@@ -89,8 +89,22 @@ def _text_pool() -> list[str]:
     return words
 
 
-def build_mixture(out: Path, tokenizer, rows: int, vision_share: float, seed: int) -> dict:
-    """An MLAN_v-style mixture folder (the mixture-stage contract) with realistic row lengths."""
+def build_mixture(
+    out: Path,
+    tokenizer,
+    rows: int,
+    vision_share: float,
+    seed: int,
+    *,
+    text_tokens: tuple[int, int] = (100, 400),
+    template_tokens: int = 70,
+    instruction: str = "What is the answer? Answer briefly.",
+    answer_words: int = 6,
+    name: str = "bench",
+) -> dict:
+    """An MLAN_v-style mixture folder (the mixture-stage contract) with realistic row lengths: text rows of
+    `text_tokens` tokens (`template_tokens` of them the template's), image rows of one bundled image and a
+    one-word question. benchmarks/gpu_sft.py builds its rows here too, longer."""
     from datasets import Dataset, DatasetDict
 
     from mlan.data.mixture import features as mixture_features
@@ -102,15 +116,15 @@ def build_mixture(out: Path, tokenizer, rows: int, vision_share: float, seed: in
     n_vision = round(rows * vision_share)
     out_rows = []
     for i in range(rows - n_vision):
-        target = rnd.randint(100, 400) - 70  # the template and system prompt take ~70 tokens
+        target = rnd.randint(*text_tokens) - template_tokens  # the template (and system prompt) take the rest
         k = max(5, int(target / per_word))
         start = rnd.randrange(0, len(words) - k)
         question = " ".join(words[start : start + k])
         out_rows.append(
             {
                 "messages": [
-                    {"role": "user", "content": f"Context: {question}\nWhat is the answer? Answer briefly."},
-                    {"role": "assistant", "content": " ".join(words[start : start + rnd.randint(1, 6)])},
+                    {"role": "user", "content": f"Context: {question}\n{instruction}"},
+                    {"role": "assistant", "content": " ".join(words[start : start + rnd.randint(1, answer_words)])},
                 ],
                 "images": [],
                 "modality": "language",
@@ -135,7 +149,7 @@ def build_mixture(out: Path, tokenizer, rows: int, vision_share: float, seed: in
     rnd.shuffle(out_rows)
     features = mixture_features()  # the mixture folder contract, as build-mixture writes it
     DatasetDict({"train": Dataset.from_list(out_rows, features=features)}).save_to_disk(str(out))
-    manifest = {"name": "bench", "covers_eval_tasks": []}
+    manifest = {"name": name, "covers_eval_tasks": []}
     (out / "manifest.json").write_text(json.dumps(manifest))
     return manifest
 
