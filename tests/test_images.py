@@ -130,15 +130,7 @@ def test_generator_pads_for_a_pad_suite(tiny):
         if ratio == "pad":
             assert seen[0][0].getpixel((0, 0)) == CLIP_MEAN and seen[0][0].getpixel((0, 24)) == image.getpixel((0, 0))
     # The suite's setting reaches the requests (a scripted generator sees what HFGenerator would get).
-    suite = EvalSuite.model_validate(
-        {
-            "name": "s",
-            "engine": "generate",
-            "modality": "vision",
-            "image_aspect_ratio": "pad",
-            "tasks": [{"name": "gqa", "hub": {"path": "x", "split": "test"}, "metric": "acc"}],
-        }
-    )
+    suite = _vision_suite("pad")
     got = []
 
     class Scripted:
@@ -152,6 +144,20 @@ def test_generator_pads_for_a_pad_suite(tiny):
     assert [r.image_aspect_ratio for r in got] == ["pad"]
     default = suite.model_dump(exclude={"image_aspect_ratio"})
     assert EvalSuite.model_validate(default).image_aspect_ratio == "original"
+
+
+def _vision_suite(image_aspect_ratio: str):
+    from mlan.config.suite import EvalSuite
+
+    return EvalSuite.model_validate(
+        {
+            "name": "s",
+            "engine": "generate",
+            "modality": "vision",
+            "image_aspect_ratio": image_aspect_ratio,
+            "tasks": [{"name": "gqa", "hub": {"path": "x", "split": "test"}, "metric": "acc"}],
+        }
+    )
 
 
 class _Observed:
@@ -171,19 +177,10 @@ class _Observed:
 def test_model_mode_reads_each_models_config(tiny):
     """`image_aspect_ratio: model` pads exactly the models whose config records pad (as LLaVA's
     process_images reads the flag): a padded stage-2 model and an unpadded stage-1 model in one run."""
-    from mlan.config.suite import EvalSuite
     from mlan.evaluate.generate import image_aspect_ratio
     from mlan.images import model_aspect_ratio
 
-    suite = EvalSuite.model_validate(
-        {
-            "name": "s",
-            "engine": "generate",
-            "modality": "vision",
-            "image_aspect_ratio": "model",
-            "tasks": [{"name": "gqa", "hub": {"path": "x", "split": "test"}, "metric": "acc"}],
-        }
-    )
+    suite = _vision_suite("model")
     model, _ = tiny
     for recorded, expected in (("pad", "pad"), ("square", "original"), ("anyres", "original"), (None, "original")):
         config = types.SimpleNamespace(image_aspect_ratio=recorded)

@@ -12,8 +12,9 @@ import torch
 from mlan.config.recipe import SFTRecipe
 from mlan.config.wings import WingsConfig
 from mlan.errors import MlanError
-from mlan.wings import add_wings, get_runtime, load_wings_model, save_wings_model, set_system_prompt, wings_layers
+from mlan.wings import add_wings, get_runtime, load_wings_model, save_wings_model, set_system_prompt
 from mlan.wings.system import system_prefix_mask, system_prompt_ids
+from tests.test_wings import _randomize
 
 
 @pytest.fixture(scope="module")
@@ -28,15 +29,6 @@ def tiny():
 
 def _prompt(processor, text: str) -> str:
     return processor.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True)
-
-
-def _randomize(model, seed=1, std=0.3):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for layer in wings_layers(model).values():
-            for p in layer.parameters():
-                p.copy_(torch.randn(p.shape, generator=g) * std)
-    return model
 
 
 def test_defaults_are_the_published_ones():
