@@ -5,9 +5,12 @@ Language tasks (each in a base phrasing P1 and an instruction phrasing P2):
 - addition of two 2-digit numbers, the sum written least-significant digit first (a 2-layer
   model learns this; most-significant first it barely does),
 - the larger of two numbers, reversal of a 3-5 letter list, capitals of invented countries.
-Scenes: 32x32 images of 1-3 identical shapes (4 colours x 3 shapes) with questions on
-colour, shape and count; the same questions also exist as text ("scene 2 red circle"),
-and captions ("2 red circle") serve stage-1 alignment.
+Scenes: 32x32 images of 1-3 identical shapes (4 colours x 3 shapes). Like the language tasks, a scene
+is asked about in two phrasings: the base phrasing ("colour =", "shape =", "count =", and
+"describe =" for the caption "2 red circle"), which the pretrained LLM reads from scenes given as
+text ("scene 2 red circle . colour =") and stage 1 aligns the images on; and the instruction phrasing
+("what colour are the shapes ?"), which stage-2 language data teaches on scenes as text and vision
+evaluation asks about images. Every answer is a fact the scene's caption carries.
 
 Rows are plain `{"id", "question", "answer"[, "image"]}` records, written as JSONL (+ PNG
 files) so that mixture building and evaluation read them like any local dataset.
@@ -28,6 +31,9 @@ LETTERS = "abcdefghijklmnopqrstuvwxyz"
 _SYLLABLES = ("ka", "lo", "mi", "ru", "ze", "ta", "vo", "ni", "pa", "so", "di", "fe")
 LANGUAGE_TASKS = ("add", "max", "reverse", "capital")
 SCENE_QUESTIONS = ("colour", "shape", "count")
+# The base phrasing of scene questions (the pretrained LLM's own); `describe` asks for the caption.
+BASE_SCENE_QUESTIONS = ("describe", *SCENE_QUESTIONS)
+CAPTION_QUESTION = "describe ="
 
 
 def _countries(n: int = 24) -> dict[str, str]:
@@ -83,6 +89,14 @@ class Scene:
     def caption(self) -> str:
         return f"{self.count} {self.colour} {self.shape}"
 
+    def fact(self, kind: str) -> str:
+        """The caption's word for one kind of question (colour, shape or count)."""
+        return {"colour": self.colour, "shape": self.shape, "count": str(self.count)}[kind]
+
+
+# The answers each kind of scene question can have (the guessing level of the vision test).
+SCENE_VALUES = {"colour": sorted(COLOURS), "shape": list(SHAPES), "count": ["1", "2", "3"]}
+
 
 def random_scene(rng: random.Random) -> Scene:
     return Scene(rng.choice(sorted(COLOURS)), rng.choice(SHAPES), rng.randint(1, 3))
@@ -109,9 +123,24 @@ def draw_scene(scene: Scene, rng: random.Random, size: int = 32):
     return img
 
 
+def scene_text(scene: Scene) -> str:
+    """A scene given as text, where an image would stand: what the pretrained LLM reads."""
+    return f"scene {scene.caption} . "
+
+
+def scene_base_item(scene: Scene, kind: str, as_text: bool) -> tuple[str, str]:
+    """A scene question in the base phrasing (P1), the pretrained LLM's own: `describe =` (the caption;
+    stage 1's question with the image) or `colour =` / `shape =` / `count =`."""
+    prefix = scene_text(scene) if as_text else ""
+    if kind == "describe":
+        return f"{prefix}{CAPTION_QUESTION}", scene.caption
+    return f"{prefix}{kind} =", scene.fact(kind)
+
+
 def scene_item(scene: Scene, kind: str, as_text: bool) -> tuple[str, str]:
-    """A question about a scene; as text the scene is described in the question itself."""
-    prefix = f"scene {scene.caption} . " if as_text else ""
+    """A scene question in the instruction phrasing (P2): what stage-2 language data asks about scenes
+    as text and vision evaluation about images; as text, the scene is described before the question."""
+    prefix = scene_text(scene) if as_text else ""
     if kind == "colour":
         return f"{prefix}what colour are the shapes ?", scene.colour
     if kind == "shape":
@@ -133,11 +162,17 @@ def vocabulary() -> list[str]:
     scene = Scene("red", "circle", 2)
     for kind in SCENE_QUESTIONS:
         words |= set(" ".join(scene_item(scene, kind, True)).split())
-    words |= {"describe", "the", "image", "."}
+    for kind in BASE_SCENE_QUESTIONS:
+        words |= set(" ".join(scene_base_item(scene, kind, True)).split())
     return sorted(words)
 
 
-CAPTION_QUESTION = "describe the image ."
+def vision_chance(world: str | Path) -> float:
+    """The guessing level of the world's vision test: a model that answers every question with a
+    word of the right kind (a colour, a shape, a count) without reading the image."""
+    with open(Path(world) / "scenes" / "test.jsonl", encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f]
+    return sum(1 / len(SCENE_VALUES[r["task"]]) for r in rows) / len(rows)
 
 
 def _language_rows(phrasing: int, rng: random.Random, n_train: int, n_test: int):
@@ -168,9 +203,15 @@ def _language_rows(phrasing: int, rng: random.Random, n_train: int, n_test: int)
 def write_world(out: str | Path, seed: int, n_train: int = 4000, n_test: int = 200, n_images: int = 2000) -> dict:
     """Write the world's datasets under `out` and return an index of what was written.
 
-    Layout: `language_p1/`, `language_p2/`, `scenes_text/` (scene questions as text),
-    `scenes/` (with images), `captions/` (with images), each with `train.jsonl` (language also
-    `train_<task>.jsonl`) and, per task, `test_<task>.jsonl`; images under `images/`. Test items never appear in train.
+    Layout, each folder with `train.jsonl` and test files, images under `images/`; test items never
+    appear in train:
+    - `language_p1/`, `language_p2/`: the language tasks in each phrasing (also `train_<task>.jsonl`,
+      and `test_<task>.jsonl` per task);
+    - `scenes_p1/`: scenes as text in the base phrasing ("scene 2 red circle . colour =", "... describe =");
+    - `scenes_text/`: scenes as text in the instruction phrasing; `scenes/`: the same about images;
+    - `scenes_p1_images/test.jsonl`: base-phrasing questions about images (what a model reads from
+      an image whatever the phrasing);
+    - `captions/`: the base-phrasing questions, caption included, about images (stage 1).
     """
     out = Path(out)
     rng = random.Random(seed)
@@ -212,18 +253,27 @@ def write_world(out: str | Path, seed: int, n_train: int = 4000, n_test: int = 2
             rows.append(row)
         return rows
 
+    def base_rows(pool, kinds: tuple[str, ...], as_text: bool, tag: str) -> list[dict]:
+        rows = []
+        for i, (scene, name) in enumerate(pool):
+            kind = kinds[i % len(kinds)]
+            q, a = scene_base_item(scene, kind, as_text)
+            row = {"id": f"{tag}-{i}", "question": q, "answer": a, "task": kind}
+            if not as_text:
+                row["image"] = name
+            rows.append(row)
+        return rows
+
     dump("scenes", "train", scene_rows(train_scenes, False, "scene"))
     dump("scenes", "test", scene_rows(test_scenes, False, "scene-test"))
     dump("scenes_text", "train", scene_rows(train_scenes, True, "scene-text"))
     dump("scenes_text", "test", scene_rows(test_scenes, True, "scene-text-test"))
-    dump(
-        "captions",
-        "train",
-        [
-            {"id": f"caption-{i}", "question": CAPTION_QUESTION, "answer": s.caption, "image": n}
-            for i, (s, n) in enumerate(train_scenes)
-        ],
-    )
+    dump("scenes_p1", "train", base_rows(train_scenes, BASE_SCENE_QUESTIONS, True, "scene-p1"))
+    dump("scenes_p1_images", "test", base_rows(test_scenes, SCENE_QUESTIONS, False, "scene-p1-image-test"))
+    # Stage 1 aligns the images on every base-phrasing question, the caption among them: aligned on
+    # the caption alone, the image tokens served `describe =` and nothing else (a base-phrasing
+    # question about them scored at guessing level; with all four, 100%).
+    dump("captions", "train", base_rows(train_scenes, BASE_SCENE_QUESTIONS, False, "caption"))
     with open(out / "index.json", "w", encoding="utf-8") as f:
         json.dump({"seed": seed, "files": index, "vocabulary": vocabulary()}, f, indent=2, sort_keys=True)
     return index
