@@ -11,10 +11,11 @@ import pytest
 from mlan.lab.plan import LabPlan
 from mlan.lab.run import run_lab
 
-# A lab shrunk to seconds: a few steps per stage, small test sets, two merge points.
+# A lab shrunk to seconds: a few steps per stage, small test sets, two merge points; pretraining and
+# stage 1 on two threads without a data worker, then the stage-2 variants in two processes.
 TINY = dict(
     seeds=[3],
-    variants=["vision_only", "language_only", "mlan_v12"],
+    variants=["vision_only", "language_only", "mlan_v12", "wings_vision_only"],
     alphas=[0.5, 1.0],
     n_train=400,
     n_test=12,
@@ -26,6 +27,8 @@ TINY = dict(
     stage1_rows=80,
     stage2_rows=96,
     batch_size=16,
+    jobs=2,
+    solo_threads=2,
 )
 
 
@@ -40,6 +43,7 @@ def test_reduced_lab_goes_through_every_stage(tiny_lab):
     seed = out / "seed3"
     data = json.loads((out / "lab.json").read_text())
     assert (out / "lab.md").read_text().startswith("# mlan lab") and (out / "lab.png").stat().st_size > 1000
+    assert (out / "lab_tokens.png").stat().st_size > 1000
 
     # mixtures: built by build_mixture (manifest), the stage-2 ones all the same size, split as asked
     sizes = {}
@@ -66,17 +70,31 @@ def test_reduced_lab_goes_through_every_stage(tiny_lab):
 
     # training: run_sft wrote each model with its results and the mixture manifest it saw
     trained = {}
-    for name in ("pretrain", "stage1", "vision_only", "language_only", "mlan_v12"):
+    costs = data["seeds"]["3"]["costs"]
+    for name in ("pretrain", "stage1", "vision_only", "language_only", "mlan_v12", "wings_vision_only"):
         r = json.loads((seed / "models" / name / "train_results.json").read_text())
         assert r["steps"] == 3 and (seed / "models" / name / "mixture_manifest.json").is_file()
         trained[name] = r["parameters"]
+        # what the training cost: the manifest's tokens times the passes over the mixture (3 x 16 rows seen)
+        m = json.loads((seed / "models" / name / "mixture_manifest.json").read_text())["modalities"]
+        rows = m["language"]["examples"] + m["vision"]["examples"]
+        cost = costs["pretrained_llm" if name == "pretrain" else name]
+        assert cost["rows_seen"] == 48 and cost["steps"] == 3 and cost["seconds"] > 0
+        assert cost["image_tokens"] == round(m["vision"]["image_tokens"] * 48 / rows)
+        assert cost["text_tokens"] == round((m["language"]["text_tokens"] + m["vision"]["text_tokens"]) * 48 / rows)
+    assert costs["language_only"]["image_tokens"] == 0 < costs["vision_only"]["image_tokens"]
+    assert costs["vision_only"]["image_tokens"] == 48 * 16  # one image of 16 tokens per row
+    # Wings: the vision-only run through `mlan sft` with a `wings:` section wrote a Wings folder
+    from mlan.wings import is_wings_dir
+
+    assert is_wings_dir(seed / "models" / "wings_vision_only") and not is_wings_dir(seed / "models" / "vision_only")
     assert trained["pretrain"]["vision_tower"]["trainable"] == trained["pretrain"]["projector"]["trainable"] == 0
     assert trained["stage1"]["language_model"]["trainable"] == 0 and trained["stage1"]["vision_tower"]["trainable"]
     assert trained["vision_only"]["vision_tower"]["trainable"] == 0 and trained["vision_only"]["projector"]["trainable"]
     assert (seed / "models" / "pretrained_llm" / "config.json").is_file()  # extracted text-only LLM
 
     # evaluation: run_evaluation results per model; the text-only LLM has no vision score
-    for name in ("pretrained_llm", "stage1", "vision_only", "language_only", "mlan_v12"):
+    for name in ("pretrained_llm", "stage1", "vision_only", "language_only", "mlan_v12", "wings_vision_only"):
         res = json.loads((seed / "eval" / name / "results.json").read_text())["results"]
         tasks = {(r["suite"], r["task"]): r["n"] for r in res}
         assert tasks[("lab_language", "add")] == 12
@@ -95,15 +113,25 @@ def test_reduced_lab_goes_through_every_stage(tiny_lab):
 
     recipe = load_config(seed / "configs" / "recipe_vision_only.yaml", SFTRecipe)
     assert recipe.data.mixture == str(seed / "mixtures" / "lab_vision_only") and recipe.training.max_steps == 3
+    assert recipe.training.dataloader_num_workers == 1  # a variant shares the machine: one data worker
+    stage1 = load_config(seed / "configs" / "recipe_stage1.yaml", SFTRecipe)
+    assert stage1.training.dataloader_num_workers == 0 and not stage1.training.extra  # the stage ran alone
+    wings = load_config(seed / "configs" / "recipe_wings_vision_only.yaml", SFTRecipe)
+    assert wings.wings and wings.wings.stage == 2 and wings.data.mixture == recipe.data.mixture
 
     # the report: every score per seed / variant / alpha, a summary row per model, a reading
-    assert set(data["seeds"]["3"]["scores"]) == {"pretrained_llm", "stage1", "vision_only", "language_only", "mlan_v12"}
+    assert set(data["seeds"]["3"]["scores"]) == {"pretrained_llm", "stage1", *TINY["variants"]}
     assert set(data["seeds"]["3"]["merge"]) == {"0.5", "1"}
     assert data["summary"]["merge_0.5"]["language"]["n"] == 1
-    assert set(data["effects"]) >= {"E1", "E2", "E3"}
+    assert set(data["effects"]) == {"margin", "E1", "E2", "E3", "E4", "E5", "E6"}
+    # the variants ran in worker processes: their timings came back, in the plan's order
+    timings = list(tiny_lab.summary.seeds[0].timings)
+    assert [t for t in timings if t in TINY["variants"]] == TINY["variants"]
     for key in ("world", "pretrain", "stage1", "vision_only", "merge sweep"):
-        assert key in data["seeds"]["3"]["timings"]
-    assert "E1" in tiny_lab.reading and "| after stage 1 |" in tiny_lab.table
+        assert key in timings
+    for effect in ("E1", "E2", "E3", "E4", "E5", "E6"):
+        assert effect in tiny_lab.reading
+    assert "| after stage 1 |" in tiny_lab.table and "training tokens (text + image)" in tiny_lab.table
     assert tiny_lab.data["plan"]["variants"] == TINY["variants"]
 
 
@@ -159,9 +187,9 @@ def test_seed_workers_get_the_parent_console_set_up():
     from concurrent.futures import ProcessPoolExecutor
 
     from mlan import console
-    from mlan.lab.run import _worker_init
+    from mlan.lab.processes import worker_init
 
     args = (console.NORMAL, {"mlan": logging.WARNING, "mlan.lab": logging.INFO}, 1)
-    with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"), initializer=_worker_init, initargs=args) as pool:
+    with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"), initializer=worker_init, initargs=args) as pool:
         levels = pool.submit(_worker_levels).result()
     assert levels == {"bitsandbytes.backends.cpu.ops": logging.ERROR, "mlan": logging.WARNING, "mlan.lab": logging.INFO}

@@ -199,7 +199,7 @@ def test_recipe_batch_order_and_its_older_name(tmp_path):
     recipes = {f.stem: load_config(f, SFTRecipe) for f in shipped_files("recipes")}
     # The lab measured its numbers with uniformly random batches; its recipes keep the older name.
     assert {n: r.training.batch_order for n, r in recipes.items() if n.startswith("lab_")} == dict.fromkeys(
-        ("lab_pretrain", "lab_stage1", "lab_stage2"), "random"
+        ("lab_pretrain", "lab_stage1", "lab_stage2", "lab_stage2_wings"), "random"
     )
     bad = tmp_path / "r.yaml"
     bad.write_text(

@@ -1,5 +1,6 @@
-"""`mlan lab`: the three effects (vision tuning forgets language; a little vision data in language
-instructions does not; merging the LLM back recovers it) reproduced in miniature on a CPU."""
+"""`mlan lab`: the papers' effects reproduced in miniature on a CPU: vision tuning forgets language; a
+little vision data in language instructions does not; merging the LLM back recovers it; language-only
+tuning lifts vision; a language-heavy mixture needs fewer tokens; Wings' learners."""
 
 from __future__ import annotations
 
@@ -24,15 +25,19 @@ def lab(
     jobs: Annotated[
         int | None,
         typer.Option(
-            "--jobs", min=1, help="Seeds run in parallel processes (default: every seed at once, up to 2 per CPU core)."
+            "--jobs",
+            min=1,
+            help="Processes at a time: seeds in parallel, and those left over run a seed's stage-2 variants in "
+            "parallel (default: --quick one per core; else every seed at once, up to 2 per core).",
         ),
     ] = None,
     overwrite: Overwrite = False,
 ) -> None:
-    """Reproduce the three effects in miniature, through mlan's own stages: a seeded toy world, a tiny
-    LLaVA, LLM pretraining, stage-1 alignment, stage-2 variants, evaluation and a merge sweep.
+    """Reproduce the papers' effects (E1-E6) in miniature, through mlan's own stages: a seeded toy world,
+    a tiny LLaVA, LLM pretraining, stage-1 alignment, stage-2 variants, evaluation and a merge sweep.
 
-    Prints the table of language and vision scores per variant and merge alpha, and the reading of which effects held; writes lab.json, lab.md and lab.png to --out.
+    Prints the table of language and vision scores and training tokens per variant and merge alpha, and
+    the reading of which effects held; writes lab.json, lab.md, lab.png and lab_tokens.png to --out.
 
     Example: mlan lab --quick --out runs/lab-quick
     """
@@ -56,4 +61,4 @@ def lab(
     c.print(report.table, markup=False, soft_wrap=True)
     c.print()
     c.print(report.reading, markup=False, soft_wrap=True)
-    c.print(f"\nwritten: {report.files['json']}, {report.files['md']}, {report.files['png']}")
+    c.print(f"\nwritten: {', '.join(report.files.values())}")

@@ -1,13 +1,15 @@
-"""`run_lab`: the three effects in miniature, on a CPU, through mlan's own stages.
+"""`run_lab`: the papers' effects in miniature, on a CPU, through mlan's own stages.
 
 Per seed: write the toy world, build a tiny LLaVA around a word-level tokenizer, then
 1. pretrain its LLM on the base phrasing P1 (`run_sft`, language model only) and extract that
    LLM (`save_language_model`): the lab's "original LLM";
-2. stage 1: align vision tower + projector on captions with the LLM frozen (`run_sft`);
+2. stage 1: align vision tower + projector on the base-phrasing scene questions, captions among
+   them, with the LLM frozen (`run_sft`);
 3. stage 2 from the stage-1 model, one run per variant, every mixture the same size
-   (`build_mixture` + `run_sft`): vision-only (at several learning rates in the full lab),
-   language-only (MLAN), 12.5% and 50% vision (MLAN_v);
-4. evaluate every model on held-out language and vision questions (`run_evaluation`);
+   (`build_mixture` + `run_sft`): vision-only (at several learning rates, and with Wings' learners,
+   in the full lab), language-only (MLAN), 12.5% and 50% vision (MLAN_v), each with what its
+   training cost (tokens, seconds);
+4. evaluate every model on held-out language and vision questions, and the probe (`run_evaluation`);
 5. merge the pretrained LLM back into the vision-only model over an alpha sweep and evaluate
    each point (`sweep_merge`).
 Every stage reads the lab's shipped configs (`data_mixtures/lab_*.yaml`, `recipes/lab_*.yaml`,
@@ -17,20 +19,21 @@ Every stage reads the lab's shipped configs (`data_mixtures/lab_*.yaml`, `recipe
 Which stages run and how the configs are filled in is `mlan.lab.plan`; the statistics, the
 reading of the effects and the report files are `mlan.lab.report`; this module runs the stages.
 
-The world, sizes, steps and learning rates follow a prototype that showed the effects at this
-scale (see the recipes' comments). Seeds are independent and run in parallel processes with
-`jobs > 1`; inside one process torch uses `threads` threads (see `DEFAULT_THREADS`).
+The world, sizes, steps and learning rates follow a prototype that showed E1-E3 at this scale (see
+the recipes' comments). Seeds are independent and run in parallel processes with `jobs > 1`;
+processes left over run a seed's stage-2 variants in parallel; inside one process torch uses
+`threads` threads (see `DEFAULT_THREADS`), or `solo_threads` for the stages a lone seed runs alone.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
 
-from mlan import console
 from mlan.config.mixture import MixtureSpec
 from mlan.config.recipe import SFTRecipe
 from mlan.config.suite import EvalSuite
@@ -39,6 +42,7 @@ from mlan.evaluate import EvalRun, run_evaluation
 from mlan.io import atomic_write_json, atomic_write_text, check_output_dir
 from mlan.lab.plan import (
     PRETRAINED_LLM,
+    STAGE1,
     LabPlan,
     TrainStage,
     config_yaml,
@@ -50,9 +54,10 @@ from mlan.lab.plan import (
     resolved,
     train_stages,
 )
+from mlan.lab.processes import pool, quiet_libraries
 from mlan.lab.report import LabReport, summarise, write_report
-from mlan.lab.results import MergePoint, SeedResult, TaskScore, VariantScore
-from mlan.lab.world import vocabulary, write_world
+from mlan.lab.results import PROBE_SUITE, MergePoint, SeedResult, TaskScore, TrainCost, VariantScore
+from mlan.lab.world import vision_chance, vocabulary, write_world
 from mlan.merge import merge_models, sweep_merge
 from mlan.models import save_language_model
 from mlan.tiny import build_word_tokenizer, save_tiny_llava, vicuna_chat_template
@@ -62,6 +67,9 @@ from mlan.train.sft import run_sft
 __all__ = ["LabPlan", "LabReport", "SeedRun", "full_plan", "quick_plan", "quiet_libraries", "run_lab", "run_seed"]
 
 log = logging.getLogger(__name__)
+# The lab's evaluation suites (evaluations/lab_*.yaml); a text-only model is scored on the first alone.
+# The last is a probe (PROBE_SUITE): quoted by the reading, outside the vision mean.
+SUITES = ("lab_language", "lab_vision", PROBE_SUITE)
 
 
 # --------------------------------------------------------------------------- one seed
@@ -76,8 +84,11 @@ class SeedRun:
         self.configs = root / "configs"
         self.models = root / "models"
         self.timings: dict[str, float] = {}
-        self.suites: list[Path] = []  # the resolved lab_language, lab_vision suites
+        # The resolved suites (written by `prepare`).
+        self.suites = [self.configs / f"suite_{name}.yaml" for name in SUITES]
         self.llm: Path | None = None  # the extracted pretrained LLM, once pretraining ran
+        self.costs: dict[str, TrainCost] = {}  # trained model -> steps, rows, tokens, seconds
+        self.vision_chance: float | None = None  # the world's guessing level on the vision test
 
     def stage(self, name: str, t0: float, what: str) -> None:
         dt = time.perf_counter() - t0
@@ -90,6 +101,7 @@ class SeedRun:
         t0 = time.perf_counter()
         plan = self.plan
         index = write_world(self.world, self.seed, n_train=plan.n_train, n_test=plan.n_test, n_images=plan.n_images)
+        self.vision_chance = vision_chance(self.world)
         # The template writes <s> itself: TRL tokenizes training rows without special tokens, and the
         # evaluation strips a leading <s> before its tokenizer adds one, so both see the same tokens.
         tokenizer = build_word_tokenizer(
@@ -97,9 +109,8 @@ class SeedRun:
         )
         init = save_tiny_llava(self.models / "init", "lab", self.seed, overwrite=True, tokenizer=tokenizer)
         self.stage("world", t0, f"{sum(sum(v.values()) for v in index.values())} rows, {len(tokenizer)} tokens")
-        for name in ("lab_language", "lab_vision"):
-            _, path = resolved("evaluations", name, EvalSuite, self.world, self.configs, {}, f"suite_{name}")
-            self.suites.append(path)
+        for name in SUITES:
+            resolved("evaluations", name, EvalSuite, self.world, self.configs, {}, f"suite_{name}")
         return init
 
     def mixture(self, name: str, rows: int | None, tokenizer_dir: Path) -> Path:
@@ -117,14 +128,18 @@ class SeedRun:
         return out
 
     def train(self, stage: TrainStage, init: Path):
-        """`run_sft` of one stage on its mixture, from `init` or an earlier stage's model."""
+        """`run_sft` of one stage on its mixture, from `init` or an earlier stage's model; records what
+        the training cost (tokens from the mixture's manifest)."""
         start = init if stage.start == "init" else self.models / stage.start
         mixture = self.mixture(stage.mixture, stage.rows, init)
         changes = recipe_changes(stage, self.plan, self.seed, self.root, start, mixture)
         recipe, _ = resolved(
             "recipes", stage.recipe, SFTRecipe, self.world, self.configs, changes, f"recipe_{stage.name}"
         )
-        return run_sft(recipe, resume=False, overwrite=True)
+        res = run_sft(recipe, resume=False, overwrite=True)
+        manifest = json.loads((mixture / "manifest.json").read_text(encoding="utf-8"))
+        self.costs[stage.scored] = TrainCost.of(manifest, res.steps, res.global_batch_size, res.runtime_s)
+        return res
 
     def evaluate(self, model: Path, suites: list[Path], out_dir: Path) -> list[TaskScore]:
         run = EvalRun(
@@ -148,14 +163,32 @@ class SeedRun:
         self.stage(f"eval {stage.scored}", t0, _fmt_scores(score))
         return score
 
+    def run_variants(self, stages: list[TrainStage], init: Path) -> list[VariantScore]:
+        """The stage-2 variants, `plan.jobs` processes at a time (each from the same stage-1 model, into
+        its own folders); scores in the order of `stages`."""
+        jobs = min(self.plan.jobs, len(stages))
+        if jobs <= 1:
+            return [self.run_stage(stage, init) for stage in stages]
+        for stage in stages:  # built here, once: variants may share a mixture
+            self.mixture(stage.mixture, stage.rows, init)
+        log.info("seed %d · %d stage-2 variants in %d processes", self.seed, len(stages), jobs)
+        with pool(jobs, self.plan.threads) as workers:
+            futures = [workers.submit(_run_variant, self.root, self.seed, self.plan, st, init) for st in stages]
+            done = [f.result() for f in futures]
+        for _, timings, costs in done:
+            self.timings.update(timings)
+            self.costs.update(costs)
+        return [score for score, _, _ in done]
+
     def merge(self, llm: Path) -> list[MergePoint]:
         """Merge `llm` back into the vision-only model at each alpha of the plan and score each point."""
         t0 = time.perf_counter()
-        cfg = merge_config(self.plan, self.root, llm, self.suites)
+        scored = self.suites[:2]  # the probe is read from the trained models only
+        cfg = merge_config(self.plan, self.root, llm, scored)
         atomic_write_text(self.configs / "merge.yaml", config_yaml(cfg))
 
         def evaluate(model_dir: Path, eval_dir: Path) -> list[TaskScore]:
-            return self.evaluate(model_dir, self.suites, eval_dir)
+            return self.evaluate(model_dir, scored, eval_dir)
 
         if cfg.is_sweep:
             sweep = sweep_merge(cfg, overwrite=True, evaluate=evaluate)
@@ -186,54 +219,38 @@ def run_seed(root: str | Path, seed: int, plan: LabPlan) -> SeedResult:
     t_seed = time.perf_counter()
     s = SeedRun(root, seed, plan)
     init = s.prepare()
-    scores = [s.run_stage(stage, init) for stage in train_stages(plan)]
+    stages = train_stages(plan)
+    torch.set_num_threads(plan.solo_threads or plan.threads)
+    scores = [s.run_stage(stage, init) for stage in stages if stage.start != STAGE1]
+    torch.set_num_threads(plan.threads)
+    scores += s.run_variants([stage for stage in stages if stage.start == STAGE1], init)
     merges = s.merge(s.llm) if plan.merges and s.llm is not None else []
-    result = SeedResult(seed, scores, merges, s.timings, round(time.perf_counter() - t_seed, 1))
+    seconds = round(time.perf_counter() - t_seed, 1)
+    result = SeedResult(seed, scores, merges, s.timings, seconds, s.costs, s.vision_chance)
     atomic_write_json(root / "seed.json", result.to_json())
     return result
 
 
-# --------------------------------------------------------------------------- seeds in parallel
+def _run_variant(root: Path, seed: int, plan: LabPlan, stage: TrainStage, init: Path):
+    """One stage-2 variant in a worker process: its score, its stage timings and its cost."""
+    s = SeedRun(root, seed, plan)
+    score = s.run_stage(stage, init)
+    return score, s.timings, s.costs
 
 
-def _worker_init(verbosity: int, levels: dict[str, int], threads: int) -> None:
-    """The parent's console set-up in a worker process (spawned: nothing is inherited), so library
-    noise is filtered there too, and its mlan log levels."""
-    import torch
-
-    console.setup(verbosity)
-    for name, level in levels.items():
-        logging.getLogger(name).setLevel(level)
-    quiet_libraries()
-    torch.set_num_threads(threads)
-
-
-def quiet_libraries() -> None:
-    """Silence per-row progress bars of datasets/transformers: the lab logs one line per stage."""
-    import transformers
-
-    console.quiet_libraries()
-    transformers.utils.logging.set_verbosity_error()
+# --------------------------------------------------------------------------- processes
 
 
 def run_seeds(root: Path, plan: LabPlan) -> list[SeedResult]:
-    """Every seed of `plan` in `root/seed<k>`, `plan.jobs` at a time; results in the order of the seeds."""
+    """Every seed of `plan` in `root/seed<k>`, `plan.jobs` processes at a time; results in the order of
+    the seeds. Processes beyond one per seed go to each seed's stage-2 variants."""
     jobs = max(1, min(plan.jobs, len(plan.seeds)))
+    per_seed = replace(plan, jobs=max(1, plan.jobs // len(plan.seeds)))
     if jobs == 1:
-        return [run_seed(root / f"seed{k}", k, plan) for k in plan.seeds]
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
-
-    # spawn: a forked child of a process whose OpenMP/torch threads already started can hang.
-    levels = {name: logging.getLogger(name).getEffectiveLevel() for name in ("mlan", "mlan.lab")}
+        return [run_seed(root / f"seed{k}", k, per_seed) for k in plan.seeds]
     log.info("running %d seeds in %d processes", len(plan.seeds), jobs)
-    with ProcessPoolExecutor(
-        jobs,
-        mp_context=mp.get_context("spawn"),
-        initializer=_worker_init,
-        initargs=(console.verbosity(), levels, plan.threads),
-    ) as pool:
-        futures = [pool.submit(run_seed, root / f"seed{k}", k, replace(plan, jobs=1)) for k in plan.seeds]
+    with pool(jobs, plan.threads) as workers:
+        futures = [workers.submit(run_seed, root / f"seed{k}", k, per_seed) for k in plan.seeds]
         return [f.result() for f in futures]
 
 
