@@ -173,15 +173,20 @@ def test_shipped_lab_configs_are_placeholders_that_validate():
     assert Path(shipped_dir("recipes") / "lab_stage2.yaml").is_file()
 
 
-def _worker_levels() -> dict[str, int]:
+def _worker_levels() -> dict[str, int | str]:
     import logging
+    import multiprocessing as mp
 
-    return {n: logging.getLogger(n).getEffectiveLevel() for n in ("bitsandbytes.backends.cpu.ops", "mlan", "mlan.lab")}
+    levels: dict[str, int | str] = {
+        n: logging.getLogger(n).getEffectiveLevel() for n in ("bitsandbytes.backends.cpu.ops", "mlan", "mlan.lab")
+    }
+    return levels | {"start method": mp.get_start_method()}
 
 
 def test_seed_workers_get_the_parent_console_set_up():
     """Seeds run in spawned processes: each repeats the CLI's console set-up (library noise such as
-    bitsandbytes' missing-`kernels` line filtered) and keeps the parent's mlan log levels."""
+    bitsandbytes' missing-`kernels` line filtered), keeps the parent's mlan log levels, and forks
+    its data-loader workers (a spawned process would spawn them)."""
     import logging
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
@@ -192,4 +197,7 @@ def test_seed_workers_get_the_parent_console_set_up():
     args = (console.NORMAL, {"mlan": logging.WARNING, "mlan.lab": logging.INFO}, 1)
     with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"), initializer=worker_init, initargs=args) as pool:
         levels = pool.submit(_worker_levels).result()
-    assert levels == {"bitsandbytes.backends.cpu.ops": logging.ERROR, "mlan": logging.WARNING, "mlan.lab": logging.INFO}
+    assert levels == {
+        "bitsandbytes.backends.cpu.ops": logging.ERROR, "mlan": logging.WARNING, "mlan.lab": logging.INFO,
+        "start method": "fork",  # its data-loader workers inherit all this instead of importing afresh
+    }  # fmt: skip

@@ -19,9 +19,17 @@ def quiet_libraries() -> None:
 
 def worker_init(verbosity: int, levels: dict[str, int], threads: int) -> None:
     """The parent's console set-up in a worker process (spawned: nothing is inherited), so library
-    noise is filtered there too, and its mlan log levels."""
+    noise is filtered there too, its mlan log levels, and forked data-loader workers."""
+    import multiprocessing as mp
+
     import torch
 
+    # A spawned process makes spawn its default start method, so its DataLoader workers would be
+    # spawned too: each re-imports the training stack (seconds per trainer) without this set-up
+    # (bitsandbytes' import-time warning shows). Forked, as in a process started from the shell,
+    # they inherit both.
+    if "fork" in mp.get_all_start_methods():
+        mp.set_start_method("fork", force=True)
     console.setup(verbosity)
     for name, level in levels.items():
         logging.getLogger(name).setLevel(level)
