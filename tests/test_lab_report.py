@@ -216,8 +216,9 @@ def test_lab_json_keeps_its_shape():
     assert set(data) == set(docs) and set(seed) == set(docs["seeds"]["0"]) and set(data["plan"]) == set(docs["plan"])
     assert set(seed["scores"]["stage1"]) == set(docs["seeds"]["0"]["scores"]["stage1"])
     assert set(data["summary"]["stage1"]["language"]) == set(docs["summary"]["stage1"]["language"])
-    for k in ("E1", "E2", "E3", "E4", "E5"):
+    for k in ("E1", "E2", "E3", "E4", "E5"):  # no Wings run here: E6 is not measured
         assert set(data["effects"][k]) == set(docs["effects"][k])
+    assert set(docs["effects"]) == {"margin", "E1", "E2", "E3", "E4", "E5", "E6"}
 
 
 def test_write_report_writes_the_files(tmp_path):

@@ -14,7 +14,8 @@ from mlan.cli.common import Overwrite, console, parse_list
 
 def lab(
     quick: Annotated[
-        bool, typer.Option("--quick", help="One seed and the essential variants (vision-only, language-only, 12.5%).")
+        bool,
+        typer.Option("--quick", help="One seed and the essential variants (vision-only, language-only, 12.5%): E1-E5."),
     ] = False,
     out: Annotated[
         Path, typer.Option("--out", help="Output folder (one sub-folder per seed + lab.json/md/png).")
@@ -28,7 +29,7 @@ def lab(
             "--jobs",
             min=1,
             help="Processes at a time: seeds in parallel, and those left over run a seed's stage-2 variants in "
-            "parallel (default: --quick one per core; else every seed at once, up to 2 per core).",
+            "parallel (default: every seed, or --quick's three variants, at once, up to 2 per core).",
         ),
     ] = None,
     overwrite: Overwrite = False,
