@@ -92,7 +92,8 @@ class LabPlan:
     threads: int = DEFAULT_THREADS
     # Threads for the stages the only seed runs with the machine to itself (pretraining, stage 1), whose
     # batches are then prepared in the training process (no data worker): on an idle 2-core machine
-    # that is 20% faster per step than one thread + one worker (benchmarks/lab_step.py). None: `threads`.
+    # 6% (pretraining) and 12% (stage 1) faster per step than one thread + one worker
+    # (benchmarks/lab_step.py). None: `threads`.
     solo_threads: int | None = None
 
     @property
@@ -146,6 +147,12 @@ class TrainStage:
     steps: int | None
     learning_rate: float | None = None
     text_only: bool = False
+
+    @property
+    def variant(self) -> bool:
+        """A stage-2 variant (from the stage-1 model): variants may run side by side; the stages before
+        them run one at a time."""
+        return self.start == STAGE1
 
     @property
     def scored(self) -> str:
@@ -235,7 +242,7 @@ def recipe_changes(stage: TrainStage, plan: LabPlan, seed: int, root: Path, mode
         changes["training.learning_rate"] = stage.learning_rate
     if plan.batch_size is not None:
         changes["training.per_device_train_batch_size"] = plan.batch_size
-    if plan.solo_threads is not None and stage.start != STAGE1:  # a stage the seed runs alone
+    if plan.solo_threads is not None and not stage.variant:  # a stage the seed runs alone
         changes["training.dataloader_num_workers"] = 0
         changes["training.extra"] = {}  # no persistent workers without workers
     return changes

@@ -23,7 +23,7 @@ from mlan.lab.plan import (
     WINGS,
     LabPlan,
 )
-from mlan.lab.results import SeedResult, TrainCost
+from mlan.lab.results import SeedResult, TrainCost, VariantScore
 
 # Points by which a score counts as moved: above the +-3-point noise of 200-question test sets
 # (with a smaller test set, the noise is larger and the reading says so).
@@ -255,7 +255,7 @@ def summary_rows(plan: LabPlan, results: list[SeedResult]) -> list[Row]:
         lang, vis = Stat.of([p[0] for p in per_seed]), Stat.of([p[1] for p in per_seed])
         cs: list[TrainCost] = [c for c in costs or [] if c is not None]
         text, image, secs = (Stat.of([getattr(c, k) for c in cs]) for k in ("text_tokens", "image_tokens", "seconds"))
-        probe = Stat.of([getattr(x, "probe", None) for x in scores if x is not None])
+        probe = Stat.of([x.probe for x in scores if isinstance(x, VariantScore)])  # merges have no probe
         return Row(name, label, lang, vis, per_seed, alpha, text, image, secs, probe)
 
     names = [(PRETRAINED_LLM, BASE_LABELS[PRETRAINED_LLM]), (STAGE1, BASE_LABELS[STAGE1])]
@@ -312,7 +312,7 @@ def read_effects(rows: list[Row], margin: float = MARGIN, chance: float | None =
     s1_vis, lo_vis = vis.get(STAGE1), vis.get(LANGUAGE_ONLY)
     e4 = None
     if s1_vis is not None and lo_vis is not None:
-        # A lift to chance level is the answer format learned, not the image read: both must show.
+        # A lift to the guessing level is the answer's form learned, not the image read: both must show.
         lifts = lo_vis >= s1_vis + margin
         reads = chance is None or lo_vis >= chance + margin
         probes = {r.name: r.probe.mean for r in rows if r.alpha is None and r.probe}
@@ -323,8 +323,7 @@ def read_effects(rows: list[Row], margin: float = MARGIN, chance: float | None =
     e5 = _read_e5({r.name: r for r in rows if r.alpha is None}, margin)
     w_lang, w_vis = lang.get(WINGS), vis.get(WINGS)
     e6 = None
-    if None not in (w_lang, w_vis, vo, vo_vis):
-        assert w_lang is not None and w_vis is not None and vo is not None and vo_vis is not None
+    if w_lang is not None and w_vis is not None and vo is not None and vo_vis is not None:
         equal, keeps = abs(w_vis - vo_vis) <= margin, w_lang >= vo + margin
         e6 = E6(equal and keeps, equal, keeps, w_lang, w_vis, vo, vo_vis)
     return Effects(e1, e2, e3, e4, e5, e6, margin)
@@ -382,6 +381,12 @@ def _verdict(shown: bool) -> str:
     return "held" if shown else "did not hold"
 
 
+def _because(*reasons: tuple[bool, str]) -> str:
+    """ " (a; b)": the texts of the reasons that apply, or "" when none does."""
+    why = [text for applies, text in reasons if applies]
+    return f" ({'; '.join(why)})" if why else ""
+
+
 def _e1_text(e1: E1) -> str:
     verdict = _verdict(e1.shown)
     return (
@@ -391,17 +396,15 @@ def _e1_text(e1: E1) -> str:
 
 
 def _e2_text(e2: E2) -> str:
-    why = []
-    if not e2.keeps_language:
-        why.append("its language fell more than the margin")
-    if not e2.matches_vision:
-        why.append("its vision stayed below vision-only")
     lo = e2.language_only
     return (
         f"E2 {_verdict(e2.shown)}: the 12.5% vision mixture scored "
         f"{_pct(e2.language)} language (stage 1: {_pct(e2.stage1_language)}) / {_pct(e2.vision)} vision "
         f"against vision-only's {_pct(e2.vision_only_vision)} vision"
-        + (f" ({'; '.join(why)})" if why else "")
+        + _because(
+            (not e2.keeps_language, "its language fell more than the margin"),
+            (not e2.matches_vision, "its vision stayed below vision-only"),
+        )
         + (f"; language-only scored {_pct(lo.language)} / {_pct(lo.vision)}." if lo.language is not None else ".")
     )
 
@@ -449,32 +452,33 @@ def _e4_text(e4: E4) -> str:
 
 
 def _e5_text(e5: E5) -> str:
-    label = VARIANTS[e5.variant].label
-    why = []
-    if not e5.reaches:
-        why.append("its vision stayed below vision-only's")
-    if not e5.fewer_tokens:
-        why.append("it did not use fewer tokens")
     text = (
-        f"E5 {_verdict(e5.shown)}: the {label} run reached {_pct(e5.vision)} vision with {_tokens(e5.tokens)} "
-        f"stage-2 tokens, vision-only {_pct(e5.vision_only_vision)} with {_tokens(e5.vision_only_tokens)} "
-        f"({e5.token_ratio:.1f}x the tokens)"
+        f"E5 {_verdict(e5.shown)}: the {VARIANTS[e5.variant].label} run reached {_pct(e5.vision)} vision with "
+        f"{_tokens(e5.tokens)} stage-2 tokens, vision-only {_pct(e5.vision_only_vision)} with "
+        f"{_tokens(e5.vision_only_tokens)} ({e5.token_ratio:.1f}x the tokens)"
     )
     if e5.seconds is not None and e5.vision_only_seconds is not None:
         text += f"; training took {e5.seconds:.0f} s against {e5.vision_only_seconds:.0f} s"
-    return text + (f" ({'; '.join(why)})" if why else "") + "."
+    return (
+        text
+        + _because(
+            (not e5.reaches, "its vision stayed below vision-only's"),
+            (not e5.fewer_tokens, "it did not use fewer tokens"),
+        )
+        + "."
+    )
 
 
 def _e6_text(e6: E6) -> str:
-    why = []
-    if not e6.equal_vision:
-        why.append("its vision was not within the margin of vision-only's")
-    if not e6.keeps_language:
-        why.append("its language was not above vision-only's by the margin")
     return (
         f"E6 {_verdict(e6.shown)}: vision-only tuning with Wings' learners scored {_pct(e6.language)} language / "
         f"{_pct(e6.vision)} vision against plain vision-only's {_pct(e6.vision_only_language)} / "
-        f"{_pct(e6.vision_only_vision)}" + (f" ({'; '.join(why)})" if why else "") + "."
+        f"{_pct(e6.vision_only_vision)}"
+        + _because(
+            (not e6.equal_vision, "its vision was not within the margin of vision-only's"),
+            (not e6.keeps_language, "its language was not above vision-only's by the margin"),
+        )
+        + "."
     )
 
 

@@ -16,14 +16,16 @@ TaskScore = tuple[str, str, str, float]
 PROBE_SUITE = "lab_vision_base"
 
 
-def _mean(results: list[TaskScore], modality: str) -> float | None:
-    vals = [v for s, _, m, v in results if m == modality and s != PROBE_SUITE]
+def _avg(vals: list[float]) -> float | None:
     return sum(vals) / len(vals) if vals else None
+
+
+def _mean(results: list[TaskScore], modality: str) -> float | None:
+    return _avg([v for s, _, m, v in results if m == modality and s != PROBE_SUITE])
 
 
 def _probe(results: list[TaskScore]) -> float | None:
-    vals = [v for s, _, _, v in results if s == PROBE_SUITE]
-    return sum(vals) / len(vals) if vals else None
+    return _avg([v for s, _, _, v in results if s == PROBE_SUITE])
 
 
 @dataclass(frozen=True)
@@ -108,7 +110,7 @@ class SeedResult:
     timings: dict[str, float] = field(default_factory=dict)  # stage -> seconds, in the order they ran
     seconds: float = 0.0
     costs: dict[str, TrainCost] = field(default_factory=dict)  # trained model -> what its training cost
-    vision_chance: float | None = None  # accuracy of guessing the vision answers in the right format
+    vision_chance: float | None = None  # the vision test's guessing level (mlan.lab.world.vision_chance)
 
     def score(self, name: str) -> VariantScore | None:
         return next((s for s in self.scores if s.name == name), None)

@@ -42,7 +42,6 @@ from mlan.evaluate import EvalRun, run_evaluation
 from mlan.io import atomic_write_json, atomic_write_text, check_output_dir
 from mlan.lab.plan import (
     PRETRAINED_LLM,
-    STAGE1,
     LabPlan,
     TrainStage,
     config_yaml,
@@ -67,9 +66,10 @@ from mlan.train.sft import run_sft
 __all__ = ["LabPlan", "LabReport", "SeedRun", "full_plan", "quick_plan", "quiet_libraries", "run_lab", "run_seed"]
 
 log = logging.getLogger(__name__)
-# The lab's evaluation suites (evaluations/lab_*.yaml); a text-only model is scored on the first alone.
-# The last is a probe (PROBE_SUITE): quoted by the reading, outside the vision mean.
-SUITES = ("lab_language", "lab_vision", PROBE_SUITE)
+# The lab's evaluation suites (evaluations/lab_*.yaml): the scored ones (a text-only model is scored
+# on the first alone), then the probe, quoted by the reading outside the vision mean.
+SCORED_SUITES = ("lab_language", "lab_vision")
+SUITES = (*SCORED_SUITES, PROBE_SUITE)
 
 
 # --------------------------------------------------------------------------- one seed
@@ -183,7 +183,7 @@ class SeedRun:
     def merge(self, llm: Path) -> list[MergePoint]:
         """Merge `llm` back into the vision-only model at each alpha of the plan and score each point."""
         t0 = time.perf_counter()
-        scored = self.suites[:2]  # the probe is read from the trained models only
+        scored = self.suites[: len(SCORED_SUITES)]  # the probe is read from the trained models only
         cfg = merge_config(self.plan, self.root, llm, scored)
         atomic_write_text(self.configs / "merge.yaml", config_yaml(cfg))
 
@@ -221,9 +221,9 @@ def run_seed(root: str | Path, seed: int, plan: LabPlan) -> SeedResult:
     init = s.prepare()
     stages = train_stages(plan)
     torch.set_num_threads(plan.solo_threads or plan.threads)
-    scores = [s.run_stage(stage, init) for stage in stages if stage.start != STAGE1]
+    scores = [s.run_stage(stage, init) for stage in stages if not stage.variant]
     torch.set_num_threads(plan.threads)
-    scores += s.run_variants([stage for stage in stages if stage.start == STAGE1], init)
+    scores += s.run_variants([stage for stage in stages if stage.variant], init)
     merges = s.merge(s.llm) if plan.merges and s.llm is not None else []
     seconds = round(time.perf_counter() - t_seed, 1)
     result = SeedResult(seed, scores, merges, s.timings, seconds, s.costs, s.vision_chance)

@@ -241,39 +241,34 @@ def write_world(out: str | Path, seed: int, n_train: int = 4000, n_test: int = 2
         draw_scene(scene, rng).save(out / name)
         scenes.append((scene, name))
     train_scenes, test_scenes = scenes[:n_images], scenes[n_images:]
-    kinds = SCENE_QUESTIONS
 
-    def scene_rows(pool, as_text: bool, tag: str) -> list[dict]:
-        rows = []
-        for i, (scene, name) in enumerate(pool):
-            q, a = scene_item(scene, kinds[i % len(kinds)], as_text)
-            row = {"id": f"{tag}-{i}", "question": q, "answer": a, "task": kinds[i % len(kinds)]}
-            if not as_text:
-                row["image"] = name
-            rows.append(row)
-        return rows
-
-    def base_rows(pool, kinds: tuple[str, ...], as_text: bool, tag: str) -> list[dict]:
+    def scene_rows(pool, item, kinds: tuple[str, ...], as_text: bool, tag: str) -> list[dict]:
+        """`item` (scene_item or scene_base_item) of each scene, the kinds in turn; with the image
+        unless the scene is given as text."""
         rows = []
         for i, (scene, name) in enumerate(pool):
             kind = kinds[i % len(kinds)]
-            q, a = scene_base_item(scene, kind, as_text)
+            q, a = item(scene, kind, as_text)
             row = {"id": f"{tag}-{i}", "question": q, "answer": a, "task": kind}
             if not as_text:
                 row["image"] = name
             rows.append(row)
         return rows
 
-    dump("scenes", "train", scene_rows(train_scenes, False, "scene"))
-    dump("scenes", "test", scene_rows(test_scenes, False, "scene-test"))
-    dump("scenes_text", "train", scene_rows(train_scenes, True, "scene-text"))
-    dump("scenes_text", "test", scene_rows(test_scenes, True, "scene-text-test"))
-    dump("scenes_p1", "train", base_rows(train_scenes, BASE_SCENE_QUESTIONS, True, "scene-p1"))
-    dump("scenes_p1_images", "test", base_rows(test_scenes, SCENE_QUESTIONS, False, "scene-p1-image-test"))
+    dump("scenes", "train", scene_rows(train_scenes, scene_item, SCENE_QUESTIONS, False, "scene"))
+    dump("scenes", "test", scene_rows(test_scenes, scene_item, SCENE_QUESTIONS, False, "scene-test"))
+    dump("scenes_text", "train", scene_rows(train_scenes, scene_item, SCENE_QUESTIONS, True, "scene-text"))
+    dump("scenes_text", "test", scene_rows(test_scenes, scene_item, SCENE_QUESTIONS, True, "scene-text-test"))
+    dump("scenes_p1", "train", scene_rows(train_scenes, scene_base_item, BASE_SCENE_QUESTIONS, True, "scene-p1"))
+    dump(
+        "scenes_p1_images",
+        "test",
+        scene_rows(test_scenes, scene_base_item, SCENE_QUESTIONS, False, "scene-p1-image-test"),
+    )
     # Stage 1 aligns the images on every base-phrasing question, the caption among them: aligned on
     # the caption alone, the image tokens served `describe =` and nothing else (a base-phrasing
     # question about them scored at guessing level; with all four, 100%).
-    dump("captions", "train", base_rows(train_scenes, BASE_SCENE_QUESTIONS, False, "caption"))
+    dump("captions", "train", scene_rows(train_scenes, scene_base_item, BASE_SCENE_QUESTIONS, False, "caption"))
     with open(out / "index.json", "w", encoding="utf-8") as f:
         json.dump({"seed": seed, "files": index, "vocabulary": vocabulary()}, f, indent=2, sort_keys=True)
     return index
