@@ -110,22 +110,126 @@ def test_kill_and_resume_matches_uninterrupted(cli, tiny_llava_dir, shared_data,
     assert [p["loss"] for p in run_log] == [p["loss"] for p in ref_log]
 
 
-def test_resume_refuses_checkpoints_of_another_recipe(cli, one_line_error, tiny_llava_dir, shared_data, tmp_path):
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _expected_record(recipe_file: Path, model: Path, content_hash: str) -> dict:
+    """The run record written out by hand from what the run was made of (not by mlan's record code):
+    the recipe as validated (minus the fields that may change: where the output goes, names, trackers),
+    the manifest's content hash, every file of the start model but its card hashed whole (a tiny
+    model's files are all small), and mlan's version."""
+    from mlan import __version__
     from mlan.config.recipe import SFTRecipe
-    from mlan.train.checkpoint import recipe_fingerprint
+
+    recipe = SFTRecipe.model_validate(yaml.safe_load(recipe_file.read_text())).model_dump(mode="json")
+    for key in ("output", "name", "description"):
+        del recipe[key]
+    del recipe["training"]["report_to"]
+    files = {p.name: _sha256(p) for p in sorted(model.iterdir()) if p.suffix != ".md"}
+    assert "model.safetensors" in files and "config.json" in files and "tokenizer.json" in files
+    return {
+        "recipe": recipe,
+        "mixture": {"content_hash": content_hash},
+        "model": {"files": files},
+        "mlan_version": __version__,
+    }
+
+
+def test_resume_refuses_a_run_made_of_other_things(cli, one_line_error, tiny_llava_dir, shared_data, tmp_path):
+    """A run records what it was made of; a resumption with any one part changed (the recipe, the rows of
+    a mixture rebuilt at the same path, another model saved at the same path, another mlan version, or no
+    record at all) is refused in one line naming the part; with nothing changed it resumes."""
+    import shutil
+
+    import mlan
+    from mlan.tiny import save_tiny_llava
 
     mixture = make_mixture(tmp_path / "mix", shared_data, n_language=8, n_vision=4, n_long=0)
-    recipe = _recipe(tmp_path / "run.yaml", tiny_llava_dir, mixture, tmp_path / "run")
-    ck = tmp_path / "run.checkpoints" / "checkpoint-4"
-    ck.mkdir(parents=True)
-    (ck / "trainer_state.json").write_text("{}")
-    fp = recipe_fingerprint(SFTRecipe.model_validate(yaml.safe_load(recipe.read_text())))
-    fp["training"]["learning_rate"] = 0.5
-    (tmp_path / "run.checkpoints" / "recipe.json").write_text(json.dumps(fp))
+    manifest = mixture / "manifest.json"
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "content_hash": "rows-a"}))
+    model = tmp_path / "model"
+    shutil.copytree(tiny_llava_dir, model)
+    recipe = _recipe(tmp_path / "run.yaml", model, mixture, tmp_path / "run")
+    spec = yaml.safe_load(recipe.read_text())
+    spec["training"].update(max_steps=2, save_steps=1)
+    spec["output"]["keep_checkpoints"] = True
+    recipe.write_text(yaml.safe_dump(spec))
+    r = cli("sft", str(recipe))
+    assert r.exit_code == 0, r.output
+    ckpts = tmp_path / "run.checkpoints"
+    saved = ckpts / "run_record.json"
+    assert json.loads(saved.read_text()) == _expected_record(recipe, model, "rows-a")
+
+    def killed() -> None:
+        """As if the run had been killed after its last checkpoint: the checkpoint where the Trainer
+        wrote it, no output folder."""
+        shutil.move(tmp_path / "run" / "checkpoints" / "checkpoint-2", ckpts / "checkpoint-2")
+        shutil.rmtree(tmp_path / "run")
+
+    def refused() -> str:
+        msg = one_line_error(cli("sft", str(recipe)))
+        assert "checkpoints of another run" in msg and "--no-resume" in msg, msg
+        return msg
+
+    killed()
+    # The recipe: one field.
+    msg = one_line_error(cli("sft", str(recipe), "-o", "training.learning_rate=0.5"))
+    assert "the recipe (training.learning_rate) changed" in msg, msg
+    # The rows: the mixture rebuilt at the same path.
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "content_hash": "rows-b"}))
+    assert "the mixture's rows (content_hash) changed" in refused()
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "content_hash": "rows-a"}))
+    # The start model: another model saved at the same path (same config and tokenizer, other weights).
+    save_tiny_llava(model, size="tiny", seed=1, overwrite=True)
+    assert "the start model (files.model.safetensors) changed" in refused()
+    save_tiny_llava(model, size="tiny", seed=0, overwrite=True)
+    # mlan's version.
+    real = mlan.__version__
+    mlan.__version__ = "9.9.9"
+    try:
+        assert f"the mlan version ({real} -> 9.9.9) changed" in refused()
+    finally:
+        mlan.__version__ = real
+
+    # Nothing changed: it resumes (from the last checkpoint, at max_steps already).
+    r = cli("sft", str(recipe))
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "run" / "train_results.json").read_text())["resumed_from"].endswith("checkpoint-2")
+
+    # No record: nothing says what the checkpoints were trained from.
+    killed()
+    saved.unlink()
     msg = one_line_error(cli("sft", str(recipe)))
-    assert "training.learning_rate differ" in msg and "--no-resume" in msg
+    assert "without a run record (run_record.json)" in msg and "--no-resume" in msg, msg
     # --no-resume discards them and trains from the start.
-    r = cli("sft", str(recipe), "--no-resume", "-o", "training.max_steps=2")
+    r = cli("sft", str(recipe), "--no-resume")
     assert r.exit_code == 0, r.output
     assert json.loads((tmp_path / "run" / "train_results.json").read_text())["resumed_from"] is None
-    assert not (tmp_path / "run.checkpoints").exists()
+
+
+def test_large_files_are_fingerprinted_by_sampled_blocks(tmp_path, monkeypatch):
+    """Files over the whole-file limit: SHA-256 of `sampled:<size>` and 64 blocks spaced evenly from the
+    first to the last, written out here by hand; a change inside a sampled block changes the digest, and
+    so does any change of size."""
+    import hashlib
+    import random
+
+    from mlan.train import checkpoint
+
+    monkeypatch.setattr(checkpoint, "WHOLE_FILE_LIMIT", 10_000)
+    monkeypatch.setattr(checkpoint, "BLOCK_SIZE", 16)
+    data = bytearray(random.Random(0).randbytes(100_000))
+    f = tmp_path / "w.bin"
+    f.write_bytes(data)
+    last = len(data) - 16
+    blocks = b"".join(data[last * i // 63 : last * i // 63 + 16] for i in range(64))
+    want = "sampled:" + hashlib.sha256(b"sampled:100000" + blocks).hexdigest()
+    assert checkpoint.file_digest(f) == want
+    data[last * 10 // 63 + 3] ^= 1
+    f.write_bytes(data)
+    assert checkpoint.file_digest(f) != want
+    f.write_bytes(data[:5000])  # under the limit: hashed whole
+    assert checkpoint.file_digest(f) == hashlib.sha256(data[:5000]).hexdigest()

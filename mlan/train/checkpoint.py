@@ -1,5 +1,5 @@
 """Resumable checkpoints: where they go (beside the output folder), which one is complete, whether
-it belongs to this recipe, and loading a checkpoint's LLaVA weights back whatever key layout the
+it belongs to this run (recipe, rows, start model, mlan version), and loading a checkpoint's LLaVA weights back whatever key layout the
 files use (Wings learners from beside them). Also the checksum that compares the processes' copies.
 """
 
@@ -43,16 +43,92 @@ def last_complete_checkpoint(ckpt_dir: Path) -> Path | None:
     return max(found)[1] if found else None
 
 
+# What a run was made of, recorded beside its checkpoints when it starts and compared before a resume:
+# resuming is only sound when the same recipe trains the same start model on the same rows with the same
+# code. Comparing the recipe alone let a mixture rebuilt at the same path (other rows) or another model
+# saved at the same path resume silently.
+RUN_RECORD = "run_record.json"
+# Start-model files hashed whole up to this size (config, tokenizer, processor, weight index, a small
+# model's weights); larger weight files are fingerprinted by size and sampled blocks (below).
+WHOLE_FILE_LIMIT = 64 << 20
+SAMPLED_BLOCKS, BLOCK_SIZE = 64, 64 << 10
+SAVED_DATASET_FILE = re.compile(r"data-\d+-of-\d+\.arrow|state\.json|dataset_info\.json|dataset_dict\.json")
+# The parts of a record, as a refusal names them.
+RECORD_PARTS = {
+    "recipe": "the recipe",
+    "mixture": "the mixture's rows",
+    "model": "the start model",
+    "mlan_version": "the mlan version",
+}
+
+
 def recipe_fingerprint(recipe: SFTRecipe) -> dict[str, Any]:
     """The parts of a recipe that must not change between a run and its resumption."""
     d = recipe.model_dump(mode="json")
     d.pop("output", None)
     d.pop("name", None)
     d.pop("description", None)
-    # Trackers do not change the training: a resumed run may report elsewhere (and checkpoints
-    # written before the field existed still match).
+    # Trackers do not change the training: a resumed run may report elsewhere.
     d["training"].pop("report_to", None)
     return d
+
+
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file; for a file over WHOLE_FILE_LIMIT, of its size and SAMPLED_BLOCKS evenly spaced
+    blocks (first and last included). A 7B model's 13 GB would take a minute to hash whole at every
+    start; any retraining or replacement changes every block, so the sample tells models apart."""
+    h = hashlib.sha256()
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        if size <= WHOLE_FILE_LIMIT:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+            return h.hexdigest()
+        h.update(f"sampled:{size}".encode())
+        last = size - BLOCK_SIZE
+        for i in range(SAMPLED_BLOCKS):
+            f.seek(last * i // (SAMPLED_BLOCKS - 1))
+            h.update(f.read(BLOCK_SIZE))
+    return "sampled:" + h.hexdigest()
+
+
+def model_identity(path: str, revision: str | None) -> dict[str, Any]:
+    """What identifies the start model: for a local folder, a digest of every file that shapes the
+    model (configs, tokenizer and processor files, weight index, weights; not its README); for a hub
+    id, the id and the commit its config was read at (the hub keeps a commit's files unchanged)."""
+    folder = Path(path)
+    if not folder.is_dir():
+        from huggingface_hub import hf_hub_download
+
+        config = Path(hf_hub_download(path, "config.json", revision=revision))
+        # The hub cache keeps each commit's files under snapshots/<commit>/.
+        return {"hub": path, "revision": revision, "commit": config.parent.name}
+    files = sorted(
+        p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix.lower() != ".md"
+    )
+    return {"files": {p.name: file_digest(p) for p in files}}
+
+
+def mixture_identity(mixture_dir: Path, manifest: dict[str, Any] | None) -> dict[str, Any]:
+    """What identifies the training rows: the manifest's content hash (build-mixture hashes every row
+    in order), else a digest of the saved dataset's files (a folder written some other way)."""
+    if manifest and manifest.get("content_hash"):
+        return {"content_hash": manifest["content_hash"]}
+    # The files save_to_disk wrote, not the cache files a later `map` may leave beside them.
+    files = sorted(p for p in mixture_dir.rglob("*") if p.is_file() and SAVED_DATASET_FILE.fullmatch(p.name))
+    return {"files": {p.relative_to(mixture_dir).as_posix(): file_digest(p) for p in files}}
+
+
+def run_record(recipe: SFTRecipe, *, mixture_dir: Path, manifest: dict[str, Any] | None, model_path: str) -> dict:
+    """The record of what this run is made of: recipe, rows, start model, mlan version."""
+    from mlan import __version__
+
+    return {
+        "recipe": recipe_fingerprint(recipe),
+        "mixture": mixture_identity(mixture_dir, manifest),
+        "model": model_identity(model_path, recipe.model.revision),
+        "mlan_version": __version__,
+    }
 
 
 def _diff_paths(a: Any, b: Any, prefix: str = "") -> list[str]:
@@ -64,8 +140,25 @@ def _diff_paths(a: Any, b: Any, prefix: str = "") -> list[str]:
     return [] if a == b else [prefix.rstrip(".")]
 
 
-def decide_resume(recipe: SFTRecipe, ckpt_dir: Path, resume: bool | None) -> Path | None:
-    """The checkpoint to resume from (None: start fresh), checking it belongs to this recipe."""
+def describe_changes(saved: dict[str, Any], current: dict[str, Any]) -> str:
+    """What differs between two run records, part by part: `the recipe (training.learning_rate)`."""
+    changed: dict[str, list[str]] = {}
+    for path in _diff_paths(saved, current):
+        part, _, rest = path.partition(".")
+        changed.setdefault(part, []).append(rest)
+    said = []
+    for part, rests in changed.items():
+        details = [r for r in rests if r]
+        if part == "mlan_version":
+            details = [f"{saved.get(part)} -> {current.get(part)}"]
+        name = RECORD_PARTS.get(part, part)
+        said.append(f"{name} ({', '.join(details[:3])}{', ...' if len(details) > 3 else ''})" if details else name)
+    return "; ".join(said)
+
+
+def decide_resume(record: dict[str, Any], ckpt_dir: Path, resume: bool | None) -> Path | None:
+    """The checkpoint to resume from (None: start fresh), checking it belongs to this run: the same
+    recipe, rows, start model and mlan version (`record`, from `run_record`)."""
     last = last_complete_checkpoint(ckpt_dir)
     if resume is False:
         return None
@@ -73,26 +166,33 @@ def decide_resume(recipe: SFTRecipe, ckpt_dir: Path, resume: bool | None) -> Pat
         if resume:
             raise MlanError(f"--resume: no complete checkpoint in {ckpt_dir}")
         return None
-    saved = ckpt_dir / "recipe.json"
-    if saved.is_file():
-        diff = _diff_paths(json.loads(saved.read_text(encoding="utf-8")), recipe_fingerprint(recipe))
-        if diff:
-            raise MlanError(
-                f"{ckpt_dir}: checkpoints come from a different recipe ({', '.join(diff[:3])} differ); "
-                "pass --no-resume to discard them and start over"
-            )
+    saved = ckpt_dir / RUN_RECORD
+    if not saved.is_file():
+        raise MlanError(
+            f"{ckpt_dir}: checkpoints without a run record ({RUN_RECORD}), so nothing says what they were "
+            "trained from; pass --no-resume to discard them and start over"
+        )
+    try:
+        recorded = json.loads(saved.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise MlanError(f"{saved}: invalid JSON ({e}); pass --no-resume to discard the checkpoints") from None
+    if recorded != record:
+        raise MlanError(
+            f"{ckpt_dir}: checkpoints of another run: {describe_changes(recorded, record)} changed; "
+            "pass --no-resume to discard them and start over"
+        )
     return last
 
 
-def start_checkpoints(recipe: SFTRecipe, ckpt_dir: Path, resume_from: Path | None, state) -> None:
-    """The main process clears old checkpoints (unless resuming) and records the recipe's fingerprint;
-    the others wait for it."""
+def start_checkpoints(record: dict[str, Any], ckpt_dir: Path, resume_from: Path | None, state) -> None:
+    """The main process clears old checkpoints (unless resuming) and writes the run record; the others
+    wait for it."""
     if state.is_main_process:
         if resume_from is None and ckpt_dir.exists():
             log.info("starting over: removing old checkpoints in %s", ckpt_dir)
             shutil.rmtree(ckpt_dir)
         ckpt_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(ckpt_dir / "recipe.json", recipe_fingerprint(recipe))
+        atomic_write_json(ckpt_dir / RUN_RECORD, record)
     state.wait_for_everyone()
 
 

@@ -38,7 +38,7 @@ from mlan.train.arguments import (
     process_state,
     sft_config_kwargs,
 )
-from mlan.train.checkpoint import decide_resume
+from mlan.train.checkpoint import decide_resume, run_record
 from mlan.train.data import load_mixture
 from mlan.train.freeze import check_lora_targets
 from mlan.train.packing import PaddingFree, default_kernel, resolve_padding_free
@@ -76,6 +76,7 @@ class Checked:
     batch: BatchShape
     sft_args: dict[str, Any]  # SFTConfig keyword arguments
     resume_from: Path | None
+    record: dict[str, Any]  # what the run is made of (mlan.train.checkpoint.run_record), kept with its checkpoints
     padding_free: PaddingFree  # `training.padding_free` as resolved for this model and machine
 
 
@@ -101,8 +102,11 @@ def preflight(recipe: SFTRecipe, *, out: Path, ckpt_dir: Path, resume: bool | No
     check_extra(recipe.training.extra, managed_sources(managed))
     sft_args = sft_config_kwargs(recipe, managed, run_name=recipe.name or out.name)
     padding_free = check_padding_free(recipe, info, cuda)
-    resume_from = decide_resume(recipe, ckpt_dir, resume)
-    return Checked(mix_dir, mixture, manifest, info, precision, cuda, batch, sft_args, resume_from, padding_free)
+    record = run_record(recipe, mixture_dir=mix_dir, manifest=manifest, model_path=info.path)
+    resume_from = decide_resume(record, ckpt_dir, resume)
+    return Checked(
+        mix_dir, mixture, manifest, info, precision, cuda, batch, sft_args, resume_from, record, padding_free
+    )
 
 
 def check_padding_free(recipe: SFTRecipe, info: ModelInfo, cuda: bool) -> PaddingFree:

@@ -108,7 +108,7 @@ def run_sft(
     info.processor.chat_template = info.chat_template
     sft_args = SFTConfig(**checked.sft_args)
     state = PartialState()  # this process's place in the run, as SFTConfig set it up
-    start_checkpoints(recipe, ckpt_dir, checked.resume_from, state)
+    start_checkpoints(checked.record, ckpt_dir, checked.resume_from, state)
     to_train = model_to_train(recipe, info, checked.cuda, state.local_process_index)
     trainer = build_trainer(recipe, checked, sft_args, to_train, train, ckpt_dir)
     for callback in callbacks:
