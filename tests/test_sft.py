@@ -189,6 +189,83 @@ def test_sft_config_gets_exactly_the_managed_fields(tmp_path):
     assert mapped | set(MLAN_ONLY) == set(TrainingSection.model_fields)
 
 
+def test_every_recipe_field_reaches_its_sftconfig_field(tmp_path):
+    """Each training field set to a value no other field has, and each SFTConfig field checked against the
+    recipe's value written here, not against the mapping's own output: a field wired to another field's
+    value (clipping taking the weight decay) fails here."""
+    from trl import SFTConfig
+
+    from mlan.config.recipe import SFTRecipe
+    from mlan.train.arguments import batch_shape, managed_args, sft_config_kwargs
+
+    training = {
+        "learning_rate": 0.000123,
+        "num_train_epochs": 3.5,
+        "max_steps": 77,
+        "per_device_train_batch_size": 3,
+        "gradient_accumulation_steps": 5,
+        "max_length": 999,
+        "lr_scheduler_type": "linear",
+        "warmup_ratio": 0.07,
+        "weight_decay": 0.011,
+        "max_grad_norm": 0.37,
+        "seed": 1234,
+        "precision": "fp32",
+        "gradient_checkpointing": True,
+        "assistant_only_loss": False,
+        "batch_order": "wide",
+        "padding_free": "on",
+        "logging_steps": 13,
+        "save_steps": 17,
+        "save_total_limit": 4,
+        "dataloader_num_workers": 2,
+        "report_to": "tensorboard",
+        "extra": {"optim": "adamw_torch", "adam_beta2": 0.9876},
+    }
+    recipe = SFTRecipe.model_validate({"model": {"path": "m"}, "data": {"mixture": "mix"}, "training": training})
+    batch = batch_shape(recipe.training, processes=1)
+    managed = managed_args(recipe, checkpoints=tmp_path / "ck", precision="fp32", cuda=False, accumulation=5)
+    c = SFTConfig(**sft_config_kwargs(recipe, managed, run_name="the-run"))
+    assert c.output_dir == str(tmp_path / "ck")
+    assert c.learning_rate == 0.000123
+    assert c.num_train_epochs == 3.5
+    assert c.max_steps == 77
+    assert c.per_device_train_batch_size == 3 and c.per_device_eval_batch_size == 3
+    assert c.gradient_accumulation_steps == 5 and batch.global_size == 15
+    assert c.max_length is None  # rows over 999 tokens are dropped before the trainer, never truncated
+    assert str(c.lr_scheduler_type.value) == "linear"
+    assert c.warmup_steps == 0.07
+    assert c.weight_decay == 0.011
+    assert c.max_grad_norm == 0.37
+    assert c.seed == 1234 and c.data_seed == 1234
+    assert (c.bf16, c.fp16, c.use_cpu) == (False, False, True)
+    assert c.activation_checkpointing is True
+    assert c.activation_checkpointing_kwargs == {"use_reentrant": False}
+    assert c.assistant_only_loss is False
+    assert c.train_sampling_strategy == "random"  # llava and wide come from mlan's own sampler
+    assert c.padding_free is False  # mlan's collator packs; TRL's refuses image rows
+    assert c.logging_steps == 13 and c.logging_first_step is True
+    assert str(c.save_strategy.value) == "steps" and c.save_steps == 17
+    assert c.save_total_limit == 4
+    assert c.dataloader_num_workers == 2
+    assert c.report_to == ["tensorboard"]
+    assert c.run_name == "the-run"
+    assert c.optim == "adamw_torch" and c.adam_beta2 == 0.9876
+    # The other precisions and a global batch: 24 rows over 3 per device x 2 processes is 4 passes.
+    recipe = SFTRecipe.model_validate(
+        {
+            "model": {"path": "m"},
+            "data": {"mixture": "mix"},
+            "training": {**training, "gradient_accumulation_steps": None, "global_batch_size": 24},
+        }
+    )
+    assert batch_shape(recipe.training, processes=2).accumulation == 4
+    for precision, flags in {"bf16": (True, False), "fp16": (False, True)}.items():
+        m = managed_args(recipe, checkpoints=tmp_path, precision=precision, cuda=True, accumulation=4)
+        assert (m["bf16"].value, m["fp16"].value, m["use_cpu"].value) == (*flags, False)
+        assert m["gradient_accumulation_steps"].value == 4
+
+
 def test_lengths_and_labels_match_the_collator(tiny_llava_dir, mixture_dir):
     """Measured lengths equal what TRL's collator produces; labels cover assistant tokens only."""
     from datasets import load_from_disk
