@@ -7,35 +7,24 @@ from __future__ import annotations
 import json
 import random
 
+import mlan_prompt_template as authors
 import pytest
 
 from mlan.data.adapters import ADAPTER_FUNCS
-from mlan.data.templates import DIRECT_ANSWER, MULTIPLE_CHOICE, SHORT_ANSWER, TEMPLATES, YES_NO, render
+from mlan.data.templates import render
 from mlan.schemas import LETTERS
 
-# --- MLAN's code, copied unchanged (wang-research-lab/mlan@7ce179a8d6598142f0ba7038b6074c5fe1e4e766) -------
-# llava/anno/prompt_template.py L106-113. `random` is the test's stand-in below, which makes the phrase a
-# template draws a chosen one.
-
-
-class _Pick:
-    """Stands in for the `random` module in MLAN's lambdas: `choice` returns the phrase given."""
-
-    def __init__(self) -> None:
-        self.phrase = ""
-
-    def choice(self, seq):
-        assert self.phrase in seq
-        return self.phrase
-
-
-random_ = _Pick()
-llava_cqa = lambda c, q, a: "User: " + (f"Context: {c}\n" if c else "") + q + "\nAssistant: " + a  # noqa: E731
-llava_srq = lambda c, q, a: llava_cqa(c, random_.choice(SHORT_ANSWER) + "\n" + q, a)  # noqa: E731
-llava_tfq = lambda c, q, a: llava_cqa(c, random_.choice(YES_NO) + "\n" + q, a)  # noqa: E731
-llava_cmc = lambda c, mc, q, a: llava_cqa(  # noqa: E731
-    c, q + " " + random_.choice(MULTIPLE_CHOICE) + "\n" + "\n".join([each for each in mc]), a
-)
+# MLAN's side comes from tests/mlan_prompt_template.py: the authors' phrase lists and LLaVA templates
+# (wang-research-lab/mlan@7ce179a8d6598142f0ba7038b6074c5fe1e4e766:llava/anno/prompt_template.py
+# L10-113) copied there as written, never from mlan.data.templates. `authors.random` is the test's stand-in
+# for the `random` module: it makes the phrase a template draws the one set in `authors.random.phrase`,
+# after checking that it is in the list the authors' template draws from.
+AUTHORS_LISTS = {
+    "mc": authors.mc_prompt,
+    "yesno": authors.tf_prompt,
+    "short": authors.short_answer_prompt,
+    "cot": authors.fa_prompt,
+}
 
 
 def mlan_turns(context: str, question: str, choices: list[str], answer: str, yes_no: bool) -> tuple[str, str]:
@@ -43,13 +32,12 @@ def mlan_turns(context: str, question: str, choices: list[str], answer: str, yes
     choice made by the item's kind, not by substring) then `format_llava_train`
     (ToviTu/IT_MLLM@db5622b4:scripts/anno/prepare_lang_it.py L30-37)."""
     if choices:
-        text = llava_cmc(context, choices, question, answer)
+        text = authors.llava_cmc(context, choices, question, answer)
     elif yes_no:
-        text = llava_tfq(context, question, answer)
+        text = authors.llava_tfq(context, question, answer)
     else:
-        text = llava_srq(context, question, answer)
-    human, gpt = text.split("User: ")[-1].split("Assistant: ")[:2]
-    return human, gpt
+        text = authors.llava_srq(context, question, answer)
+    return authors.format_llava_train(text)
 
 
 def llava_preprocess_multimodal(value: str) -> str:
@@ -147,8 +135,9 @@ def test_rendered_rows_equal_mlans(shared_data, source, cot):
         context, question, choices, answer, yes_no = fields(row)
         if cot:  # L101: rationale + "\n<phrase> " + answer + "."
             assert ids[1].startswith("cot/")
-            answer = item.rationale.strip() + f"\n{TEMPLATES['cot'][int(ids[1][4:])]} " + answer + "."
-        random_.phrase = TEMPLATES[ids[0].split("/")[0]][int(ids[0].split("/")[1])]
+            answer = authors.cot_answer(item.rationale.strip(), AUTHORS_LISTS["cot"][int(ids[1][4:])], answer)
+        kind, num = ids[0].split("/")
+        authors.random.phrase = AUTHORS_LISTS[kind][int(num)]  # the phrase mlan's template id names
         human, gpt = mlan_turns(context, question, choices, answer, yes_no)
         assert gpt == assistant
         if "<image>" in human:
@@ -186,9 +175,10 @@ def test_yes_no_template_follows_the_question_kind_not_a_substring():
 
     for answer in ("piano", "snow", "Nottingham"):
         user = render(Item("short", "What is it?", answer, "1"), random.Random(0), 0.0)[0][0]["content"]
-        assert not any(t in user for t in YES_NO) and any(user.startswith(t + "\n") for t in SHORT_ANSWER)
+        assert not any(t in user for t in authors.tf_prompt)
+        assert any(user.startswith(t + "\n") for t in authors.short_answer_prompt)
     user = render(Item("yesno", "Is it?", "no", "2"), random.Random(0), 0.0)[0][0]["content"]
-    assert any(user.startswith(t + "\n") for t in YES_NO)
+    assert any(user.startswith(t + "\n") for t in authors.tf_prompt)
 
 
 def test_vqav2_trains_on_multiple_choice_answer():
@@ -206,7 +196,4 @@ def test_vqav2_trains_on_multiple_choice_answer():
     assert SCHEMAS["vqav2"]({**row, "multiple_choice_answer": "Yes"}).kind == "yesno"
 
 
-def test_phrase_lists_are_mlans_twenty_each():
-    for phrases in (MULTIPLE_CHOICE, YES_NO, SHORT_ANSWER, DIRECT_ANSWER):
-        assert len(phrases) == len(set(phrases)) == 20
-    assert all(p.endswith("the direct answer is:") for p in DIRECT_ANSWER)
+# The phrase lists themselves, word for word and in order: tests/test_mlan_templates_oracle.py.
