@@ -252,18 +252,37 @@ def test_scripted_vision_scores_as_mlan():
 
 
 def test_mlan_filter_bugs_fixed():
+    """One input per fix in mlan.evaluate.extract_mlan that reaches the fixed line, so that undoing any one
+    fix fails here (checked by reverting each in turn). Predictions are asserted as well as scores where a
+    fix changes the prediction only."""
     from mlan.evaluate.extract_mlan import language_choice, mlan_answer
     from mlan.schemas import Item
 
     mc = Item("mc", "q", "B", "1", choices=["water", "sea water", "sand"])
-    assert language_choice("sea water", mc.choices) == "B"  # MLAN: the first full match, "water" (A)
+    # Several full matches: the widest, not the first listed (MLAN: "water", A).
+    assert language_choice("sea water", mc.choices) == "B"
     assert language_choice("water and sand", mc.choices) == "water and sand"  # two choices: no pick
-    assert mlan_answer(mc, " B", "language") == ("B", True)  # MLAN: " B" is not "B"
-    assert mlan_answer(mc, "b", "language")[1]  # MLAN's OpenBookQA: case-sensitive
-    assert mlan_answer(mc, "sea water.", "vision") == ("B", True)  # punctuation dropped on both sides
+    # The language continuation is stripped (MLAN: " B" is not "B").
+    assert mlan_answer(mc, " B", "language") == ("B", True)
+    # Case: MLAN's OpenBookQA is case-sensitive. A lowercase letter is read as the letter...
+    assert mlan_answer(mc, "b", "language") == ("B", True)
+    # ... and the exact match ignores case for every item, not only where a letter was read.
+    assert mlan_answer(Item("short", "q", "Paris", "5"), "paris", "language") == ("paris", True)
+    # Vision letters are read case-insensitively (MLAN compares the lowercased text with "A".."D", so the
+    # prediction stayed "b"; the score was right through the case-insensitive match).
+    assert mlan_answer(mc, "b", "vision") == ("B", True)
+    # Punctuation dropped from the response as from the choices. The regex already cuts at . , : " so
+    # "sea water." never reaches that line; "!" and an apostrophe do.
+    assert mlan_answer(mc, "sea water.", "vision") == ("B", True)
+    assert mlan_answer(mc, "sea water!", "vision") == ("B", True)
+    owner = Item("mc", "Whose bowl?", "B", "6", choices=["the cat's bowl", "the dog's bowl"])
+    assert mlan_answer(owner, "the dog's bowl", "vision") == ("B", True)
+    # Number words as digits on both sides (MLAN: "None" -> "0" against gold "none").
     count = Item("short", "How many?", "none", "2")
-    assert mlan_answer(count, "None", "vision")[1]  # MLAN: "None" -> "0" against gold "none"
+    assert mlan_answer(count, "None", "vision")[1]
     assert mlan_answer(Item("short", "q", "2", "3"), "two", "vision")[1]
+    # Every vision answer ends at a newline (MLAN's GQA and RealWorldQA regex read on to the full stop).
+    assert mlan_answer(Item("short", "How many?", "2", "7"), "2\nThere are two.", "vision") == ("2", True)
     assert mlan_answer(Item("yesno", "q", "yes", "4"), "True", "language") == ("yes", True)
 
 
