@@ -11,6 +11,7 @@ whichever part happens to wait for it; that costs one sync per boundary, three p
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from transformers import TrainerCallback
@@ -27,7 +28,10 @@ class StepTimer(TrainerCallback):
     of the loop between steps.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
+        # Every timestamp (the events', the fetch's and the collator's) comes from `clock`, seconds as
+        # floats; a test passes a fake clock to check the split exactly, without sleeping.
+        self.clock = clock
         self._reset()
         self._cuda = False
 
@@ -47,19 +51,19 @@ class StepTimer(TrainerCallback):
             import torch
 
             torch.cuda.synchronize()
-        return time.perf_counter()
+        return self.clock()
 
     # ---------------------------------------------------------------- from the trainer and the collator
 
     def fetch(self, get_batches):
         """Run `get_batches()` (the Trainer's fetch of one step's batches), its time counted as data."""
-        start = time.perf_counter()
+        start = self.clock()
         self.fetching = True
         try:
             return get_batches()
         finally:
             self.fetching = False
-            self._fetched += time.perf_counter() - start
+            self._fetched += self.clock() - start
 
     def add_collate(self, seconds: float) -> None:
         # Evaluation batches are collated too; only those of a training fetch count.
@@ -128,11 +132,11 @@ class TimedCollator:
         self.timer = timer
 
     def __call__(self, examples):
-        start = time.perf_counter()
+        start = self.timer.clock()  # the timer's clock, so one fake clock drives both in tests
         try:
             return self.collator(examples)
         finally:
-            self.timer.add_collate(time.perf_counter() - start)
+            self.timer.add_collate(self.timer.clock() - start)
 
 
 def describe(split: dict[str, Any] | None) -> str:
