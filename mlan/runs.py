@@ -20,6 +20,11 @@ def mixture_dir(name: str, runs: Path = RUNS_DIR) -> Path:
     return runs / "mixtures" / name
 
 
+def rationales_dir(name: str, runs: Path = RUNS_DIR) -> Path:
+    """Where `mlan rationales` keeps the teacher's rationales for mixture spec `name` by default."""
+    return runs / "rationales" / name
+
+
 def run_dir(recipe_name: str, runs: Path = RUNS_DIR) -> Path:
     """Where a training run of recipe `recipe_name` is written by default."""
     return runs / recipe_name

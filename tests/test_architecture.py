@@ -22,6 +22,7 @@ SHARED = (
 )
 STAGES = (
     "mlan.data",
+    "mlan.rationales",
     "mlan.train",
     "mlan.evaluate",
     "mlan.merge",

@@ -75,8 +75,8 @@ app = typer.Typer(
         "LLaVA-style models, evaluate language and vision reasoning, merge the original LLM back.\n\n"
         "In a project folder, each command finds the previous one's output:\n\n"
         "\b\n"
-        "  mlan build-mixture            data_mixtures/mlan.yaml -> runs/mixtures/mlan\n"
-        "  mlan sft recipes/vicuna.yaml  runs/mixtures/mlan -> runs/vicuna (newest run)\n"
+        "  mlan build-mixture            MLAN's released rows -> runs/mixtures/mlan_released\n"
+        "  mlan sft recipes/vicuna.yaml  runs/mixtures/mlan_released -> runs/vicuna (newest run)\n"
         "  mlan eval --unseen            evaluates the newest run\n\n"
         "Offline, on a CPU, the whole pipeline on bundled data: mlan quickstart"
     ),
@@ -103,11 +103,12 @@ def _main(
 
 
 def _register() -> None:
-    from mlan.cli import checkpoints, evaluate, lab, merge, mixture, quickstart, sft, tiny, validate
+    from mlan.cli import checkpoints, evaluate, lab, merge, mixture, quickstart, rationales, sft, tiny, validate
 
     # validate reads YAML only: no library to set up.
     for name, fn, cls in (
         ("build-mixture", mixture.build_mixture, _Command),
+        ("rationales", rationales.rationales, _Command),
         ("assemble", checkpoints.assemble, _Command),
         ("convert", checkpoints.convert, _Command),
         ("sft", sft.sft, _Command),

@@ -10,6 +10,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from mlan.config.base import StrictModel
+from mlan.config.rationales import RationaleSettings
 
 # Adapter name -> the modality of the rows it produces (None: decided by the source's columns;
 # "mixed": decided row by row, by whether the row has an image).
@@ -26,6 +27,10 @@ ADAPTERS: dict[str, Literal["language", "vision", "mixed"] | None] = {
     "plain": None,
     "llava": "mixed",
 }
+
+# Adapters whose rows hold a gold answer a teacher can explain (`mlan rationales`, `targets: rationale`);
+# the others carry their own targets (chat, llava) or none of that shape (plain).
+RATIONALE_ADAPTERS = ("squad", "strategyqa", "commonsense_qa", "cosmos_qa", "arc", "vqav2", "aokvqa", "qa")
 
 # Canonical evaluation dataset names a mixture can declare it covers (the evaluation contract).
 EVAL_TASKS = (
@@ -225,6 +230,29 @@ class MixtureSpec(StrictModel):
     """Remove exact and near-duplicate rows inside the mixture (replacements are drawn from the same source)."""
     contamination: Contamination = Field(default_factory=Contamination)
     """Overlap check against evaluation data."""
+    targets: Literal["answer", "rationale"] = "answer"
+    """What each row's assistant turn holds. answer: the direct answer (a letter, yes/no, a span). rationale:
+    MLAN's form, a teacher's rationale from the store `mlan rationales` wrote for this spec, a newline, one of
+    twenty "..., the direct answer is:" phrases (seeded), the answer and a full stop; rows without a kept
+    rationale are left out and counted."""
+    rationales: RationaleSettings = Field(default_factory=RationaleSettings)
+    """The teacher step (`mlan rationales`) and the store `targets: rationale` reads."""
+
+    @model_validator(mode="after")
+    def _check_targets(self) -> MixtureSpec:
+        if self.targets == "rationale":
+            for i, s in enumerate(self.sources):
+                if s.adapter not in RATIONALE_ADAPTERS:
+                    raise _error(
+                        f"sources.{i}: adapter {s.adapter!r} rows carry no gold answer for a teacher to explain "
+                        f"(targets: rationale reads {', '.join(RATIONALE_ADAPTERS)})"
+                    )
+                if s.chain_of_thought:
+                    raise _error(
+                        f"sources.{i}.chain_of_thought: every row ends in a teacher rationale with targets: "
+                        "rationale; leave it at 0"
+                    )
+        return self
 
     @model_validator(mode="after")
     def _check_sizes(self) -> MixtureSpec:

@@ -15,6 +15,7 @@ import logging
 import random
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from mlan.config.mixture import MixtureSpec, SourceSpec
@@ -23,7 +24,7 @@ from mlan.data.sources import base_folder, is_local, load_image_bytes
 from mlan.data.templates import render
 from mlan.errors import MlanError
 from mlan.paths import resolve_data_path
-from mlan.schemas import BadRow, is_json_lines
+from mlan.schemas import BadRow, Item, is_json_lines
 
 if TYPE_CHECKING:
     from mlan.data.hygiene import ContaminationChecker, Deduplicator
@@ -54,7 +55,23 @@ def iter_rows(ds, batch_size: int = 256):
 class SourceFill:
     """One source's rows into the train and validation writers (`stats` says how many of each)."""
 
-    def __init__(self, src: SourceSpec, ds, stats, spec: MixtureSpec, dedup, checker, writers, image_tokens: int):
+    def __init__(
+        self,
+        src: SourceSpec,
+        ds,
+        stats,
+        spec: MixtureSpec,
+        dedup,
+        checker,
+        writers,
+        image_tokens: int,
+        *,
+        rationales: dict[str, str] | None = None,
+        on_row: Callable[[SourceSpec, str, dict, Item, list], None] | None = None,
+    ):
+        """`rationales` (targets: rationale): the kept rationale of each row id; a row without one is drawn
+        as always but left out and counted. `on_row(src, row id, source row, item, images)`: called for every
+        row drawn, before it is rendered (mlan rationales collects its rows so)."""
         import numpy as np
 
         self.src, self.ds, self.stats, self.spec = src, ds, stats, spec
@@ -67,6 +84,7 @@ class SourceFill:
         self.adapter = ADAPTER_FUNCS[src.adapter]
         self.root = resolve_data_path(src.image_root) if src.image_root else base_folder(src.dataset)
         self.is_jsonl = is_local(src.dataset) and is_json_lines(resolve_data_path(src.dataset))
+        self.rationales, self.on_row = rationales, on_row
 
     def run(self) -> None:
         st = self.stats
@@ -122,7 +140,13 @@ class SourceFill:
             if self.spec.contamination.drop:
                 stats.contaminated_dropped += 1
                 return None
-        messages, template_ids = render(item, self.rng, src.chain_of_thought)
+        if self.on_row is not None:
+            self.on_row(src, row_id, row, item, blobs)
+        cot_share = src.chain_of_thought
+        if self.rationales is not None:
+            # MLAN's join: every row ends in its teacher rationale, the phrase and the answer.
+            item.rationale, cot_share = self.rationales.get(row_id), 1.0
+        messages, template_ids = render(item, self.rng, cot_share)
         out = {
             "messages": messages,
             "images": [{"bytes": b, "path": name} for b, name in blobs],
@@ -137,6 +161,10 @@ class SourceFill:
 
     def write(self, out: dict, digest: bytes, template_ids: list[str], train: bool) -> None:
         st = self.stats
+        if self.rationales is not None and not any(t.startswith("cot/") for t in template_ids):
+            # No kept rationale: left out, not replaced, so the rows still match the teacher's one to one.
+            st.no_rationale["train" if train else "validation"] += 1
+            return
         if train:
             n_images = len(out["images"])
             st.train_by_modality[out["modality"]] += 1

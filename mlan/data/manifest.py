@@ -24,6 +24,18 @@ def config_hash(spec: MixtureSpec) -> str:
     for src in data["sources"]:
         if not src["replace"]:
             del src["replace"]
+    # Likewise the teacher step, which changes no row unless the targets are rationales.
+    if data["targets"] == "answer":
+        del data["targets"], data["rationales"]
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+def draw_hash(spec: MixtureSpec) -> str:
+    """SHA-256 of what decides which rows a spec draws and how they read (sources, seed, sizes, hygiene), not
+    its name or its targets: a rationale store made for a spec serves the same spec with `targets: rationale`."""
+    data = json.loads(json.dumps(spec.model_dump(mode="json")))
+    for key in ("name", "description", "targets", "rationales", "tokenizer", "image_tokens"):
+        data.pop(key, None)
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
@@ -42,6 +54,7 @@ def build_manifest(
     dedup,
     checker,
     seconds: float,
+    targets: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The manifest as a JSON-ready dict (counts and tokens describe the train split)."""
     per_modality = _per_modality(stats)
@@ -57,6 +70,8 @@ def build_manifest(
         "config_hash": config_hash(spec),
         "content_hash": content_hash,
         "splits": splits,
+        # What the assistant turns hold (mlan.data.mixture.targets_form), and for rationales the store joined.
+        "targets": targets or {"form": "answer"},
         "sources": {st.name: _source_entry(st) for st in stats},
         "modalities": per_modality,
         "ratios": {
@@ -119,12 +134,14 @@ def _source_entry(st) -> dict[str, Any]:
         "adapter": st.adapter,
         "modality": _source_modality(st),
         "rows_in_source": st.rows_in_source,
-        "train": st.train,
+        # Rows written; `left_out_no_rationale` were drawn but had no kept rationale (targets: rationale).
+        "train": st.train - st.no_rationale["train"],
         "drawn_with_replacement": st.replace,
         # Train rows that repeat a row drawn before (replace: true); distinct rows are train - repeats.
         "repeats": st.repeats,
         "train_by_modality": {m: st.train_by_modality[m] for m in MODALITIES},
-        "validation": st.validation,
+        "validation": st.validation - st.no_rationale["validation"],
+        "left_out_no_rationale": {k: st.no_rationale[k] for k in ("train", "validation")},
         "rows_examined": st.examined,
         "bad_rows": st.bad_rows,
         "bad_row_examples": st.bad_row_examples,

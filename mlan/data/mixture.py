@@ -34,6 +34,8 @@ from mlan.tiny import build_tokenizer
 log = logging.getLogger(__name__)
 
 WRITE_BATCH = 512
+# Adapters whose rows carry their own assistant turns.
+GIVEN_TARGETS = ("chat", "llava", "plain")
 
 
 def features():
@@ -78,6 +80,8 @@ class SourceStats:
     # Per row modality of the train rows: a `llava` source holds both kinds in one file.
     train_by_modality: Counter = field(default_factory=Counter)
     text_tokens_by_modality: Counter = field(default_factory=Counter)
+    # targets: rationale: rows drawn without a kept rationale, left out ({train, validation}).
+    no_rationale: Counter = field(default_factory=Counter)
 
 
 @dataclass
@@ -246,16 +250,31 @@ def _open_sources(spec: MixtureSpec) -> list:
     return opened
 
 
-def build_mixture(spec: MixtureSpec, out: str | Path, *, overwrite: bool = False) -> MixtureResult:
+def targets_form(spec: MixtureSpec) -> str:
+    """What the assistant turns hold: `rationale` (a teacher's, joined as MLAN does), `given` (rows that carry
+    their own: LLaVA JSON such as MLAN's release, chat rows), `answer` (direct answers from the templates)."""
+    if spec.targets == "rationale":
+        return "rationale"
+    return "given" if all(s.adapter in GIVEN_TARGETS for s in spec.sources) else "answer"
+
+
+def build_mixture(spec: MixtureSpec, out: str | Path, *, overwrite: bool = False, on_row=None) -> MixtureResult:
     """Build the mixture described by `spec` into `out` (a `save_to_disk` DatasetDict with
     `train` and `validation` splits, plus `manifest.json`); the same spec and seed give the same
-    content hash. Raises `MlanError` for every problem in the spec or the data."""
+    content hash. Raises `MlanError` for every problem in the spec or the data. `on_row`: called for every
+    row drawn (`mlan.data.fill.SourceFill`)."""
     import numpy as np
     from datasets import DatasetDict
 
     out = Path(out)
     check_output_dir(out, overwrite)
     t_start = time.perf_counter()
+    rationales, targets = None, {"form": targets_form(spec)}
+    if spec.targets == "rationale":
+        from mlan.rationales.store import kept_rationales
+
+        rationales, store = kept_rationales(spec)
+        targets |= store
     datasets_ = _open_sources(spec)
     sizes = [len(d) for d in datasets_]
     train, val = plan_counts(spec, sizes)
@@ -277,7 +296,9 @@ def build_mixture(spec: MixtureSpec, out: str | Path, *, overwrite: bool = False
             _SplitWriter(Path(scratch) / "validation.arrow", tokenizer, count_tokens=False),
         )
         for src, ds, st in zip(spec.sources, datasets_, stats, strict=True):
-            SourceFill(src, ds, st, spec, dedup, checker, writers, per_image).run()
+            SourceFill(
+                src, ds, st, spec, dedup, checker, writers, per_image, rationales=rationales, on_row=on_row
+            ).run()
         digests = {name: w.digests for name, w in zip(("train", "validation"), writers, strict=True)}
         splits = {name: w.close() for name, w in zip(("train", "validation"), writers, strict=True)}
         # Rows were written source by source; shuffle them (seeded) so batches mix sources.
@@ -303,6 +324,7 @@ def build_mixture(spec: MixtureSpec, out: str | Path, *, overwrite: bool = False
             dedup=dedup,
             checker=checker,
             seconds=time.perf_counter() - t_start,
+            targets=targets,
         )
         atomic_write_json(tmp / "manifest.json", manifest)
     log.info(
