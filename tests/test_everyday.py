@@ -34,9 +34,32 @@ TINY_SFT = [
 ]
 
 
+def _released_rows(shared: Path) -> list[dict]:
+    """Rows in the layout of MLAN's released MLAN_80k.json (LLaVA JSON, a `model` key, rationale targets),
+    made from the bundled ARC and CommonsenseQA slices: the default build reads that file."""
+    rows = []
+    for source in ("arc_easy/train", "commonsense_qa/train"):
+        for i, line in enumerate((shared / f"{source}.jsonl").read_text().splitlines()[:30]):
+            r = json.loads(line)
+            options = "\n".join(f"{a} {t}" for a, t in zip(r["choices"]["label"], r["choices"]["text"], strict=True))
+            human = f"{r['question']} Choose the correct answer from the following options:\n{options}\n"
+            gpt = f"The question asks about {r['question'][:30]}.\nIn short, the direct answer is: {r['answerKey']}."
+            rows.append(
+                {
+                    "id": f"{source.split('/')[0]}-{i}",
+                    "model": "Yi-1.5-34B",
+                    "conversations": [{"from": "human", "value": human}, {"from": "gpt", "value": gpt}],
+                }
+            )
+    return rows
+
+
 def _local_data(shared: Path, eval_data: Path, dest: Path) -> Path:
-    """Training sources and every evaluation set of the spec's contamination check."""
+    """Training sources (MLAN's release and the sources it was drawn from) and every evaluation set of the
+    specs' contamination checks."""
     shutil.copytree(eval_data, dest)
+    (dest / "mlan_80k").mkdir()
+    (dest / "mlan_80k" / "MLAN_80k.json").write_text(json.dumps(_released_rows(shared)))
     for dst, src in SOURCES.items():
         (dest / dst).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(shared / f"{src}.jsonl", dest / f"{dst}.jsonl")
@@ -58,19 +81,13 @@ def test_three_commands_chain_by_defaults(cli, tmp_path, monkeypatch, shared_dat
     project.mkdir()
     monkeypatch.chdir(project)
 
-    r = cli(
-        "build-mixture",
-        "--data-dir",
-        data,
-        # MLAN's shares (1/4, 3/16 x 4; ARC split by size) at 240 rows; mlan's tiny tokenizer offline.
-        *_overrides(["size=240", "validation=12", "tokenizer=null"]),
-        *_overrides([f"sources.{i}.count={n}" for i, n in enumerate((60, 45, 45, 45, 30, 15))]),
-    )
+    r = cli("build-mixture", "--data-dir", data)  # MLAN's released rows, as the paper trained on them
     assert r.exit_code == 0, r.output
-    mixture = Path("runs/mixtures/mlan")
+    assert "targets: as the rows give them" in r.stdout
+    mixture = Path("runs/mixtures/mlan_released")
     manifest = json.loads((mixture / "manifest.json").read_text())
-    assert manifest["name"] == "mlan" and manifest["splits"] == {"train": 240, "validation": 12}
-    assert manifest["contamination"]["checked"]
+    assert manifest["name"] == "mlan_released" and manifest["splits"] == {"train": 60, "validation": 0}
+    assert manifest["targets"] == {"form": "given"} and manifest["contamination"]["checked"]
 
     r = cli("sft", "recipes/vicuna.yaml", *_overrides([f"model.path={tiny_llava_dir}", *TINY_SFT]))
     assert r.exit_code == 0, r.output
@@ -90,9 +107,9 @@ def test_three_commands_chain_by_defaults(cli, tmp_path, monkeypatch, shared_dat
 
 def test_offline_defaults_fail_fast_with_one_line(cli, one_line_error):
     msg = one_line_error(cli("build-mixture"))
-    assert "source 'squad' (rajpurkar/squad): the Hugging Face Hub is unreachable" in msg
-    assert "--data-dir DIR holding <source name>/<split>.jsonl" in msg
-    assert not Path("runs/mixtures/mlan").exists()
+    assert "source 'mlan_80k' (WangResearchLab/MLAN): the Hugging Face Hub is unreachable" in msg
+    assert "--data-dir DIR" in msg
+    assert not Path("runs/mixtures/mlan_released").exists()
 
     # The model is checked first (two small files), before a mixture is looked for or built.
     msg = one_line_error(cli("sft", "recipes/vicuna.yaml"))

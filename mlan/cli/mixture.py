@@ -13,7 +13,7 @@ from mlan.cli.common import Overrides, Overwrite, console, load
 def build_mixture(
     spec: Annotated[
         str, typer.Argument(help="Mixture spec: a YAML file or a shipped name (mlan, mlan_v_vicuna, quickstart, ...).")
-    ] = "data_mixtures/mlan.yaml",
+    ] = "data_mixtures/mlan_released.yaml",
     out: Annotated[Path | None, typer.Option("--out", help="Output folder (default: runs/mixtures/<name>).")] = None,
     data_dir: Annotated[
         Path | None,
@@ -30,7 +30,10 @@ def build_mixture(
     real datasets: sample each source with the spec's seed, render instructions from templates,
     remove duplicates, check contamination against evaluation data.
 
-    With no SPEC it builds the default MLAN mixture (data_mixtures/mlan.yaml: 80k language-only rows from the hub) into runs/mixtures/mlan, where the shipped recipes look for it.
+    With no SPEC it builds MLAN's data as the paper trained on it: the authors' released 80k language-only rows
+    (data_mixtures/mlan_released.yaml, from the hub), into runs/mixtures/mlan_released, where the shipped recipes
+    look for it. data_mixtures/mlan.yaml rebuilds the same kind of mixture from the source datasets: with direct
+    answers, or with your teacher's rationales (`mlan rationales`, then -o targets=rationale).
 
     Example: mlan build-mixture data_mixtures/quickstart.yaml --out runs/mixtures/quickstart
     """
@@ -77,4 +80,17 @@ def build_mixture(
         c.print("contamination: " + (", ".join(f"{t} {n} rows" for t, n in hits.items()) or "none found"))
     if m["covers_eval_tasks"]:
         c.print(f"covers evaluation tasks: {', '.join(m['covers_eval_tasks'])}")
+    c.print(_targets_line(m["targets"]))
     c.print(f"content hash {result.content_hash[:16]}  ->  [bold]{result.out}[/bold]")
+
+
+def _targets_line(targets: dict) -> str:
+    """Which of the three forms of MLAN's data was built (manifest `targets`)."""
+    if targets["form"] == "rationale":
+        return (
+            f"targets: teacher rationales joined as MLAN does ({targets['teacher']}; "
+            f"{targets['records']['kept']} kept of {sum(targets['records'].values())} in {targets['store']})"
+        )
+    if targets["form"] == "given":
+        return "targets: as the rows give them (LLaVA or chat rows, e.g. MLAN's released rationales)"
+    return "targets: direct answers (MLAN trained on teacher rationales: mlan rationales, then -o targets=rationale)"

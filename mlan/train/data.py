@@ -43,7 +43,7 @@ def _build_hint(mixture_dir: Path) -> str:
     the folder is a default location (`runs/mixtures/<name>`), else the general form."""
     name = mixture_dir.name
     if mixture_dir == default_dir(name) and (shipped_dir("data_mixtures") / f"{name}.yaml").is_file():
-        command = "mlan build-mixture" if name == "mlan" else f"mlan build-mixture data_mixtures/{name}.yaml"
+        command = "mlan build-mixture" if name == "mlan_released" else f"mlan build-mixture data_mixtures/{name}.yaml"
         return f"build it with `{command}`"
     return f"build it with `mlan build-mixture SPEC --out {mixture_dir}`"
 
