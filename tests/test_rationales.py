@@ -447,3 +447,28 @@ def test_join_refuses_a_store_of_another_spec(cli, one_line_error, monkeypatch, 
     msg = one_line_error(cli(*base, *teach, "-o", "sources.6.chain_of_thought=0.5"), stdout_ok=True)
     assert "chain_of_thought" in msg
     assert not (tmp_path / "mix").exists()
+
+
+def test_shards_join_into_the_whole_store(cli, monkeypatch, teachers, tmp_path):
+    """`--shard 0/2` and `--shard 1/2` split the rows with nothing twice and nothing left out, into one store
+    that reads as the unsharded run's; a third run with another count is refused."""
+    from mlan.rationales import run
+
+    monkeypatch.setattr(run, "open_teacher", lambda ref, vision, settings: ScriptedTeacher(ref, vision))
+    whole = write_spec(tmp_path / "whole")
+    assert _run(cli, whole, teachers).exit_code == 0
+    sharded = write_spec(tmp_path / "sharded")
+    for i in (0, 1):
+        r = _run(cli, sharded, teachers, "--shard", f"{i}/2")
+        assert r.exit_code == 0, r.output
+    files = sorted(p.name for p in (tmp_path / "sharded" / "store").glob("records-*"))
+    assert files == ["records-0-of-2.jsonl", "records-1-of-2.jsonl"]
+
+    def comparable(store: Path) -> dict:
+        return {k: {f: v for f, v in r.items() if f not in ("seconds", "settings")} for k, r in _records(store).items()}
+
+    assert comparable(tmp_path / "sharded" / "store") == comparable(tmp_path / "whole" / "store")
+    summary = json.loads((tmp_path / "sharded" / "store" / "summary.json").read_text())
+    assert summary["rows"] == sum(n for *_, n, _ in SOURCES)
+    r = _run(cli, sharded, teachers, "--shard", "0/3")
+    assert r.exit_code == 2 and "holds shards of 2" in r.stderr

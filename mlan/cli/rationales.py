@@ -114,8 +114,9 @@ def _table(summary: dict):
         caption=f"teacher tokens: {t['prompt']:,} prompt, {t['new']:,} generated"
         + (f" ({rate:,.1f} tokens/s)" if rate else ""),
     )
-    for col in ("source", "rows", *STATUSES, "mean words (kept)"):
-        table.add_column(col, justify="left" if col == "source" else "right")
+    table.add_column("source", no_wrap=True)
+    for col in ("rows", *STATUSES, "words (kept)"):
+        table.add_column(col, justify="right")
     for name, s in summary["sources"].items():
         words = "-" if s["mean_words_kept"] is None else f"{s['mean_words_kept']:.1f}"
         table.add_row(name, str(s["rows"]), *(str(s["status"][k]) for k in STATUSES), words)
