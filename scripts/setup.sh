@@ -14,6 +14,8 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
   "$VENV/bin/pip" install -q "torch==2.13.0"
 fi
-"$VENV/bin/pip" install -q -c scripts/lock.txt -e ".[dev]" ${MLAN_EXTRAS:+".[${MLAN_EXTRAS}]"}
+# MLAN_EXTRAS (e.g. bench, mutate) joins dev in the one editable spec: a second ".[extra]" would
+# ask pip for a non-editable copy of mlan as well, which it refuses as a conflict.
+"$VENV/bin/pip" install -q -c scripts/lock.txt -e ".[dev${MLAN_EXTRAS:+,${MLAN_EXTRAS}}]"
 # Everything installed must come from the lock: a package it does not name was never tested.
 "$VENV/bin/python" scripts/lockcheck.py scripts/lock.txt

@@ -419,3 +419,31 @@ def test_suite_checks(change, message):
     base = load_suite("unseen_language").model_dump()
     with pytest.raises(ValidationError, match=re.escape(message)):
         EvalSuite.model_validate({**base, **change})
+
+
+def test_mlan_filters_map_words_and_letters_exactly():
+    """The mappings of mlan.evaluate.extract_mlan one by one, each with the prediction it must give (found by
+    mutation testing, docs/mutation.md): yes/no words under both modalities, true/false and number words on
+    short vision answers, single characters that are not letters, and the widest choice listed first."""
+    from mlan.evaluate.extract_mlan import language_choice, mlan_answer, vision_choice
+    from mlan.schemas import Item
+
+    yesno = Item("yesno", "q", "yes", "1")
+    # Yes/no predictions are lowercased, and true/false read as yes/no, under either modality.
+    assert mlan_answer(yesno, " Yes", "language") == ("yes", True)
+    assert mlan_answer(yesno, "Maybe", "language") == ("maybe", False)
+    assert mlan_answer(yesno, "True.", "vision") == ("yes", True)
+    assert mlan_answer(yesno, "YES, it is", "vision") == ("yes", True)
+    # Short vision answers: true/false as yes/no, then a number word as its digit (the prediction itself).
+    assert mlan_answer(Item("short", "q", "no", "2"), "False, it is not", "vision") == ("no", True)
+    assert mlan_answer(Item("short", "q", "2", "3"), "Two", "vision") == ("2", True)
+    assert mlan_answer(Item("short", "q", "2", "3"), "Three", "vision") == ("3", False)
+    # A single character that is no choice's letter stays as it is, under both filters.
+    assert language_choice("x", ["cat", "dog"]) == "x"
+    assert vision_choice("x", ["cat", "dog"]) == "x"
+    assert vision_choice("c", ["cat", "dog", "fish"]) == "C"
+    # Punctuation inside the continuation is dropped before the words are compared.
+    assert language_choice("water!", ["fire", "water"]) == "B"
+    assert language_choice("fire-water", ["fire", "firewater"]) == "B"
+    # The widest full match wins wherever it is listed (here first, so not the highest index).
+    assert language_choice("sea water", ["sea water", "water", "sand"]) == "A"

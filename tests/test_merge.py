@@ -462,3 +462,48 @@ def test_defaults_latest_run_and_extracted_language_model(cli, models, tmp_path)
     out = Path("runs/merges") / f"{models['mm'].name}-task_arithmetic-a0.5"
     merged, mm = _weights(out), _weights(models["mm"])
     assert merged.keys() == mm.keys() and all(torch.equal(merged[k], mm[k]) for k in mm)  # same weights: no change
+
+
+def test_merge_maths_edges_by_hand():
+    """Edges of mlan.merge.methods found by mutation testing (docs/mutation.md): linear merges computed in float32
+    for half precision (float64 kept) and returned in the base's dtype, the default seed and tensor name of
+    DARE's mask, a one-entry DARE, an empty trim, the per-tensor seed's derivation, the input checks."""
+    import hashlib
+
+    from mlan.merge.methods import random_drop, tensor_seed
+
+    g = torch.Generator().manual_seed(0)
+    vlm, llm = torch.randn(4096, generator=g), torch.randn(4096, generator=g)
+    exact = 0.7 * vlm.double() + 0.3 * llm.double()
+    for dtype in (torch.bfloat16, torch.float16):
+        out = merge_tensor(vlm.to(dtype), llm.to(dtype), "linear", 0.3)
+        assert out.dtype == dtype
+        # Rounded once from float32: all but a few near-ties equal the exact value rounded (in-dtype arithmetic
+        # misses a fifth or more).
+        assert (out != (0.7 * vlm.to(dtype).double() + 0.3 * llm.to(dtype).double()).to(dtype)).sum() < 41
+    torch.testing.assert_close(merge_tensor(vlm.double(), llm.double(), "linear", 0.3), exact, rtol=0, atol=1e-12)
+    torch.testing.assert_close(
+        merge_tensor(vlm.double(), llm.double(), "task_arithmetic", 0.3), exact, rtol=0, atol=1e-12
+    )
+    # DARE's defaults: seed 0 and the empty tensor name.
+    dare = merge_tensor(vlm, llm, "dare_linear", 1.0, 0.5)
+    assert torch.equal(dare, merge_tensor(vlm, llm, "dare_linear", 1.0, 0.5, seed=0, name=""))
+    assert not torch.equal(dare, merge_tensor(vlm, llm, "dare_linear", 1.0, 0.5, seed=1, name=""))
+    # One entry is dropped or doubled (kept at density 0.5), never left as it is.
+    one = {random_drop(torch.tensor([3.0]), 0.5, torch.Generator().manual_seed(s)).item() for s in range(20)}
+    assert one == {0.0, 6.0}
+    assert magnitude_trim(torch.empty(0), 0.5).numel() == 0
+    # sha256 of "seed:name", its first 8 bytes little-endian, the top bit cleared (torch seeds are 63-bit).
+    seeds = [tensor_seed(7, f"layers.{i}.weight") for i in range(16)]
+    for i, seed in enumerate(seeds):
+        digest = hashlib.sha256(f"7:layers.{i}.weight".encode()).digest()
+        assert seed == int.from_bytes(digest[:8], "little") % 2**63
+    assert (
+        tensor_seed(0, "lm_head.weight")
+        == int.from_bytes(hashlib.sha256(b"0:lm_head.weight").digest()[:8], "little") % 2**63
+    )
+    valid = "linear, task_arithmetic, ties, dare_ties, dare_linear"
+    with pytest.raises(ValueError, match=rf"unknown merge method 'slerp' \(expected one of {valid}\)"):
+        merge_tensor(vlm, llm, "slerp", 0.5)
+    with pytest.raises(ValueError, match=r"w: shapes differ: \(4096,\) vs \(2, 2048\)"):
+        merge_tensor(vlm, llm.view(2, 2048), "linear", 0.5, name="w")

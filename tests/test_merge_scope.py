@@ -143,3 +143,27 @@ def test_global_scope_needs_ties(cli, one_line_error, tiny_llava_dir, llm_dir, t
     r = cli(*args, "--method", "ties", "--density", "0.5", "--sparsify-scope", "model")
     assert "sparsify_scope" in one_line_error(r)
     assert not (tmp_path / "m").exists()
+
+
+def test_trim_counts_by_hand():
+    """What a trim records, k of n (found by mutation testing, docs/mutation.md): per tensor
+    max(1, int(density * n)), and a one-entry vector is trimmed globally rather than skipped as empty."""
+    from mlan.merge.sparsify import tensor_trim
+
+    trim = tensor_trim(torch.tensor([3.0, 1.0, 2.0, 5.0]), 0.5)
+    assert (trim.kept, trim.total, trim.threshold.item(), trim.ties_left) == (2, 4, 3.0, 1)
+    assert (tensor_trim(torch.tensor([1.0, 2.0, 3.0]), 0.1).kept, tensor_trim(torch.ones(10), 0.25).kept) == (1, 2)
+    one = global_trim(lambda: [torch.tensor([0.5])], 0.5, torch.float32, 1)
+    assert (one.kept, one.total, one.threshold.item(), one.ties_left) == (1, 1, 0.5, 1)
+    assert global_trim(lambda: [], 0.5, torch.float32, 0) is None
+
+
+def test_global_trim_counts_exactly_past_float32():
+    """The histogram counts are integers: past 2**24 entries in one bucket (any 7B model) a float32 count
+    rounds, and the number of entries above the threshold with it. 2**24 + 2 ones and one 2, k = 2: the
+    threshold is 1 and exactly one tied 1 may be kept."""
+    n = (1 << 24) + 3
+    x = torch.ones(n)
+    x[7] = 2.0
+    trim = global_trim(lambda: [x], 2.5 / n, torch.float32, n)
+    assert (trim.kept, trim.threshold.item(), trim.ties_left) == (2, 1.0, 1)

@@ -446,3 +446,67 @@ def test_bad_rows_skip_policy_counts_them(cli, shared_data, tmp_path, case):
 def test_existing_output_needs_overwrite(cli, one_line_error, quickstart):
     result = cli("build-mixture", "quickstart", "--out", quickstart)
     assert "already exists (pass --overwrite" in one_line_error(result)
+
+
+def test_apportion_by_largest_remainder():
+    """apportion: floors of the exact shares, then one more row each for the largest remainders, ties to the
+    first listed (values worked out by hand)."""
+    from mlan.data.mixture import apportion
+
+    assert apportion(9, [1, 2, 3, 4]) == [1, 2, 3, 3]  # exact 0.9 1.8 2.7 3.6: three rows to the remainders .9 .8 .7
+    assert apportion(7, [5, 3, 2]) == [4, 2, 1]  # exact 3.5 2.1 1.4
+    assert apportion(2, [1, 1, 1]) == [1, 1, 0]  # equal remainders: the first ones
+    assert apportion(10, [1, 1, 1]) == [4, 3, 3]
+    assert apportion(1, [1, 3]) == [0, 1]
+    assert apportion(6, [0.25, 0.5]) == [2, 4]  # weights summing to less than 1
+    assert apportion(12, [6, 0, 6]) == [6, 0, 6]
+    assert apportion(0, [1, 2]) == [0, 0]
+    assert apportion(5, [0, 0]) == [0, 0]  # nothing to weigh by: nothing drawn, no division by zero
+
+
+def test_plan_counts_by_hand():
+    """Training rows from counts, fractions (rounded) or the modality split (apportioned by weight, else size);
+    validation rows a count or a share of the training rows, apportioned over the sources by their training rows."""
+    from mlan.config.mixture import MixtureSpec
+    from mlan.data.mixture import plan_counts
+    from mlan.errors import MlanError
+
+    def spec(validation, *sources, **more):
+        return MixtureSpec(name="m", validation=validation, sources=list(sources), **more)
+
+    def src(name, adapter="squad", **kw):
+        return {"name": name, "dataset": f"d/{name}", "adapter": adapter, **kw}
+
+    a, b = src("a", count=30), src("b", fraction=0.25)
+    assert plan_counts(spec(0.1, a, b), [100, 40]) == ([30, 10], [3, 1])  # 10% of 40 = 4 validation rows
+    assert plan_counts(spec(5, a, b), [100, 40]) == ([30, 10], [4, 1])  # 5 rows: exact 3.75 and 1.25
+    assert plan_counts(spec(1, a, b), [100, 40]) == ([30, 10], [1, 0])  # 1 is a count, not 100%
+    assert plan_counts(spec(0, a, b, size=40), [100, 40]) == ([30, 10], [0, 0])
+    assert plan_counts(spec(0, a, src("e", count=0)), [100, 0]) == ([30, 0], [0, 0])  # nothing from an empty one
+    assert plan_counts(spec(0.5, src("c", fraction=0.3)), [50]) == ([15], [8])  # round(0.3 * 50), round(7.5)
+    with pytest.raises(MlanError, match="size: 41 differs from the 40 training rows"):
+        plan_counts(spec(0, a, b, size=41), [100, 40])
+    # Modality split: language 8 rows over weights 10 (l1's size) and 3 -> exact 6.15 and 1.85 -> 6 and 2.
+    split = spec(
+        0.2,
+        src("l1"),
+        src("l2", weight=3),
+        src("v", "vqav2"),
+        modality_split={"language": 8, "vision": 5},
+    )
+    # round(0.2 * 13) = 3 validation rows over 6, 2, 5: exact 1.38 0.46 1.15 -> 1, 0, 1 and the remainder to l2.
+    assert plan_counts(split, [10, 20, 50]) == ([6, 2, 5], [1, 1, 1])
+    # Enough rows: exactly all of them without replacement; with replacement, one row left to draw from.
+    assert plan_counts(spec(5, src("c", count=15)), [20]) == ([15], [5])
+    assert plan_counts(spec(5, src("c", count=30, replace=True)), [6]) == ([30], [5])
+    # The messages name the remedy.
+    remedy = "lower its count/fraction or the validation size, or draw with replacement (replace: true)"
+    with pytest.raises(
+        MlanError, match=rf"asks for 21 rows \(15 train \+ 6 validation\) but holds only 20; {re.escape(remedy)}"
+    ):
+        plan_counts(spec(6, src("c", count=15)), [20])
+    with pytest.raises(
+        MlanError,
+        match=r"its 5 validation rows take all 5 rows, leaving none to draw its 30 training rows from; lower the validation size$",
+    ):
+        plan_counts(spec(5, src("c", count=30, replace=True)), [5])

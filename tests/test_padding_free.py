@@ -228,3 +228,64 @@ def test_padding_free_auto_is_off_on_a_cpu(tiny_llava_dir, tmp_path):
     recipe.training.padding_free = "on"
     choice = check_padding_free(recipe, inspect_model(recipe), cuda=False)
     assert choice.on and choice.kernel == "sdpa"  # transformers' default, read from a weightless copy
+
+
+def test_padding_free_outcomes_by_hand():
+    """Every outcome of resolve_padding_free in full (setting, on, kernel and the reason recorded in
+    train_results.json), which rows count as having an image, and which batches the wrapper leaves padded
+    (found by mutation testing, docs/mutation.md)."""
+    import torch
+
+    from mlan.train.packing import PaddingFree, has_image
+
+    def r(setting, kernel, cuda=True, wings=False):
+        return resolve_padding_free(setting, kernel, cuda=cuda, wings=wings)
+
+    fa2 = "flash_attention_2 runs packed rows as variable-length sequences"
+    expected = {
+        ("off", "flash_attention_2", True, False): PaddingFree("off", False, "flash_attention_2", "as set"),
+        ("auto", "sdpa", True, True): PaddingFree("auto", False, "sdpa", "Wings learners attend across the whole row"),
+        ("auto", "flash_attention_2", False, False): PaddingFree(
+            "auto",
+            False,
+            "flash_attention_2",
+            "no variable-length attention kernel on a CPU: flattening only costs time",
+        ),
+        ("auto", "flash_attention_2", True, False): PaddingFree("auto", True, "flash_attention_2", fa2),
+        ("on", "flash_attention_2", False, False): PaddingFree("on", True, "flash_attention_2", fa2),
+        ("auto", "paged|sdpa", True, False): PaddingFree(
+            "auto", False, "paged|sdpa", "paged|sdpa cannot keep packed rows apart"
+        ),
+        ("on", "eager", False, False): PaddingFree(
+            "on", True, "eager", "eager, with a block-diagonal mask over the packed row"
+        ),
+        ("auto", "sdpa", True, False): PaddingFree(
+            "auto", False, "sdpa", "sdpa would attend over the whole packed row; a flash-attention kernel makes it pay"
+        ),
+    }
+    for (setting, kernel, cuda, wings), outcome in expected.items():
+        assert r(setting, kernel, cuda, wings) == outcome
+    assert r("off", "sdpa", cuda=False).to_json() == {
+        "setting": "off",
+        "on": False,
+        "kernel": "sdpa",
+        "reason": "as set",
+    }
+    kernels = "flash_attention_2, flash_attention_3, flash_attention_4, sdpa, eager, flex_attention"
+    with pytest.raises(MlanError, match=rf"one of {kernels}, or padding_free auto/off\)$"):
+        r("on", "paged|sdpa")
+    with pytest.raises(MlanError, match=r"so packed rows would see each other\); set auto or off$"):
+        r("on", "flash_attention_2", wings=True)
+    # An image: a non-empty `images` list or any `image` value.
+    assert has_image({"images": ["a.png"]}) and has_image({"image": "a.png"}) and has_image({"images": [], "image": 0})
+    assert not has_image({"images": []}) and not has_image({"image": None}) and not has_image({})
+    # The wrapper leaves padded (the collator's very batch): a batch with an image row, a batch with keys it
+    # does not know, a batch without attention_mask.
+    ids = torch.tensor([[5, 6]])
+    text = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
+    for examples, batch in (
+        ([{"messages": []}, {"images": ["a.png"]}], text),
+        ([{"messages": []}], {**text, "pixel_values": torch.zeros(1)}),
+        ([{"messages": []}], {"input_ids": ids, "labels": ids}),
+    ):
+        assert PaddingFreeText(lambda _, b=batch: b, pad_token_id=0)(examples) is batch

@@ -208,3 +208,46 @@ def test_recipe_batch_order_and_its_older_name(tmp_path):
     with pytest.raises(MlanError, match="means batch_order llava, but batch_order is wide") as e:
         load_config(bad, SFTRecipe)
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_wide_order_by_hand(seed):
+    """The `wide` order of six rows, two per micro-step batch: language rows drawn first, each modality
+    sorted longest first into full batches, the full batches shuffled, and the leftovers of both modalities
+    last, longest first. Only the order of the two full batches is random: the third draw of the generator."""
+    lengths = [30, 40, 50, 15, 25, 35]  # rows 0-2 text, 3-5 with an image
+    has_image = [False, False, False, True, True, True]
+    g = torch.Generator().manual_seed(seed)
+    torch.randperm(3, generator=g)  # the language rows' shuffle
+    torch.randperm(3, generator=g)  # the vision rows' shuffle
+    full = [[2, 1], [5, 4]]  # language then vision: the two longest of each, longest first
+    expected = [i for b in torch.randperm(2, generator=g).tolist() for i in full[b]] + [0, 3]
+    torch.manual_seed(seed + 100)  # the global generator plays no part
+    assert list(ModalityLengthGroupedSampler(lengths, has_image, 1, 2, seed=seed, order="wide")) == expected
+    # Four text rows: two full batches, no leftover (the last batch is full, so it is shuffled with the others).
+    g = torch.Generator().manual_seed(seed)
+    torch.randperm(4, generator=g)
+    full = [[1, 3], [2, 0]]  # lengths 40 30 | 20 10
+    expected = [i for b in torch.randperm(2, generator=g).tolist() for i in full[b]]
+    assert list(ModalityLengthGroupedSampler([10, 40, 20, 30], [False] * 4, 1, 2, seed=seed, order="wide")) == expected
+
+
+@pytest.mark.parametrize("order", ["llava", "wide"])
+def test_sampler_seeds_defaults_and_single_modality(order):
+    """Epoch e uses seed + e; the defaults are one process and seed 0; the global generator plays no part;
+    a mixture of one modality (either one) keeps every row."""
+    lengths, has_image = _rows(96, 0.5, seed=3)
+    sampler = ModalityLengthGroupedSampler(lengths, has_image, 2, 2, seed=5, order=order)
+    sampler.set_epoch(2)
+    torch.manual_seed(0)
+    first = list(sampler)
+    torch.manual_seed(1)
+    assert list(sampler) == first == list(ModalityLengthGroupedSampler(lengths, has_image, 2, 2, seed=7, order=order))
+    assert first != list(ModalityLengthGroupedSampler(lengths, has_image, 2, 2, seed=5, order=order))
+    defaults = list(ModalityLengthGroupedSampler(lengths, has_image, 2, order=order))
+    assert defaults == list(ModalityLengthGroupedSampler(lengths, has_image, 2, 1, 0, order=order))
+    assert defaults != list(ModalityLengthGroupedSampler(lengths, has_image, 2, 2, 0, order=order))
+    assert defaults != list(ModalityLengthGroupedSampler(lengths, has_image, 2, 1, 1, order=order))
+    for flag in (False, True):
+        one = list(ModalityLengthGroupedSampler(lengths[:9], [flag] * 9, 2, 2, order=order))
+        assert sorted(one) == list(range(9))

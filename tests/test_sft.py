@@ -499,3 +499,82 @@ def test_freeze_by_component(train, trainable):
     report = parameter_report(model)
     assert {c for c, v in report.items() if c != "all" and v["trainable"]} == trainable
     assert all(v["trainable"] in (0, v["total"]) for v in report.values() if v is not report["all"])
+
+
+def test_recipe_mapping_edges_by_hand(tmp_path):
+    """Edges of mlan.train.arguments found by mutation testing (docs/mutation.md): the recipe field each
+    SFTConfig field comes from (what an error about `training.extra` names), whole accumulation steps, the
+    defaults when the recipe leaves a field out, and mlan's defaults for gradient checkpointing and Wings."""
+    from mlan.config.recipe import SFTRecipe, TrainingSection
+    from mlan.train.arguments import BatchShape, batch_shape, managed_args, managed_sources, mlan_defaults
+
+    def recipe(training=None, **more):
+        return SFTRecipe.model_validate(
+            {"model": {"path": "m"}, "data": {"mixture": "x"}, "training": training or {}, **more}
+        )
+
+    plain = recipe({"per_device_train_batch_size": 3})
+    assert batch_shape(plain.training, processes=2) == BatchShape(3, 1, 2)  # no accumulation asked: 1
+    shape = batch_shape(recipe({"per_device_train_batch_size": 3, "global_batch_size": 24}).training, processes=2)
+    assert shape.accumulation == 4 and isinstance(shape.accumulation, int)  # a whole number of passes
+    managed = managed_args(plain, checkpoints=tmp_path, precision="bf16", cuda=True, accumulation=1)
+    assert managed["max_steps"].value == -1  # no max_steps: TRL's "no limit"
+    sources = managed_sources(managed)
+    for field in sources.values():
+        kind, _, name = field.partition(".")
+        assert field == "output.dir" or (kind == "training" and name in TrainingSection.model_fields), field
+    assert {f: sources[f] for f in ("output_dir", "seed", "data_seed", "bf16", "fp16", "use_cpu")} == {
+        "output_dir": "output.dir",
+        "seed": "training.seed",
+        "data_seed": "training.seed",
+        "bf16": "training.precision",
+        "fp16": "training.precision",
+        "use_cpu": "training.precision",
+    }
+    assert {f: sources[f] for f in ("logging_steps", "logging_first_step", "save_strategy", "save_steps")} == {
+        "logging_steps": "training.logging_steps",
+        "logging_first_step": "training.logging_steps",
+        "save_strategy": "training.save_steps",
+        "save_steps": "training.save_steps",
+    }
+    per_device = "training.per_device_train_batch_size"
+    assert (sources["per_device_train_batch_size"], sources["per_device_eval_batch_size"]) == (per_device, per_device)
+    # mlan's defaults: non-reentrant checkpointing only when checkpointing is on and `extra` sets no kwargs of
+    # its own; DDP told of unused parameters only for Wings.
+    assert mlan_defaults(recipe({"gradient_checkpointing": False}), "r") == {"run_name": "r"}
+    kwargs = {"gradient_checkpointing_kwargs": {"use_reentrant": True}}
+    assert mlan_defaults(recipe({"gradient_checkpointing": True, "extra": kwargs}), "r") == {"run_name": "r"}
+    wings = recipe({"gradient_checkpointing": False}, wings={"stage": 2})
+    assert mlan_defaults(wings, "w") == {"run_name": "w", "ddp_find_unused_parameters": True}
+
+
+def test_process_state_starts_as_sftconfig_would(monkeypatch):
+    """process_state hands accelerate what SFTConfig would (found by mutation testing, docs/mutation.md): the
+    CPU when no GPU is used (none seen, or accelerate's CPU flag), `ddp_backend` from `training.extra` (else
+    none), and on a GPU `ddp_timeout` (else SFTConfig's 30 minutes, not torch's 10). accelerate's
+    PartialState is replaced by a recorder: the real one is a process-wide singleton."""
+    from datetime import timedelta
+
+    import accelerate
+    import torch
+
+    from mlan.train.arguments import process_state
+
+    calls = []
+    monkeypatch.setattr(accelerate, "PartialState", lambda **kw: calls.append(kw) or "state")
+    monkeypatch.delenv("ACCELERATE_USE_CPU", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert process_state({}) == "state"
+    process_state({"ddp_backend": "gloo"})
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    process_state({})
+    process_state({"ddp_backend": "nccl", "ddp_timeout": 60})
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "1")
+    process_state({"ddp_backend": "gloo"})
+    assert calls == [
+        {"cpu": True, "backend": None},
+        {"cpu": True, "backend": "gloo"},
+        {"backend": None, "timeout": timedelta(minutes=30)},
+        {"backend": "nccl", "timeout": timedelta(seconds=60)},
+        {"cpu": True, "backend": "gloo"},
+    ]

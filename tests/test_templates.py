@@ -197,3 +197,13 @@ def test_vqav2_trains_on_multiple_choice_answer():
 
 
 # The phrase lists themselves, word for word and in order: tests/test_mlan_templates_oracle.py.
+
+
+def test_render_gives_a_user_then_an_assistant_turn():
+    """The roles of a rendered row (found by mutation testing, docs/mutation.md): the chat template reads them."""
+    from mlan.schemas import Item
+
+    item = Item("short", "What is the capital of France?", "Paris", "1", rationale="It is the capital.")
+    for cot_share in (0.0, 1.0):
+        messages, ids = render(item, random.Random(0), cot_share)
+        assert [m["role"] for m in messages] == ["user", "assistant"] and len(ids) == 1 + int(cot_share)
