@@ -1,9 +1,13 @@
 """Evaluation throughput, measured against baselines in the same run.
 
-1. Language: `mlan eval`'s library path (lm-eval in process, model object handed over, built-in
-   task index skipped) against lm-eval's own CLI (`python -m lm_eval run --model hf ...`, a fresh
-   process that indexes its tasks and loads the model by path) on the same model, task, data and
-   limit: wall time of each, the ratio, and whether the scores are equal.
+1. Language: mlan against lm-eval on the same model folder, task definition, data and limit, timed
+   the same way for both, two ways: (a) end to end, each CLI as a fresh process (`python -m mlan
+   eval ...` against `python -m lm_eval run --model hf ...`: interpreter start, imports, task set-up,
+   model load, scoring); (b) in process, each as a library call in this process after both libraries
+   are imported (`mlan.evaluate.run_evaluation`, which hands lm-eval a loaded model and skips
+   lm-eval's built-in task index, against `lm_eval.simple_evaluate(model="hf", ...)` with a
+   `TaskManager(include_path=...)`, lm-eval's default, which indexes its built-in tasks; the index
+   time is printed beside it). Wall time of each, the two ratios, and whether all four scores are equal.
 2. Vision: our generate-then-match harness on POPE-style questions over real images, batched
    against one question at a time: questions per second, the speed-up, and whether the answers
    are identical.
@@ -31,8 +35,18 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 OBJECTS = ["person", "dog", "car", "clock", "rocket", "tree", "boat", "coin"]
 
 
-def language(base: Path, work: Path, limit: int, batch_size: int, task_name: str) -> None:
+def language(base: Path, work: Path, limit: int, batch_size: int, task_name: str, repeats: int) -> None:
+    """mlan vs lm-eval on one language task, timed the same way twice: (a) each as a command (a fresh
+    process: interpreter start, imports, task set-up, model load, scoring), (b) each as a library call
+    in this process (imports done before either clock starts; each loads the model from the folder).
+    Each pair is measured `repeats` times, the order alternating within the pair; medians are compared."""
+    import statistics
+
+    import lm_eval
+    import lm_eval.models.huggingface
     import yaml
+    from lm_eval.tasks import TaskManager
+    from transformers import LlamaForCausalLM  # noqa: F401 (the model class both load)
 
     from mlan.evaluate import EvalRun, load_suite, run_evaluation
     from mlan.evaluate.harness import task_yaml
@@ -40,39 +54,114 @@ def language(base: Path, work: Path, limit: int, batch_size: int, task_name: str
 
     suite = load_suite("eight_task")
     task = suite.task(task_name)
-    t0 = time.perf_counter()
-    run = EvalRun(
-        models=[str(base)], tasks=[task_name], limit=limit, data_dir=str(BUNDLED_DATA_DIR), out=str(work / "ours"),
-        batch_size=batch_size, device="cpu", fresh=True,
-    )  # fmt: skip
-    report = run_evaluation(run, suites=[suite])
-    ours_s = time.perf_counter() - t0
-    ours = report.models[0].results[0]
-
-    # The same task definition for lm-eval's CLI: the YAML our bridge generates (standard
-    # definition included by path, local data), found through --include_path.
+    # The same task definition for lm-eval: the YAML mlan's bridge generates (standard definition
+    # included by path, local data), found through --include_path / TaskManager(include_path=...).
     inc = work / "lm_eval_tasks"
     inc.mkdir()
     cfg, _ = task_yaml(task, BUNDLED_DATA_DIR, None, inc)
     (inc / f"{cfg['task']}.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-    cmd = [
-        sys.executable, "-m", "lm_eval", "run", "--model", "hf",
-        "--model_args", f"pretrained={base},dtype=float32", "--tasks", cfg["task"], "--include_path", str(inc),
-        "--limit", str(limit), "--batch_size", str(batch_size), "--device", "cpu", "--output_path", str(work / "lm_eval_out"),
-    ]  # fmt: skip
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    cli_s = time.perf_counter() - t0
-    if proc.returncode != 0:
-        print(proc.stderr[-3000:])
-        raise SystemExit("lm_eval CLI failed")
-    res_file = max((work / "lm_eval_out").rglob("results_*.json"), key=lambda p: p.stat().st_mtime)
-    theirs = json.loads(res_file.read_text())["results"][cfg["task"]]
-    metric = ours.metric if "," in ours.metric else f"{ours.metric},none"
-    print(f"language: {task_name}, {ours.n} questions, model {base.name} (batch {batch_size}, CPU)")
-    print(f"  mlan eval (in process)  {ours_s:7.1f} s   {ours.metric} = {ours.value:.4f}")
-    print(f"  lm_eval CLI             {cli_s:7.1f} s   {ours.metric} = {theirs[metric]:.4f}")
-    print(f"  time ratio lm_eval/mlan {cli_s / ours_s:7.2f}x   scores equal: {abs(theirs[metric] - ours.value) < 1e-9}")
+    key = cfg["task"]
+    metric = ""  # named by mlan's first result
+    scores: dict[str, list[float]] = {}
+    index_s: list[float] = []
+    n_questions: list[int] = []
+
+    def lm_eval_score(results: dict) -> float:
+        return results[key][metric if "," in metric else f"{metric},none"]
+
+    def mlan_lib(i: int) -> float:
+        nonlocal metric
+        run = EvalRun(
+            models=[str(base)], tasks=[task_name], limit=limit, data_dir=str(BUNDLED_DATA_DIR),
+            out=str(work / f"mlan_lib{i}"), batch_size=batch_size, device="cpu", fresh=True,
+        )  # fmt: skip
+        ours = run_evaluation(run, suites=[suite]).models[0].results[0]
+        metric = ours.metric
+        n_questions.append(ours.n)
+        return ours.value
+
+    def lm_eval_lib(i: int) -> float:
+        # lm-eval as a library user calls it on the same folder: TaskManager with the include path
+        # (lm-eval's default, which also indexes its built-in tasks), then simple_evaluate.
+        t0 = time.perf_counter()
+        tm = TaskManager(include_path=str(inc))
+        index_s.append(time.perf_counter() - t0)
+        res = lm_eval.simple_evaluate(
+            model="hf", model_args=f"pretrained={base},dtype=float32", tasks=[key], task_manager=tm,
+            limit=limit, batch_size=batch_size, device="cpu", log_samples=False,
+        )  # fmt: skip
+        return lm_eval_score(res["results"])
+
+    def command(label: str, cmd: list[str]) -> None:
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            print(proc.stdout[-2000:], proc.stderr[-3000:])
+            raise SystemExit(f"{label}: {' '.join(cmd[:4])} ... failed")
+
+    def mlan_cli(i: int) -> float:
+        out = work / f"mlan_cli{i}"
+        command("mlan eval CLI", [
+            sys.executable, "-m", "mlan", "eval", str(base), "--tasks", task_name, "--limit", str(limit),
+            "--data-dir", str(BUNDLED_DATA_DIR), "--out", str(out), "--batch-size", str(batch_size),
+            "--device", "cpu", "--fresh",
+        ])  # fmt: skip
+        row = next(
+            r for r in json.loads(next(out.rglob("results.json")).read_text())["results"] if r["task"] == task_name
+        )
+        if row["metric"] != metric:
+            raise SystemExit(f"mlan eval CLI scored {row['metric']}, the library {metric}")
+        n_questions.append(row["n"])
+        return row["value"]
+
+    def lm_eval_cli(i: int) -> float:
+        out = work / f"lm_eval_cli{i}"
+        command("lm_eval CLI", [
+            sys.executable, "-m", "lm_eval", "run", "--model", "hf",
+            "--model_args", f"pretrained={base},dtype=float32", "--tasks", key, "--include_path", str(inc),
+            "--limit", str(limit), "--batch_size", str(batch_size), "--device", "cpu", "--output_path", str(out),
+        ])  # fmt: skip
+        res_file = max(out.rglob("results_*.json"), key=lambda p: p.stat().st_mtime)
+        return lm_eval_score(json.loads(res_file.read_text())["results"])
+
+    timings: dict[str, list[float]] = {}
+    # mlan's library call first, once: its result names the metric the others are read with. It is
+    # also the warm-up (first loads, the datasets cache of the local data) and is not counted.
+    mlan_lib(-1)
+    pairs = (("in process", mlan_lib, lm_eval_lib), ("end to end", mlan_cli, lm_eval_cli))
+    for i in range(repeats):
+        for _, ours, theirs in pairs:
+            for fn in (ours, theirs) if i % 2 == 0 else (theirs, ours):
+                t0 = time.perf_counter()
+                value = fn(i)
+                timings.setdefault(fn.__name__, []).append(time.perf_counter() - t0)
+                scores.setdefault(fn.__name__, []).append(value)
+
+    values = [v for vs in scores.values() for v in vs]
+    equal = max(values) - min(values) < 1e-9 and len(set(n_questions)) == 1
+    med = {k: statistics.median(v) for k, v in timings.items()}
+
+    def line(label: str, name: str, extra: str = "") -> str:
+        t = timings[name]
+        return (f"    {label:<27} {med[name]:7.1f} s [{min(t):.1f}-{max(t):.1f}]   "
+                f"{metric} = {scores[name][0]:.4f}{extra}")  # fmt: skip
+
+    print(f"language: {task_name}, {n_questions[0]} questions, model {base.name} (batch {batch_size}, CPU); "
+          f"median [range] of {repeats} runs each, order alternating, after one untimed mlan warm-up")  # fmt: skip
+    print("  end to end (each CLI a fresh process: start-up, imports, task set-up, model load, scoring):")
+    print(line("mlan eval CLI", "mlan_cli"))
+    print(line("lm_eval CLI", "lm_eval_cli"))
+    print(f"    time ratio lm_eval/mlan     {med['lm_eval_cli'] / med['mlan_cli']:7.2f}x")
+    print("  in process (library calls in this process, imports done before; model loaded from the folder):")
+    print(line("mlan run_evaluation", "mlan_lib"))
+    print(
+        line(
+            "lm_eval.simple_evaluate", "lm_eval_lib", f"   (TaskManager index {statistics.median(index_s):.1f} s of it)"
+        )
+    )
+    print(f"    time ratio lm_eval/mlan     {med['lm_eval_lib'] / med['mlan_lib']:7.2f}x")
+    print(f"  scores equal (every run of all four): {equal}")
+    if not equal:
+        raise SystemExit(f"scores differ: {scores}, questions {n_questions}")
 
 
 def vision(llava: Path, n: int, batch_size: int) -> None:
@@ -123,6 +212,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--size", default="small", help="tiny model size (tiny, small, base)")
     ap.add_argument("--task", default="arc_easy", help="eight_task task for the language comparison")
+    ap.add_argument("--repeats", type=int, default=3, help="timed runs of each language contender (median)")
     args = ap.parse_args()
 
     import torch
@@ -135,7 +225,7 @@ def main() -> None:
         work = Path(tmp)
         llava = save_tiny_llava(work / f"llava-{args.size}", size=args.size, seed=0)
         base = save_language_model(llava, work / f"llm-{args.size}")
-        language(base, work, args.limit, args.batch_size, args.task)
+        language(base, work, args.limit, args.batch_size, args.task, args.repeats)
         vision(llava, args.vision, args.batch_size)
 
 

@@ -229,6 +229,8 @@ def main() -> None:
             if label == "naive":
                 shutil.rmtree(work / "out-naive")
         n, worst = compare(work / "out-mlan", work / "out-mergekit")
+        if n == 0:
+            raise SystemExit("mlan vs mergekit: no language-model tensor compared (did a key layout change?)")
         print(f"mlan vs mergekit: {n} language-model tensors compared, max abs difference {worst:.3g}")
         (tm, rm), (tk, rk), (tn, rn) = results["mlan"], results["mergekit"], results["naive"]
         print(f"mlan peak memory: {rm / rn:.2f}x the naive merge's, {rm / rk:.2f}x mergekit's (target < 0.25x naive)")

@@ -1,16 +1,25 @@
-"""SFT throughput: plain TRL defaults vs mlan's settings, same model, same MLAN_v-style mixture.
+"""SFT throughput: plain TRL vs mlan doing the same work, same model, same MLAN_v-style mixture.
 
-Both runs train one epoch over the same rows with the same batch size, learning rate and seed:
-- plain TRL: `SFTTrainer` with `SFTConfig` defaults (random batches, nothing frozen, loss on
-  every token) except what a CPU needs (`use_cpu`, no bf16) and gradient checkpointing off in
-  both runs (it only trades speed for memory and would blur the comparison);
-- mlan: `mlan.train.sft.run_sft` on the same model and mixture (batches grouped by modality and
-  length, vision tower frozen, assistant-only loss, over-long rows dropped instead of truncated).
+Both runs train one epoch over the same rows with the same batch size, hyperparameters, seed, device
+and precision, and learn the same thing:
+- plain TRL: `SFTTrainer` configured as a TRL user would to match mlan's defaults: vision tower
+  frozen (LLM, projector and head trained), `assistant_only_loss` with the model's own chat template
+  (it marks assistant turns with `{% generation %}`), image placeholder tokens masked out of the
+  labels (a collator wrapper), the same `max_length`, the recipe's schedule, warm-up, weight decay
+  and clipping, activation checkpointing off (TRL turns it on by default; mlan's default is off);
+  TRL's uniformly random batches;
+- mlan: `mlan.train.sft.run_sft` on the same model and mixture with its defaults (batches grouped by
+  modality and length: `batch_order: llava`).
+So what differs is the batch order and what follows from it (padding). Checked, or the benchmark
+stops: no row is longer than `max_length` (nothing truncated by TRL, nothing dropped by mlan, which
+also reports its dropped rows), and both runs put the loss on the same number of tokens, none of
+them image tokens.
 
 The mixture mimics MLAN_v: language rows of 100-400 tokens built from the bundled SQuAD /
 CosmosQA / ARC text, vision rows of one bundled image (576 image tokens, as CLIP ViT-L/14-336
 gives LLaVA-1.5) plus a short question. Printed: non-padding tokens per second of each run,
-their ratio and the padding fraction (padded positions / all positions in the batches).
+their ratio and the padding fraction (padded positions / all positions of the batches the model
+was given, counted by a forward pre-hook).
 
     python benchmarks/sft_throughput.py                 # ~7 min on 2 CPU cores
     python benchmarks/sft_throughput.py --vision-share 0.125 --rows 512
@@ -33,25 +42,53 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-COUNTS = {"real": 0, "padded": 0}
+MAX_LENGTH = 2048  # both runs
 
 
-def count_padding() -> None:
-    """Count real and padded positions of every batch TRL's vision collator makes (both runs use it).
+class Counts:
+    """What the model was given in training: real and all positions, label (loss) tokens, and label
+    tokens that are image placeholders (must stay 0)."""
 
-    Patched here, in the benchmark process only: neither TRL nor the Trainer reports padding.
-    """
-    from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
+    def __init__(self) -> None:
+        self.real = self.positions = self.labels = self.image_labels = 0
 
-    original = DataCollatorForVisionLanguageModeling.torch_call
 
-    def torch_call(self, examples):
-        out = original(self, examples)
-        COUNTS["real"] += int(out["attention_mask"].sum())
-        COUNTS["padded"] += int(out["attention_mask"].numel())
-        return out
+def counting_callback(counts: Counts, image_token_id: int):
+    """A TrainerCallback that counts every training batch at the model's forward (a pre-hook: the
+    same count for both runs, whatever collator wrappers each has)."""
+    from transformers import TrainerCallback
 
-    DataCollatorForVisionLanguageModeling.torch_call = torch_call
+    class Count(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            def count(module, a, kw):
+                if not module.training:
+                    return
+                ids, mask, labels = kw.get("input_ids"), kw.get("attention_mask"), kw.get("labels")
+                counts.positions += ids.numel()
+                counts.real += int(mask.sum()) if mask is not None else ids.numel()  # padding-free: no mask
+                if labels is not None:
+                    counts.labels += int((labels != -100).sum())
+                    counts.image_labels += int(((labels != -100) & (ids == image_token_id)).sum())
+
+            self.hook = model.register_forward_pre_hook(count, with_kwargs=True)
+
+        def on_train_end(self, args, state, control, **kwargs):
+            self.hook.remove()
+
+    return Count()
+
+
+class MaskImageTokens:
+    """The collator wrapper a TRL user writes to keep `<image>` placeholders out of the labels."""
+
+    def __init__(self, collator, image_token_id: int) -> None:
+        self.collator = collator
+        self.image_token_id = image_token_id
+
+    def __call__(self, examples):
+        batch = self.collator(examples)
+        batch["labels"][batch["input_ids"] == self.image_token_id] = -100
+        return batch
 
 
 def build_model(out: Path, size: str, seed: int) -> Path:
@@ -154,44 +191,11 @@ def build_mixture(
     return manifest
 
 
-def run_plain_trl(model_dir: Path, mixture: Path, work: Path, batch: int, seed: int) -> float:
-    """One epoch with SFTTrainer's defaults; returns the training runtime in seconds."""
-    import torch
-    from datasets import load_from_disk
-    from transformers import AutoProcessor, LlavaForConditionalGeneration
-    from trl import SFTConfig, SFTTrainer
-
-    cuda = torch.cuda.is_available()
-    args = SFTConfig(
-        output_dir=str(work),
-        per_device_train_batch_size=batch,
-        learning_rate=2e-5,
-        num_train_epochs=1,
-        seed=seed,
-        use_cpu=not cuda,
-        bf16=cuda,
-        gradient_checkpointing=False,
-        save_strategy="no",
-        logging_steps=10_000,
-        report_to="none",
-    )
-    trainer = SFTTrainer(
-        model=LlavaForConditionalGeneration.from_pretrained(model_dir),
-        args=args,
-        train_dataset=load_from_disk(str(mixture))["train"],
-        processing_class=AutoProcessor.from_pretrained(model_dir),
-    )
-    return float(trainer.train().metrics["train_runtime"])
-
-
-def run_mlan(model_dir: Path, mixture: Path, out: Path, batch: int, seed: int) -> float:
-    """One epoch through mlan's library API; returns the training runtime in seconds."""
-    import torch
-
+def mlan_recipe(model_dir: Path, mixture: Path, out: Path, batch: int, seed: int):
+    """mlan's recipe for the run, with its defaults (the plain TRL run is configured from it)."""
     from mlan.config.recipe import SFTRecipe
-    from mlan.train.sft import run_sft
 
-    recipe = SFTRecipe.model_validate(
+    return SFTRecipe.model_validate(
         {
             "model": {"path": str(model_dir)},
             "data": {"mixture": str(mixture), "eval_at_end": False},
@@ -199,16 +203,90 @@ def run_mlan(model_dir: Path, mixture: Path, out: Path, batch: int, seed: int) -
                 "learning_rate": 2e-5,
                 "num_train_epochs": 1,
                 "per_device_train_batch_size": batch,
-                "max_length": 2048,
+                "max_length": MAX_LENGTH,
                 "seed": seed,
-                "precision": "bf16" if torch.cuda.is_available() else "fp32",
                 "logging_steps": 10_000,
                 "save_steps": 100_000,
             },
             "output": {"dir": str(out)},
         }
     )
-    return run_sft(recipe, resume=False).runtime_s
+
+
+def run_plain_trl(recipe, work: Path, callback, precision: str, cuda: bool) -> tuple[float, dict]:
+    """One epoch of SFTTrainer doing mlan's work; (training runtime in seconds, rows dropped: none)."""
+    from datasets import load_from_disk
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+    from trl import SFTConfig, SFTTrainer
+
+    t, tr = recipe.training, recipe.train
+    if (tr.language_model, tr.projector, tr.vision_tower, t.assistant_only_loss) != ("full", True, False, True):
+        raise SystemExit("mlan's defaults no longer train LLM + projector, tower frozen, assistant-only: update this")
+    model = LlavaForConditionalGeneration.from_pretrained(recipe.model.path)
+    for name, p in model.named_parameters():  # nothing in TRL freezes the tower on its own
+        p.requires_grad_("vision_tower" not in name)
+    processor = AutoProcessor.from_pretrained(recipe.model.path)
+    args = SFTConfig(
+        output_dir=str(work),
+        per_device_train_batch_size=t.per_device_train_batch_size,
+        learning_rate=t.learning_rate,
+        num_train_epochs=t.num_train_epochs,
+        max_length=t.max_length,
+        assistant_only_loss=True,
+        lr_scheduler_type=t.lr_scheduler_type,
+        warmup_steps=t.warmup_ratio,  # below 1: a ratio (transformers 5 folded warmup_ratio in)
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        seed=t.seed,
+        data_seed=t.seed,
+        use_cpu=not cuda,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        activation_checkpointing=t.gradient_checkpointing,
+        dataloader_num_workers=t.dataloader_num_workers,
+        save_strategy="no",
+        logging_steps=10_000,
+        report_to="none",
+    )
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=load_from_disk(recipe.data.mixture)["train"],
+        processing_class=processor,
+        callbacks=[callback],
+    )
+    image_token_id = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
+    trainer.data_collator = MaskImageTokens(trainer.data_collator, image_token_id)
+    return float(trainer.train().metrics["train_runtime"]), {"dropped_language": 0, "dropped_vision": 0}
+
+
+def run_mlan(recipe, callback) -> tuple[float, dict]:
+    """One epoch through mlan's library API; (training runtime in seconds, rows kept and dropped)."""
+    from mlan.train.sft import run_sft
+
+    res = run_sft(recipe, resume=False, callbacks=[callback])
+    return res.runtime_s, res.rows
+
+
+def check_lengths(model_dir: Path, mixture: Path, max_length: int) -> int:
+    """The longest row as TRL's collator will tokenize it (mlan's exact measure); stops the benchmark
+    when any row is longer than `max_length` (TRL would truncate it, mlan drop it)."""
+    from datasets import load_from_disk
+    from PIL import Image
+    from transformers import AutoConfig, AutoProcessor
+
+    from mlan.train.data import row_lengths
+
+    processor = AutoProcessor.from_pretrained(model_dir)
+    side = AutoConfig.from_pretrained(model_dir).vision_config.image_size
+    enc = processor(text=processor.image_token, images=[Image.new("RGB", (side, side))], return_tensors="pt")
+    image_tokens = int((enc["input_ids"] == processor.tokenizer.convert_tokens_to_ids(processor.image_token)).sum())
+    rows = load_from_disk(str(mixture))["train"]
+    lengths, _ = row_lengths(rows, processor, processor.chat_template, image_tokens)
+    over = sum(n > max_length for n in lengths)
+    if over:
+        raise SystemExit(f"{over} of {len(lengths)} rows are longer than max_length {max_length}: unequal work")
+    return max(lengths)
 
 
 def main() -> None:
@@ -225,52 +303,82 @@ def main() -> None:
 
     import torch
 
+    from mlan.train.preflight import resolve_precision
+
     logging.basicConfig(level=logging.WARNING)
-    count_padding()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         model_dir = build_model(tmp / "model", a.size, a.seed)
         from transformers import AutoProcessor
 
         processor = AutoProcessor.from_pretrained(model_dir)
+        image_token_id = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
         build_mixture(tmp / "mix", processor.tokenizer, a.rows, a.vision_share, a.seed)
+        longest = check_lengths(model_dir, tmp / "mix", MAX_LENGTH)
+        recipe = mlan_recipe(model_dir, tmp / "mix", tmp / "mlan", a.batch, a.seed)
+        precision, cuda = resolve_precision(recipe.training.precision)  # mlan's choice, given to TRL as well
 
         results = {}
         for name, fn in (
-            ("plain TRL", lambda: run_plain_trl(model_dir, tmp / "mix", tmp / "trl", a.batch, a.seed)),
-            ("mlan", lambda: run_mlan(model_dir, tmp / "mix", tmp / "mlan", a.batch, a.seed)),
+            ("plain TRL", lambda cb: run_plain_trl(recipe, tmp / "trl", cb, precision, cuda)),
+            ("mlan", lambda cb: run_mlan(recipe, cb)),
         ):
-            COUNTS.update(real=0, padded=0)
+            counts = Counts()
             t0, c0 = time.perf_counter(), time.process_time()
-            runtime = fn()
+            runtime, rows = fn(counting_callback(counts, image_token_id))
             wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+            if not counts.positions:
+                raise SystemExit(f"{name}: no training batch was counted (did run_sft stop taking callbacks?)")
             results[name] = {
                 "train_runtime_s": round(runtime, 2),
                 "wall_s": round(wall, 2),
-                "real_tokens": COUNTS["real"],
-                "padded_positions": COUNTS["padded"],
-                "padding_fraction": round(1 - COUNTS["real"] / COUNTS["padded"], 4),
-                "tokens_per_s": round(COUNTS["real"] / runtime, 1),
+                "real_tokens": counts.real,
+                "positions": counts.positions,
+                "loss_tokens": counts.labels,
+                "image_tokens_in_loss": counts.image_labels,
+                "rows_dropped": rows["dropped_language"] + rows["dropped_vision"],
+                "padding_fraction": round(1 - counts.real / counts.positions, 4),
+                "tokens_per_s": round(counts.real / runtime, 1),
                 # CPU seconds of this process over the whole run (set-up included): on a shared
                 # machine other jobs stretch wall time, not the work done.
                 "cpu_s": round(cpu, 2),
-                "tokens_per_cpu_s": round(COUNTS["real"] / cpu, 1),
+                "tokens_per_cpu_s": round(counts.real / cpu, 1),
             }
 
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({torch.get_num_threads()} threads)"
+    device = torch.cuda.get_device_name(0) if cuda else f"CPU ({torch.get_num_threads()} threads)"
     print(f"SFT throughput: tiny LLaVA '{a.size}', {a.rows} rows ({a.vision_share:.0%} with an image), "
-          f"batch {a.batch}, 1 epoch, {device}")  # fmt: skip
-    print(f"{'run':<10} {'tokens/s':>10} {'tokens/cpu-s':>13} {'padding':>8} {'real tokens':>12} {'train s':>8}")
+          f"batch {a.batch}, 1 epoch, max_length {MAX_LENGTH} (longest row {longest}), {precision}, {device}; "
+          "both: vision tower frozen, assistant-only loss, image tokens out of the labels")  # fmt: skip
+    print(f"{'run':<10} {'tokens/s':>10} {'tokens/cpu-s':>13} {'padding':>8} {'real tokens':>12} "
+          f"{'loss tokens':>12} {'dropped':>8} {'train s':>8}")  # fmt: skip
     for name, r in results.items():
         print(
             f"{name:<10} {r['tokens_per_s']:>10,.0f} {r['tokens_per_cpu_s']:>13,.0f} {r['padding_fraction']:>8.1%} "
-            f"{r['real_tokens']:>12,} {r['train_runtime_s']:>8.1f}"
+            f"{r['real_tokens']:>12,} {r['loss_tokens']:>12,} {r['rows_dropped']:>8} {r['train_runtime_s']:>8.1f}"
         )
-    ratio = results["mlan"]["tokens_per_s"] / results["plain TRL"]["tokens_per_s"]
-    cpu_ratio = results["mlan"]["tokens_per_cpu_s"] / results["plain TRL"]["tokens_per_cpu_s"]
-    print(f"mlan / plain TRL: {ratio:.2f}x non-padding tokens per second ({cpu_ratio:.2f}x per CPU second)")
+    trl, ours = results["plain TRL"], results["mlan"]
+    unequal = [
+        what
+        for what, bad in (
+            ("rows dropped", trl["rows_dropped"] or ours["rows_dropped"]),
+            ("image tokens in the loss", trl["image_tokens_in_loss"] or ours["image_tokens_in_loss"]),
+            ("real tokens differ", trl["real_tokens"] != ours["real_tokens"]),
+            ("loss tokens differ", trl["loss_tokens"] != ours["loss_tokens"]),
+        )
+        if bad
+    ]
+    ratio = cpu_ratio = None
+    if unequal:
+        print(f"no ratio: the two runs did not do the same work ({', '.join(unequal)})")
+    else:
+        ratio = ours["tokens_per_s"] / trl["tokens_per_s"]
+        cpu_ratio = ours["tokens_per_cpu_s"] / trl["tokens_per_cpu_s"]
+        print(f"same rows, same real and loss tokens; mlan / plain TRL: {ratio:.2f}x non-padding tokens per second "
+              f"({cpu_ratio:.2f}x per CPU second, set-up included)")  # fmt: skip
     if a.json:
         a.json.write_text(json.dumps({"device": device, "args": vars(a) | {"json": str(a.json)}, "results": results, "ratio": ratio, "cpu_ratio": cpu_ratio}, indent=2))  # fmt: skip
+    if unequal:
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

@@ -7,9 +7,10 @@ mixture `data_mixtures/lab_mlan_v12.yaml` by default) from the lab's stage-1 mod
   of mlan: the same start model and mixture rows, the recipe's frozen part (vision tower frozen,
   LLM + projector trained), loss on assistant tokens only (`assistant_only_loss`, the model's own
   chat template, which marks assistant turns), the recipe's learning rate, schedule, warm-up,
-  weight decay, clipping, batch size, steps, seed and fp32; TRL's default uniformly random order.
-  Speed settings that are not mlan's doing are the same in all three runs (one dataloader worker
-  as the recipe has, gradient checkpointing off, `--threads` torch threads);
+  weight decay, clipping, batch size, steps, seed, precision and `max_length`; TRL's default
+  uniformly random order. Speed settings that are not mlan's doing are the same in all three runs
+  (the device mlan picks, a GPU when one is visible, else the CPU; one dataloader worker as the
+  recipe has, gradient checkpointing off, `--threads` torch threads);
 - (b) mlan's default: `run_sft` on the recipe with `training.batch_order: llava` (LLaVA's
   modality-grouped order; the lab's own recipe says `random`, so this is set explicitly);
 - (c) mlan with `training.batch_order: wide` (length-sorted groups: least padding).
@@ -30,12 +31,18 @@ at the first evaluation from which the score stays at or above it to the end of 
 swing by several points between evaluations). From the stage-1 model (about 45%: P1 kept, P2 and
 vision mostly not yet learned) 300 steps bring every run to 74-83%, so 70% is reached by all.
 
-Printed per run: steps and training wall time to the target, non-padding tokens per second of
-training, padding fraction (padded positions / all positions of the training batches), final
-held-out score and loss, set-up time (run start to first step: mlan measures every row), and the
-step time split when `train_results.json` reports one; then ratios against plain TRL (mean and
-[range] over seeds) and whether the goal held: mlan's default reaches the target in at most 0.7x
-plain TRL's wall time with a final score no worse (within `--tolerance` points).
+All three runs train on every row: each seed's mixture is measured (mlan's exact row lengths, as
+TRL's collator tokenizes them) and the benchmark stops if any row is longer than the recipe's
+`max_length` (TRL would truncate it, mlan drop it); mlan's own count of dropped rows must be 0 too.
+
+Printed: the device of the runs; per run: steps and training wall time to the target, the same with
+set-up included (run start to target, evaluations left out; set-up is run start to the first step:
+model load, and for mlan the measuring of every row), non-padding tokens per second of training,
+padding fraction (padded positions / all positions of the training batches), final held-out score
+and loss, set-up time, and the step time split when `train_results.json` reports one; then ratios
+against plain TRL (mean and [range] over seeds), of training wall time to target and of time to
+target with set-up, and whether the goal held: mlan's default reaches the target in at most 0.7x
+plain TRL's training wall time with a final score no worse (within `--tolerance` points).
 
     python benchmarks/sft_time_to_quality.py          # 8-11 min on 2 shared CPU cores (3-4 of them: the start model)
     python benchmarks/sft_time_to_quality.py --from-lab runs/lab/seed0 --seeds 0,1,2
@@ -209,6 +216,7 @@ class Run:
     steps: int = 0
     batch: int = 0  # rows per step
     split: dict | None = None  # train_results.json's step_time_split, when mlan reports one
+    device: str = ""  # where the model trained
 
     def reached(self, target: float) -> Score | None:
         """The first evaluation from which the score stays at or above `target` to the end: the held-out
@@ -246,6 +254,7 @@ def held_out_callback(run: Run, batches, every: int, t_run: float):
             self.t0 = time.perf_counter()
             self.eval_s = 0.0
             run.setup_s = self.t0 - t_run
+            run.device = str(next(model.parameters()).device)
 
             def count(module, a, kw):
                 if module.training and kw.get("attention_mask") is not None:
@@ -297,16 +306,43 @@ def stage2_recipe(start: Start, root: Path, mixture: Path, seed: int, order: str
     return recipe
 
 
+def check_lengths(recipe) -> int:
+    """The longest row of the recipe's mixture as TRL's collator tokenizes it (mlan's exact measure,
+    which needs no image decoded); stops the benchmark when any row is longer than `max_length`:
+    TRL would truncate it and mlan drop it, and the runs would no longer learn the same rows."""
+    from datasets import load_from_disk
+    from PIL import Image
+    from transformers import AutoConfig, AutoProcessor
+
+    from mlan.train.data import row_lengths
+
+    path, max_length = recipe.model.path, recipe.training.max_length
+    processor = AutoProcessor.from_pretrained(path)
+    side = AutoConfig.from_pretrained(path).vision_config.image_size
+    enc = processor(text=processor.image_token, images=[Image.new("RGB", (side, side))], return_tensors="pt")
+    image_tokens = int((enc["input_ids"] == processor.tokenizer.convert_tokens_to_ids(processor.image_token)).sum())
+    rows = load_from_disk(recipe.data.mixture)["train"]
+    lengths, _ = row_lengths(rows, processor, processor.chat_template, image_tokens)
+    over = sum(n > max_length for n in lengths)
+    if over:
+        raise SystemExit(f"{recipe.data.mixture}: {over} of {len(lengths)} rows longer than max_length {max_length}")
+    return max(lengths)
+
+
 def run_plain_trl(recipe, run: Run, callback) -> None:
-    """(a) SFTTrainer on the recipe's rows and hyperparameters, learning what the recipe learns."""
+    """(a) SFTTrainer on the recipe's rows and hyperparameters, learning what the recipe learns, on the
+    device and in the precision mlan picks for the recipe."""
     from datasets import load_from_disk
     from transformers import AutoProcessor, LlavaForConditionalGeneration
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
     from trl import SFTConfig, SFTTrainer
 
+    from mlan.train.preflight import resolve_precision
+
     t, tr = recipe.training, recipe.train
     if (tr.language_model, tr.projector, tr.vision_tower) != ("full", True, False):
         raise SystemExit("lab_stage2 no longer trains LLM + projector with the tower frozen: update run_plain_trl")
+    precision, cuda = resolve_precision(t.precision)  # mlan's choice: a GPU when one is visible
     model = LlavaForConditionalGeneration.from_pretrained(recipe.model.path)
     # The recipe's frozen part, as a TRL user freezes it: nothing in TRL freezes the tower on its own.
     for name, p in model.named_parameters():
@@ -314,6 +350,8 @@ def run_plain_trl(recipe, run: Run, callback) -> None:
     args = SFTConfig(
         output_dir=str(Path(recipe.output.dir).with_suffix(".trl")),
         assistant_only_loss=True,
+        # No row is longer (checked by `check_lengths`): nothing is truncated, as mlan drops nothing.
+        max_length=t.max_length,
         learning_rate=t.learning_rate,
         max_steps=t.max_steps,
         per_device_train_batch_size=t.per_device_train_batch_size,
@@ -322,8 +360,9 @@ def run_plain_trl(recipe, run: Run, callback) -> None:
         weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm,
         seed=run.seed,
-        use_cpu=True,
-        bf16=False,
+        use_cpu=not cuda,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
         activation_checkpointing=False,  # TRL turns it on by default; the recipe leaves it off
         dataloader_num_workers=t.dataloader_num_workers,
         save_strategy="no",
@@ -349,6 +388,11 @@ def run_mlan(recipe, run: Run, callback) -> None:
     from mlan.train.sft import run_sft
 
     res = run_sft(recipe, resume=False, overwrite=True, callbacks=[callback])
+    dropped = res.rows["dropped_language"] + res.rows["dropped_vision"]
+    if dropped:
+        raise SystemExit(
+            f"{RUNS[run.key]}: mlan dropped {dropped} over-long rows (max_length {recipe.training.max_length})"
+        )
     results = json.loads((res.output_dir / "train_results.json").read_text(encoding="utf-8"))
     run.split = results.get("step_time_split")  # added by the padding-free/time-split work; absent before it
 
@@ -378,10 +422,16 @@ def report(runs: list[Run], a, start: Start, wall: float) -> dict:
 
     target = a.target
     start_score = statistics.mean(r.curve[0].score for r in runs)
+    devices = sorted({r.device for r in runs})
+    if len(devices) != 1:
+        raise SystemExit(f"the runs trained on different devices: {', '.join(devices)}")
+    device = devices[0]
+    if device.startswith("cuda"):
+        device += f" ({torch.cuda.get_device_name(torch.device(device))})"
     print(f"\nSFT time to quality: lab stage 2 on {a.mixture}, {runs[0].steps} steps x {runs[0].batch} rows, "
-          f"held-out target {target:.0%} (mean of P1 / P2 / vision exact match), evaluated every {a.eval_every} steps (stage-1 model: {start_score:.1%}); CPU, {torch.get_num_threads()} "
-          "torch thread(s)")  # fmt: skip
-    head = (f"{'seed':>4} {'run':<11} {'steps@T':>7} {'s@T':>7} {'tok/s':>7} {'padding':>8} "
+          f"held-out target {target:.0%} (mean of P1 / P2 / vision exact match), evaluated every {a.eval_every} steps (stage-1 model: {start_score:.1%}); "
+          f"every run on device {device}, {torch.get_num_threads()} torch thread(s); no row dropped or truncated")  # fmt: skip
+    head = (f"{'seed':>4} {'run':<11} {'steps@T':>7} {'s@T':>7} {'+setup':>7} {'tok/s':>7} {'padding':>8} "
             f"{'final':>6} {'P1/P2/vis':>14} {'loss':>6} {'train s':>7} {'setup s':>7}  ms/step data/fwd+bwd/opt")  # fmt: skip
     print(head)
     for r in runs:
@@ -390,7 +440,8 @@ def report(runs: list[Run], a, start: Start, wall: float) -> dict:
         accs = "/".join(f"{f.acc[g] * 100:.0f}" for g in GROUPS)
         print(
             f"{r.seed:>4} {RUNS[r.key]:<11} {hit.step if hit else '-':>7} "
-            f"{f'{hit.train_s:.1f}' if hit else 'not met':>7} {r.tokens_per_s:>7,.0f} {r.padding:>8.1%} "
+            f"{f'{hit.train_s:.1f}' if hit else 'not met':>7} {f'{hit.train_s + r.setup_s:.1f}' if hit else '-':>7} "
+            f"{r.tokens_per_s:>7,.0f} {r.padding:>8.1%} "
             f"{f.score:>6.1%} {accs:>14} {f.loss:>6.3f} {r.train_s:>7.1f} {r.setup_s:>7.1f}  {fmt_split(r.split)}"
         )
     seeds = sorted({r.seed for r in runs})
@@ -398,22 +449,26 @@ def report(runs: list[Run], a, start: Start, wall: float) -> dict:
     summary: dict = {}
     print(f"\nagainst plain TRL, mean [range] over seeds {','.join(map(str, seeds))}:")
     for key in [k for k in ("b", "c") if any(r.key == k for r in runs)]:  # the runs asked for (--runs)
-        time_r, step_r, tok_r, diff = [], [], [], []
+        time_r, setup_r, step_r, tok_r, diff = [], [], [], [], []
         missed = 0
         for s in seeds:
             base, r = by[(s, "a")], by[(s, key)]
             hb, hr = base.reached(target), r.reached(target)
             if hb and hr:
                 time_r.append(hr.train_s / hb.train_s)
+                # run start to target: set-up (run start to first step) + training wall time to target
+                setup_r.append((r.setup_s + hr.train_s) / (base.setup_s + hb.train_s))
                 step_r.append(hr.step / hb.step)
             else:
                 missed += 1
             tok_r.append(r.tokens_per_s / base.tokens_per_s)
             diff.append((r.final.score - base.final.score) * 100)
         note = f" ({missed} seed(s) where a run missed the target)" if missed else ""
-        print(f"  {RUNS[key]:<11} wall time to target {spread(time_r, '.2f')}x, steps {spread(step_r, '.2f')}x, "
+        print(f"  {RUNS[key]:<11} wall time to target {spread(time_r, '.2f')}x (set-up included "
+              f"{spread(setup_r, '.2f')}x), steps {spread(step_r, '.2f')}x, "
               f"tokens/s {spread(tok_r, '.2f')}x, final score {spread(diff, '+.1f')} points{note}")  # fmt: skip
-        summary[key] = {"time_ratio": time_r, "step_ratio": step_r, "tokens_ratio": tok_r, "score_diff": diff}
+        summary[key] = {"time_ratio": time_r, "time_with_setup_ratio": setup_r, "step_ratio": step_r,
+                        "tokens_ratio": tok_r, "score_diff": diff}  # fmt: skip
     if "b" not in summary:  # no mlan-default run to judge the goal by
         return {"summary": summary, "goal_held": None}
     b = summary["b"]
@@ -421,7 +476,7 @@ def report(runs: list[Run], a, start: Start, wall: float) -> dict:
     good = statistics.mean(b["score_diff"]) >= -a.tolerance
     held = fast and good
     t_mean = f"{statistics.mean(b['time_ratio']):.2f}x" if b["time_ratio"] else "target not met"
-    print(f"goal (mlan default ≤ 0.7x plain TRL's wall time to target, final score no worse than "
+    print(f"goal (mlan default ≤ 0.7x plain TRL's training wall time to target, final score no worse than "
           f"{a.tolerance:g} point below): {'HELD' if held else 'NOT HELD'} "
           f"(time {t_mean}, final score {statistics.mean(b['score_diff']):+.1f} points)")  # fmt: skip
     print(f"start model: {'read from ' + str(a.from_lab) if a.from_lab else f'built in {start.seconds:.0f} s'}; "
@@ -472,6 +527,8 @@ def main() -> None:
         runs: list[Run] = []
         for seed in seeds:
             mixture = stage2_mixture(start, root, a.mixture, seed)
+            longest = check_lengths(stage2_recipe(start, root, mixture, seed, "random", a.steps, a.batch))
+            print(f"  seed {seed} mixture: longest row {longest} tokens, none over max_length", flush=True)
             for key in a.runs:
                 order = {"a": "random", "b": "llava", "c": "wide"}[key]
                 recipe = stage2_recipe(start, root, mixture, seed, order, a.steps, a.batch)
