@@ -208,28 +208,3 @@ def test_resume_refuses_a_run_made_of_other_things(cli, one_line_error, tiny_lla
     r = cli("sft", str(recipe), "--no-resume")
     assert r.exit_code == 0, r.output
     assert json.loads((tmp_path / "run" / "train_results.json").read_text())["resumed_from"] is None
-
-
-def test_large_files_are_fingerprinted_by_sampled_blocks(tmp_path, monkeypatch):
-    """Files over the whole-file limit: SHA-256 of `sampled:<size>` and 64 blocks spaced evenly from the
-    first to the last, written out here by hand; a change inside a sampled block changes the digest, and
-    so does any change of size."""
-    import hashlib
-    import random
-
-    from mlan.train import checkpoint
-
-    monkeypatch.setattr(checkpoint, "WHOLE_FILE_LIMIT", 10_000)
-    monkeypatch.setattr(checkpoint, "BLOCK_SIZE", 16)
-    data = bytearray(random.Random(0).randbytes(100_000))
-    f = tmp_path / "w.bin"
-    f.write_bytes(data)
-    last = len(data) - 16
-    blocks = b"".join(data[last * i // 63 : last * i // 63 + 16] for i in range(64))
-    want = "sampled:" + hashlib.sha256(b"sampled:100000" + blocks).hexdigest()
-    assert checkpoint.file_digest(f) == want
-    data[last * 10 // 63 + 3] ^= 1
-    f.write_bytes(data)
-    assert checkpoint.file_digest(f) != want
-    f.write_bytes(data[:5000])  # under the limit: hashed whole
-    assert checkpoint.file_digest(f) == hashlib.sha256(data[:5000]).hexdigest()
