@@ -321,8 +321,8 @@ def test_weights_load_strictly_but_for_tied_heads_and_wings(tiny_llava_dir, tmp_
     # A tied head is not saved: its absence is fine.
     config = model.config
     config.tie_word_embeddings = True
-    config.text_config.tie_word_embeddings = True
     tied = LlavaForConditionalGeneration(config)
+    assert tied.lm_head.weight is tied.model.language_model.embed_tokens.weight
     ck.load_llava_weights(tied, tmp_path / "no-head")
     assert torch.equal(tied.lm_head.weight, tied.model.language_model.embed_tokens.weight)
 

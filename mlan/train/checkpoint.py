@@ -234,10 +234,9 @@ def load_llava_weights(model, folder: Path) -> None:
             state[key] = value
     result = model.load_state_dict(state, strict=False)
     # A tied head is not saved, and may be missing; transformers 5 lists the keys that could be tied
-    # (`_tied_weights_keys`) whether or not this model ties them, so the config decides.
-    ties = getattr(model.config, "tie_word_embeddings", False) or getattr(
-        model.config.get_text_config(), "tie_word_embeddings", False
-    )
+    # (`_tied_weights_keys`) whether or not this model ties them, so the tensors themselves decide.
+    head, embed = model.get_output_embeddings(), model.get_input_embeddings()
+    ties = head is not None and embed is not None and head.weight is embed.weight
     tied = set(getattr(model, "_tied_weights_keys", None) or []) if ties else set()
     # Wings learners are stored apart (wings.safetensors) and restored by the caller.
     missing = [k for k in result.missing_keys if k not in tied and ".wings." not in k]
