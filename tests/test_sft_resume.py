@@ -162,6 +162,8 @@ def test_resume_refuses_a_run_made_of_other_things(cli, one_line_error, tiny_lla
     ckpts = tmp_path / "run.checkpoints"
     saved = ckpts / "run_record.json"
     assert json.loads(saved.read_text()) == _expected_record(recipe, model, "rows-a")
+    # The kept checkpoints carry the record too.
+    assert (tmp_path / "run" / "checkpoints" / "run_record.json").read_text() == saved.read_text()
 
     def killed() -> None:
         """As if the run had been killed after its last checkpoint: the checkpoint where the Trainer

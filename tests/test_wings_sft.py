@@ -201,6 +201,8 @@ def test_resume_restores_the_learners(cli, stages, mixture, tmp_path):
     out = tmp_path / "resumed"
     (tmp_path / "resumed.checkpoints").mkdir()
     shutil.copytree(ckpt, tmp_path / "resumed.checkpoints" / "checkpoint-4")
+    # The kept checkpoints carry their run's record: the resumption is checked against it.
+    shutil.copy(ckpt.parent / "run_record.json", tmp_path / "resumed.checkpoints")
     r = cli(*_args("wings_tiny", stages["stage1"], mixture, out, "-o", "training.save_steps=4", "--resume"))
     assert r.exit_code == 0, r.output
     results = json.loads((out / "train_results.json").read_text())

@@ -14,7 +14,7 @@ from typing import Any
 from mlan.config.base import dump_config
 from mlan.config.recipe import SFTRecipe
 from mlan.io import atomic_dir, atomic_write_json, atomic_write_text
-from mlan.train.checkpoint import TENSORBOARD_DIR
+from mlan.train.checkpoint import RUN_RECORD, TENSORBOARD_DIR
 from mlan.train.preflight import Checked, ModelInfo
 
 
@@ -272,6 +272,10 @@ def write_output(
             ckpts.mkdir()
             for p in sorted(final_dir.parent.glob("checkpoint-*")):
                 shutil.move(str(p), ckpts / p.name)
+            # What the run was made of goes with its checkpoints, so that a resumption from them is checked.
+            record = final_dir.parent / RUN_RECORD
+            if record.is_file():
+                shutil.copy2(record, ckpts / RUN_RECORD)
     return merged
 
 
