@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from mlan.lab.plan import LabPlan
-from mlan.lab.report import E1, Effects, Stat, lab_table, read_effects, reading_text, summarise, write_report
+from mlan.lab.reading import E1, Effects, Stat, read_effects
+from mlan.lab.report import lab_table, reading_text, summarise, write_report
 from mlan.lab.results import MergePoint, SeedResult, TrainCost, VariantScore
 
 VARIANTS = ["vision_only", "language_only", "mlan_v12"]

@@ -16,8 +16,9 @@ Every stage reads the lab's shipped configs (`data_mixtures/lab_*.yaml`, `recipe
 `evaluations/lab_*.yaml`) with the seed's paths filled in, and writes the resolved copy to
 `seed<k>/configs/`, so any stage can be rerun by hand with the ordinary commands.
 
-Which stages run and how the configs are filled in is `mlan.lab.plan`; the statistics, the
-reading of the effects and the report files are `mlan.lab.report`; this module runs the stages.
+Which stages run and how the configs are filled in is `mlan.lab.plan`; the statistics and the
+reading of the effects are `mlan.lab.reading`, the report files `mlan.lab.report` (plots:
+`mlan.lab.plots`); this module runs the stages.
 
 The world, sizes, steps and learning rates follow a prototype that showed E1-E3 at this scale (see
 the recipes' comments). Seeds are independent and run in parallel processes with `jobs > 1`;
