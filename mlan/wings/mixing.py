@@ -7,19 +7,28 @@ output is added once: Wings' layer adds the routed outputs twice, once masked an
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 
+from mlan.config.wings import WingsConfig
 from mlan.errors import MlanError
+from mlan.wings.layer import ForwardContext, WingsLayer
 from mlan.wings.lorra import rotate
 from mlan.wings.router import Router, modality_features_from_probs, modality_features_sdpa
 
-if TYPE_CHECKING:
-    from mlan.wings.runtime import WingsLayer, WingsRuntime, _Context
+
+class Routing(Protocol):
+    """What the mixing reads of the model's Wings runtime (`mlan.wings.runtime.WingsRuntime`)."""
+
+    use_router: bool
+    config: WingsConfig
+
+    @property
+    def attn_implementation(self) -> str: ...
 
 
-def learners_delta(layer, runtime: WingsRuntime, ctx: _Context, h, probs, captured):
+def learners_delta(layer, runtime: Routing, ctx: ForwardContext, h, probs, captured):
     """w_v * LoRRA_v(h) + w_t * LoRRA_t(h) for one layer (None when no learner has any key)."""
     wings: WingsLayer = layer.wings
     idx = layer.self_attn.layer_idx
@@ -55,7 +64,7 @@ def learners_delta(layer, runtime: WingsRuntime, ctx: _Context, h, probs, captur
     return delta
 
 
-def _route(layer, runtime, ctx: _Context, probs, captured) -> torch.Tensor:
+def _route(layer, runtime: Routing, ctx: ForwardContext, probs, captured) -> torch.Tensor:
     """Router weights (B, L, 2) of one layer from its main attention."""
     config = runtime.config
     router: Router = layer.wings.router
@@ -70,7 +79,7 @@ def _route(layer, runtime, ctx: _Context, probs, captured) -> torch.Tensor:
     return router(_modality_features(attn, ctx, probs, captured), ctx.has_image)
 
 
-def _modality_features(attn, ctx: _Context, probs, captured) -> torch.Tensor:
+def _modality_features(attn, ctx: ForwardContext, probs, captured) -> torch.Tensor:
     if probs is not None:
         return modality_features_from_probs(probs, ctx.image_all)
     b, n, _ = captured["q"].shape

@@ -14,8 +14,8 @@ from torch import nn
 
 from mlan.config.wings import WingsConfig
 from mlan.errors import MlanError
+from mlan.wings.layer import WingsLayer
 from mlan.wings.runtime import (
-    WingsLayer,
     WingsRuntime,
     get_runtime,
     require_runtime,

@@ -3,8 +3,8 @@
 How it attaches (public PyTorch module hooks only: no copy of transformers model code, no
 replaced `forward`, no private attention helpers or cache internals):
 
-- Each chosen decoder layer gets a `wings` submodule (`WingsLayer`: visual + textual LoRRA and
-  a router). A forward hook on the layer's attention turns its output `a` into
+- Each chosen decoder layer gets a `wings` submodule (`WingsLayer`, `mlan.wings.layer`: visual +
+  textual LoRRA and a router). A forward hook on the layer's attention turns its output `a` into
   `a + w_v * LoRRA_v(H) + w_t * LoRRA_t(H)` with `H = layer input + a`, the hidden state after the
   attention residual: the layer then adds it to its residual stream, so the learners are added
   once, before the MLP's layer norm. The base weights keep their names, so the base saves as a
@@ -36,7 +36,7 @@ replaced `forward`, no private attention helpers or cache internals):
 from __future__ import annotations
 
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 
 import torch
@@ -44,67 +44,13 @@ from torch import nn
 
 from mlan.config.wings import WingsConfig
 from mlan.errors import MlanError
-from mlan.wings.lorra import LoRRA
+from mlan.wings.layer import CacheState, ForwardContext, LearnerKeys, WingsLayer
 from mlan.wings.mixing import learners_delta
-from mlan.wings.router import Router
 from mlan.wings.system import system_prefix_mask
 
 _CHUNK_KW = "wings_chunk"
 _IMAGE_KW = "wings_image_mask"
 _IDS_KW = "wings_input_ids"
-
-
-class WingsLayer(nn.Module):
-    """The visual learner, textual learner and router of one decoder layer."""
-
-    def __init__(self, hidden: int, heads: int, head_dim: int, main_heads: int, config: WingsConfig):
-        super().__init__()
-        self.visual = LoRRA(hidden, heads, head_dim, config.rank, config.init_std)
-        self.textual = LoRRA(hidden, heads, head_dim, config.rank, config.init_std)
-        features = 2 * main_heads if config.router == "modality" else config.router_max_positions
-        self.router = Router(features, config.init_std)
-
-
-@dataclass
-class _Keys:
-    """One learner's keys for the current forward: the new tokens' inputs plus the visibility mask."""
-
-    x: torch.Tensor  # (B, n_new, d) key/value inputs of the new tokens
-    cos: torch.Tensor  # rotary cos/sin at the new keys' positions
-    sin: torch.Tensor
-    mask: torch.Tensor  # (B, 1, L or 1, n_past + n_new) additive: 0 where visible, -inf elsewhere
-    keep: torch.Tensor  # (B, 1, L or 1, 1): 0 where a query sees no key at all
-
-
-@dataclass
-class _CacheState:
-    """What the learners remember across forwards that share one `past_key_values`."""
-
-    length: int = 0
-    image: torch.Tensor | None = None  # (B, S) per slot: image token
-    valid: torch.Tensor | None = None  # (B, S) per slot: not padding
-    positions: torch.Tensor | None = None  # (B, S) per slot: rotary position
-    keys_meta: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)  # learner -> (valid, slot)
-    kv: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
-    main_keys: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> main branch's rotated keys
-
-
-@dataclass
-class _Context:
-    """Everything the Wings layers of one forward share (built once, by the first of them)."""
-
-    past: int
-    positions: torch.Tensor  # (B, L) rotary positions of the new tokens
-    cos: torch.Tensor  # rotary cos/sin of the new tokens (the queries), from the model's own rotary module
-    sin: torch.Tensor
-    query_slots: torch.Tensor  # (L,)
-    has_image: torch.Tensor  # (B,)
-    any_image: bool
-    image_all: torch.Tensor  # (B, S) image keys of the main attention (past + new)
-    positions_all: torch.Tensor  # (B, S)
-    main_mask: torch.Tensor | None  # (B, 1, L, S) additive: what the main attention lets each query see
-    keys: dict[str, _Keys | None]
-    state: _CacheState | None
 
 
 @dataclass
@@ -115,7 +61,7 @@ class _Chunk:
     image: torch.Tensor  # (B, L) bool
     mask2d: torch.Tensor | None
     ids: torch.Tensor | None = None  # (B, L) token ids, when the forward got them: to find the system prompt
-    context: _Context | None = None
+    context: ForwardContext | None = None
 
 
 class WingsRuntime:
@@ -194,7 +140,7 @@ class WingsRuntime:
         return args, kwargs
 
     # -- per-forward context -----------------------------------------------------------------
-    def context(self, chunk: _Chunk, hidden: torch.Tensor, position_ids, cache, layer_idx: int) -> _Context:
+    def context(self, chunk: _Chunk, hidden: torch.Tensor, position_ids, cache, layer_idx: int) -> ForwardContext:
         """Build (once per forward) the keys, masks and cache bookkeeping shared by all Wings layers."""
         if chunk.context is not None:
             return chunk.context
@@ -241,7 +187,7 @@ class WingsRuntime:
             state.image, state.valid, state.positions = image_all, valid_all, positions_all
             state.length = past + n
         cos, sin = self.language_model.rotary_emb(hidden, positions)
-        chunk.context = _Context(
+        chunk.context = ForwardContext(
             past=past,
             positions=positions,
             cos=cos,
@@ -257,7 +203,7 @@ class WingsRuntime:
         )
         return chunk.context
 
-    def _cache_state(self, cache, layer_idx: int) -> tuple[_CacheState | None, int]:
+    def _cache_state(self, cache, layer_idx: int) -> tuple[CacheState | None, int]:
         """The learners' memory for this cache and the number of tokens already in it."""
         if cache is None:
             return None, 0
@@ -267,7 +213,7 @@ class WingsRuntime:
         if state is None:
             if past:
                 raise MlanError("Wings: the KV cache was not produced by this Wings model")
-            state = _CacheState()
+            state = CacheState()
             self.caches[cache] = state
         elif state.length != past:
             raise MlanError(
@@ -276,7 +222,7 @@ class WingsRuntime:
             )
         return state, past
 
-    def _learner_keys(self, name, sel, x_all, slots, positions, state, dtype) -> _Keys | None:
+    def _learner_keys(self, name, sel, x_all, slots, positions, state, dtype) -> LearnerKeys | None:
         """One learner's keys for this forward: the selected tokens (image or text), past ones included."""
         b, dev = sel.shape[0], sel.device
         counts = sel.sum(1)
@@ -299,7 +245,7 @@ class WingsRuntime:
         seen = visible.any(-1, keepdim=True)
         x = x_all.gather(1, order[..., None].expand(b, width, x_all.shape[-1]))
         cos, sin = self.language_model.rotary_emb(x, positions.gather(1, order))
-        return _Keys(x=x, cos=cos, sin=sin, mask=_additive(visible | ~seen, dtype), keep=seen.to(dtype))
+        return LearnerKeys(x=x, cos=cos, sin=sin, mask=_additive(visible | ~seen, dtype), keep=seen.to(dtype))
 
 
 def _extend(old: torch.Tensor | None, new: torch.Tensor) -> torch.Tensor:
