@@ -1,5 +1,7 @@
-"""The package's shape: no import cycles between mlan's modules, and the shared layers (config,
-dataset schemas, io, paths, errors) import no stage. Read from the source (ast), nothing imported."""
+"""The package's shape: no import cycles between mlan's modules (counting every import: at the top,
+inside functions and under `if TYPE_CHECKING:`), the shared layers (config, dataset schemas, io, paths,
+errors) import no stage, and no module is over `MAX_LINES` lines. Read from the source (ast), nothing
+imported."""
 
 from __future__ import annotations
 
@@ -31,6 +33,8 @@ STAGES = (
     "mlan.cli",
     "mlan.checkpoints",
 )
+# One job per module: a module past this many lines does several and is split by job.
+MAX_LINES = 450
 
 
 def _module_name(path: Path) -> str:
@@ -39,10 +43,11 @@ def _module_name(path: Path) -> str:
 
 
 def _imports(path: Path, name: str, modules: set[str]) -> set[str]:
-    """mlan modules imported anywhere in the file (top level and inside functions)."""
+    """mlan modules imported anywhere in the file: top level, inside functions and under `if TYPE_CHECKING:`
+    (an import for annotations only still ties the two modules together)."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found = set()
-    for node in _runtime_nodes(ast.parse(path.read_text(encoding="utf-8"))):
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
             targets = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -57,19 +62,6 @@ def _imports(path: Path, name: str, modules: set[str]) -> set[str]:
             continue
         found.update(t for t in targets if t in modules and t != name)
     return found
-
-
-def _runtime_nodes(tree: ast.AST):
-    """Every node but those under `if TYPE_CHECKING:` (annotations only, never imported at run time)."""
-    stack = [tree]
-    while stack:
-        node = stack.pop()
-        yield node
-        for child in ast.iter_child_nodes(node):
-            if isinstance(child, ast.If) and isinstance(child.test, ast.Name) and child.test.id == "TYPE_CHECKING":
-                stack.extend(child.orelse)
-            else:
-                stack.append(child)
 
 
 def _graph() -> dict[str, set[str]]:
@@ -117,3 +109,16 @@ def test_the_walk_sees_imports():
     graph = _graph()
     assert "mlan.errors" in graph["mlan.cli"]
     assert any(dep.startswith("mlan.config") for dep in graph["mlan.train.sft"])
+
+
+def test_the_walk_sees_type_checking_imports(tmp_path):
+    """An import under `if TYPE_CHECKING:` is an edge like any other."""
+    path = tmp_path / "m.py"
+    path.write_text("from typing import TYPE_CHECKING\n\nif TYPE_CHECKING:\n    from mlan.errors import MlanError\n")
+    assert _imports(path, "mlan.m", {"mlan.errors", "mlan.m"}) == {"mlan.errors"}
+
+
+def test_no_module_over_450_lines():
+    sizes = {_module_name(p): len(p.read_text(encoding="utf-8").splitlines()) for p in PACKAGE.rglob("*.py")}
+    over = [f"{name}: {n} lines" for name, n in sorted(sizes.items()) if n > MAX_LINES]
+    assert not over, f"modules over {MAX_LINES} lines (split them by job):\n" + "\n".join(over)

@@ -12,15 +12,13 @@ import json
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from mlan.config.recipe import SFTRecipe
 from mlan.errors import MlanError, first_line
 from mlan.paths import shipped_dir
 from mlan.runs import mixture_dir as default_dir
-
-if TYPE_CHECKING:  # an annotation only: mlan.train.preflight imports this module
-    from mlan.train.preflight import ModelInfo
+from mlan.train.model_info import ModelInfo
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from mlan.config.recipe import SFTRecipe
 from mlan.train.freeze import apply_freeze, lora_target_regex
-from mlan.train.preflight import ModelInfo
+from mlan.train.model_info import ModelInfo
 
 log = logging.getLogger(__name__)
 

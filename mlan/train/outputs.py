@@ -15,7 +15,8 @@ from mlan.config.base import dump_config
 from mlan.config.recipe import SFTRecipe
 from mlan.io import atomic_dir, atomic_write_json, atomic_write_text
 from mlan.train.checkpoint import RUN_RECORD, TENSORBOARD_DIR
-from mlan.train.preflight import Checked, ModelInfo
+from mlan.train.model_info import ModelInfo
+from mlan.train.preflight import Checked
 
 
 def loss_log(log_history: list[dict[str, Any]]) -> dict[str, Any]:
