@@ -6,7 +6,7 @@ from __future__ import annotations
 import difflib
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, PrivateAttr, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from mlan.config.base import StrictModel
@@ -49,6 +49,19 @@ EVAL_TASKS = (
     "gqa",
     "scienceqa",
 )
+
+
+def apportion(total: int, weights: list[float]) -> list[int]:
+    """Split `total` into integers proportional to `weights` (largest remainder, ties by position)."""
+    wsum = float(sum(weights))
+    if total == 0 or wsum <= 0:
+        return [0] * len(weights)
+    exact = [total * w / wsum for w in weights]
+    out = [int(x) for x in exact]
+    order = sorted(range(len(weights)), key=lambda i: (-(exact[i] - out[i]), i))
+    for i in order[: total - sum(out)]:
+        out[i] += 1
+    return out
 
 
 def _error(message: str) -> PydanticCustomError:
@@ -203,6 +216,9 @@ class Contamination(StrictModel):
     """A row overlaps an evaluation question when they share at least this share of the shorter one's n-grams."""
     drop: bool = False
     """Drop overlapping rows (and draw replacements from the same source) instead of only reporting them."""
+    required: bool = False
+    """Stop the build when an evaluation set cannot be read (not in --data-dir, hub unreachable); by default such
+    a set is skipped with a warning and the manifest lists it under `contamination.not_checked`."""
 
 
 class MixtureSpec(StrictModel):
@@ -215,7 +231,10 @@ class MixtureSpec(StrictModel):
     seed: int = 42
     """Seed of every random choice: sampling, template choice, chain-of-thought choice, shuffling."""
     size: int | None = Field(default=None, ge=1)
-    """Total training rows; when given it must equal the sum of the sources' counts or the modality split."""
+    """Total training rows. When every source has a `count` (or a modality_split is given) and `size` differs
+    from their total, every count is scaled to `size` by the spec's shares (largest remainder, the exact total),
+    and a validation count with them (a fraction stays a fraction); the manifest records it under `scaled`.
+    With fractions it must equal the rows they give."""
     modality_split: ModalitySplit | None = None
     """Training rows per modality, spread over each modality's sources by weight (default: their sizes)."""
     validation: int | float = Field(default=0.01, ge=0)
@@ -237,6 +256,15 @@ class MixtureSpec(StrictModel):
     rationale are left out and counted."""
     rationales: RationaleSettings = Field(default_factory=RationaleSettings)
     """The teacher step (`mlan rationales`) and the store `targets: rationale` reads."""
+
+    # How `size` rescaled the spec's counts ({from, to, counts: {name: [before, after]}, validation}); None
+    # when it did not. The counts themselves are the scaled ones, so the config hash names the build.
+    _scaled: dict | None = PrivateAttr(default=None)
+
+    @property
+    def scaled(self) -> dict | None:
+        """How `size` rescaled the spec's counts, or None (recorded in the manifest)."""
+        return self._scaled
 
     @model_validator(mode="after")
     def _check_targets(self) -> MixtureSpec:
@@ -278,7 +306,12 @@ class MixtureSpec(StrictModel):
                     raise _error(f"modality_split.{modality}: {wanted} rows asked but no {modality} source given")
             total = self.modality_split.language + self.modality_split.vision
             if self.size is not None and self.size != total:
-                raise _error(f"size: {self.size} differs from modality_split's total {total}")
+                if not total:
+                    raise _error(f"size: {self.size} rows asked but modality_split gives none to scale")
+                before = {"language": self.modality_split.language, "vision": self.modality_split.vision}
+                after = apportion(self.size, list(before.values()))
+                self.modality_split.language, self.modality_split.vision = after
+                self._record_scaling(total, {k: [b, a] for (k, b), a in zip(before.items(), after, strict=True)})
         else:
             for i, s in enumerate(self.sources):
                 if (s.count is None) == (s.fraction is None):
@@ -288,5 +321,21 @@ class MixtureSpec(StrictModel):
             if self.size is not None and all(s.count is not None for s in self.sources):
                 total = sum(s.count or 0 for s in self.sources)
                 if total != self.size:
-                    raise _error(f"size: {self.size} differs from the sum of the sources' counts {total}")
+                    if not total:
+                        raise _error(f"size: {self.size} rows asked but the sources' counts are all 0")
+                    before = [s.count or 0 for s in self.sources]
+                    after = apportion(self.size, before)
+                    for s, n in zip(self.sources, after, strict=True):
+                        s.count = n
+                    counts = {s.name: [b, a] for s, b, a in zip(self.sources, before, after, strict=True)}
+                    self._record_scaling(total, counts)
         return self
+
+    def _record_scaling(self, total: int, counts: dict[str, list[int]]) -> None:
+        """Scale a validation count by the same factor (a fraction stays) and remember what changed."""
+        size = self.size or total
+        self._scaled = {"from": total, "to": size, "counts": counts}
+        if self.validation >= 1:
+            n = round(self.validation * size / total)
+            self._scaled["validation"] = [self.validation, n]
+            self.validation = n

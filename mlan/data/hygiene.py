@@ -135,6 +135,8 @@ class ContaminationChecker:
         self.threshold = threshold
         self.indexes: list[EvalIndex] = []
         self.reports: dict[str, TaskReport] = {}
+        # Evaluation sets that could not be read and were left out of the check: {task: why}.
+        self.skipped: dict[str, str] = {}
 
     def add_task(self, task: str, questions) -> None:
         """Index an iterable of evaluation question strings."""
@@ -173,19 +175,40 @@ class ContaminationChecker:
 
 
 def contamination_checker(spec: MixtureSpec) -> ContaminationChecker | None:
-    """A checker indexing the questions of every evaluation set the spec names (None without any)."""
+    """A checker indexing the questions of every evaluation set the spec names (None without any).
+
+    A set that cannot be read (not in --data-dir and the hub unreachable; RACE, say, is never bundled) is
+    skipped with one warning line for all of them and listed in `checker.skipped`, unless
+    `contamination.required` asks to stop there. A set that is read but lacks a question column still stops."""
     cfg = spec.contamination
     if not cfg.evals:
         return None
     checker = ContaminationChecker(cfg.ngram, cfg.ngram_threshold)
+    # Every set is opened (and its columns checked) before any is indexed, so a stop comes before the work.
+    opened = []
     for ev in cfg.evals:
         what = f"contamination eval {ev.task!r} ({ev.dataset})"
-        ds = open_dataset(ev.dataset, config=ev.config, split=ev.split, revision=ev.revision, what=what)
+        try:
+            ds = open_dataset(ev.dataset, config=ev.config, split=ev.split, revision=ev.revision, what=what)
+        except MlanError as e:
+            if cfg.required:
+                raise MlanError(
+                    f"{e} (contamination.required: true; set it to false to skip unreadable sets)"
+                ) from None
+            checker.skipped[ev.task] = str(e).removeprefix(f"{what}: ")
+            continue
         tops = [f.split(".")[0] for f in ev.question_fields]
         missing = [t for t in tops if t not in ds.column_names]
         if missing:
             raise MlanError(f"{what}: no column {missing[0]!r} (columns: {', '.join(ds.column_names)})")
-        ds = ds.select_columns(sorted(set(tops)))
+        opened.append((ev, ds.select_columns(sorted(set(tops)))))
+    if checker.skipped:
+        log.warning(
+            "contamination: not checked against %s: cannot be read (offline and not in --data-dir?); the manifest "
+            "says why under contamination.not_checked (contamination.required: true stops instead)",
+            ", ".join(checker.skipped),
+        )
+    for ev, ds in opened:
 
         def questions(ds=ds, fields=ev.question_fields):
             for batch in ds.iter(batch_size=1000):

@@ -27,6 +27,7 @@ def config_hash(spec: MixtureSpec) -> str:
     # Likewise the teacher step, which changes no row unless the targets are rationales.
     if data["targets"] == "answer":
         del data["targets"], data["rationales"]
+    _drop_default_required(data)
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
@@ -36,7 +37,15 @@ def draw_hash(spec: MixtureSpec) -> str:
     data = json.loads(json.dumps(spec.model_dump(mode="json")))
     for key in ("name", "description", "targets", "rationales", "tokenizer", "image_tokens"):
         data.pop(key, None)
+    _drop_default_required(data)
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+def _drop_default_required(data: dict[str, Any]) -> None:
+    """`contamination.required` came later; at its default it keeps older specs' hashes (and their built
+    folders and rationale stores current)."""
+    if not data["contamination"].get("required", True):
+        del data["contamination"]["required"]
 
 
 def _share(a: int, b: int) -> float | None:
@@ -70,6 +79,8 @@ def build_manifest(
         "config_hash": config_hash(spec),
         "content_hash": content_hash,
         "splits": splits,
+        # How `size` rescaled the spec's counts ({from, to, counts: {source: [before, after]}}), or None.
+        "scaled": spec.scaled,
         # What the assistant turns hold (mlan.data.mixture.targets_form), and for rationales the store joined.
         "targets": targets or {"form": "answer"},
         "sources": {st.name: _source_entry(st) for st in stats},
@@ -156,9 +167,13 @@ def _source_entry(st) -> dict[str, Any]:
 
 
 def _contamination(spec: MixtureSpec, checker) -> dict[str, Any]:
-    contamination: dict[str, Any] = {"checked": checker is not None}
+    contamination: dict[str, Any] = {"checked": checker is not None and bool(checker.indexes)}
     if checker is not None:
         contamination.update(
+            # The evaluation sets compared with, and those skipped because they could not be read ({task: why}).
+            sets_checked=[idx.task for idx in checker.indexes],
+            not_checked=dict(checker.skipped),
+            required=spec.contamination.required,
             method=f"normalised exact match, or >= {checker.threshold:g} of the word {checker.n}-grams of the shorter "
             "question shared with one evaluation question; counts cover every row examined while sampling",
             drop=spec.contamination.drop,

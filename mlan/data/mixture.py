@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from mlan import hub as hf_hub
-from mlan.config.mixture import MixtureSpec
+from mlan.config.mixture import MixtureSpec, apportion
 from mlan.data.adapters import required_columns
 from mlan.data.fill import SourceFill
 from mlan.data.fill import label as _label
@@ -93,19 +93,6 @@ class MixtureResult:
     content_hash: str
     train_rows: int
     validation_rows: int
-
-
-def apportion(total: int, weights: list[float]) -> list[int]:
-    """Split `total` into integers proportional to `weights` (largest remainder, ties by position)."""
-    wsum = float(sum(weights))
-    if total == 0 or wsum <= 0:
-        return [0] * len(weights)
-    exact = [total * w / wsum for w in weights]
-    out = [int(x) for x in exact]
-    order = sorted(range(len(weights)), key=lambda i: (-(exact[i] - out[i]), i))
-    for i in order[: total - sum(out)]:
-        out[i] += 1
-    return out
 
 
 def plan_counts(spec: MixtureSpec, sizes: list[int]) -> tuple[list[int], list[int]]:

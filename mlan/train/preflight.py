@@ -41,26 +41,12 @@ from mlan.train.arguments import (
 from mlan.train.checkpoint import decide_resume, run_record
 from mlan.train.data import load_mixture
 from mlan.train.freeze import check_lora_targets
+from mlan.train.model_info import ModelInfo
 from mlan.train.packing import PaddingFree, default_kernel, resolve_padding_free
 
 log = logging.getLogger(__name__)
 
 GENERATION_MARKER = re.compile(r"{%-?\s*generation\s*-?%}")
-
-
-@dataclass
-class ModelInfo:
-    """What the pre-flight checks learned about the model and its processor."""
-
-    path: str
-    processor: Any
-    config: Any
-    image_token_id: int
-    image_seq_length: int
-    chat_template: str  # the template the rows are rendered with in training
-    template_source: str
-    min_image_row: int
-    saved_template: str  # the template written with the trained model (differs for `plain`)
 
 
 @dataclass
@@ -86,6 +72,7 @@ def preflight(recipe: SFTRecipe, *, out: Path, ckpt_dir: Path, resume: bool | No
     info = inspect_model(recipe)
     mix_dir = resolve_mixture(recipe)
     mixture, manifest = load_mixture(mix_dir)
+    check_image_row_length(recipe, info, mixture, manifest)
     if recipe.train.language_model in ("lora", "qlora"):
         n = check_lora_targets_on_meta(recipe, info.config)
         log.info("LoRA targets match %d linear layers of the language model", n)
@@ -220,12 +207,38 @@ def inspect_model(recipe: SFTRecipe) -> ModelInfo:
     if recipe.training.chat_template == "plain":
         template, source = PLAIN_TEMPLATE, "plain"
     min_row = _min_image_row(processor, template, image_seq_length)
-    if recipe.training.max_length < min_row:
-        raise MlanError(
-            f"training.max_length {recipe.training.max_length}: shorter than one image row "
-            f"({min_row} tokens, {image_seq_length} of them image tokens)"
-        )
+    # Whether max_length fits an image row is checked once the mixture is known (check_image_row_length).
     return ModelInfo(path, processor, config, token_id, image_seq_length, template, source, min_row, saved)
+
+
+def check_image_row_length(recipe: SFTRecipe, info: ModelInfo, mixture, manifest: dict[str, Any] | None) -> None:
+    """`training.max_length` must fit one image row when the mixture trains on image rows (or when that is
+    unknown); a language-only mixture may train with a max_length shorter than one image."""
+    if recipe.training.max_length >= info.min_image_row or not _has_image_rows(mixture, manifest):
+        return
+    raise MlanError(
+        f"training.max_length {recipe.training.max_length}: shorter than one image row "
+        f"({info.min_image_row} tokens, {info.image_seq_length} of them image tokens)"
+    )
+
+
+def _has_image_rows(mixture, manifest: dict[str, Any] | None) -> bool:
+    """Whether the train split holds an image row: read from its `images` column (list lengths, nothing
+    decoded), else its `modality` column, else the manifest's counts; True when none of them tells."""
+    try:
+        import pyarrow.compute as pc
+
+        ds = mixture["train"]
+        if "images" in ds.column_names:
+            table = ds.flatten_indices().data if ds._indices is not None else ds.data
+            lengths = pc.list_value_length(table.column("images")).fill_null(0)
+            return bool(pc.max(lengths).as_py() or 0)
+        if "modality" in ds.column_names:
+            return "vision" in ds.unique("modality")
+    except Exception:  # an unexpected layout: keep the check
+        return True
+    examples = ((manifest or {}).get("modalities") or {}).get("vision", {}).get("examples")
+    return examples is None or examples > 0
 
 
 def _processor_image_tokens(processor, config, image_token_id: int) -> int:
