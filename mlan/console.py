@@ -1,6 +1,9 @@
 """What the command line shows: mlan's own lines, one progress bar per stage, and from the
 libraries only what is a real problem (`mlan -v` shows everything).
 
+Log lines and progress bars go to stderr, results (tables, paths written) to stdout, so
+`mlan eval ... > out.txt` keeps the results in the file and the log on the terminal.
+
 Nothing here runs on import: `mlan.*` used as a library leaves logging, warnings and the
 libraries' progress bars as its caller set them. The CLI calls `setup()` once per invocation and
 `quiet_libraries()` when a command that loads models or data starts.
@@ -59,19 +62,32 @@ class _ExpectedRecords(logging.Filter):
         return True
 
 
+def log_console():
+    """The rich console log lines and progress bars share: rich's global console, which `setup`
+    puts on stderr (a bar on the same console as the log handler keeps log lines above it)."""
+    from rich import get_console
+
+    return get_console()
+
+
 def setup(verbosity: int = NORMAL) -> None:
     """Logging and warnings for one CLI invocation: QUIET (-q), NORMAL or VERBOSE (-v).
 
-    Every record goes through one rich handler on the console the progress bars use, so log
-    lines print above a running bar. Python warnings become log records ("py.warnings") in the
-    same format. NORMAL: mlan at INFO, libraries at WARNING, known harmless messages dropped.
-    VERBOSE: everything at DEBUG, every warning shown once per place (DeprecationWarning too).
+    Every record goes through one rich handler on stderr, on the console the progress bars use
+    (`log_console()`), so log lines print above a running bar and stdout keeps only results.
+    Python warnings become log records ("py.warnings") in the same format. NORMAL: mlan at INFO,
+    libraries at WARNING, known harmless messages dropped. VERBOSE: everything at DEBUG, every
+    warning shown once per place (DeprecationWarning too).
     """
     global _verbosity
+    import rich
     from rich.logging import RichHandler
 
     _verbosity = verbosity
-    handler = RichHandler(show_path=False, show_time=False, markup=False)
+    # rich's global console (the one rich.progress and mlan.train.progress default to) on stderr; it
+    # looks sys.stderr up at each write, so a test runner's captured stderr is honoured too.
+    rich.reconfigure(stderr=True)
+    handler = RichHandler(console=log_console(), show_path=False, show_time=False, markup=False)
     if verbosity < VERBOSE:
         handler.addFilter(_ExpectedRecords())
     logging.basicConfig(

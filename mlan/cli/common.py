@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from pathlib import Path
 from typing import Annotated, TypeVar
 
@@ -46,19 +47,44 @@ def load(path: str | Path, kind: str, model: type[M], overrides: list[str] | Non
 
 
 def console():
-    """A rich console on stdout for summaries (tables, paths)."""
+    """A rich console on stdout for results (tables, paths written). Log lines and progress bars
+    go to stderr (`progress_console()`), so `mlan ... > out.txt` keeps only the results."""
     from rich.console import Console
 
     return Console(highlight=False)
 
 
+def progress_console():
+    """The console on stderr that progress bars share with mlan's log lines (see mlan.console)."""
+    from mlan.console import log_console
+
+    return log_console()
+
+
 @contextlib.contextmanager
-def task_progress(con, description: str):
-    """A transient bar for a library call's `progress(label, done, total)` callback; yields that callback."""
+def quiet_logger(name: str, level: int = logging.WARNING):
+    """Hold logger `name` at `level` or above for the block: for a library's INFO lines that a
+    command's printed summary already says (unless -v, which shows everything)."""
+    from mlan.console import VERBOSE, verbosity
+
+    logger = logging.getLogger(name)
+    before = logger.level
+    if verbosity() < VERBOSE and logger.getEffectiveLevel() < level:
+        logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(before)
+
+
+@contextlib.contextmanager
+def task_progress(description: str):
+    """A transient bar on stderr for a library call's `progress(label, done, total)` callback; yields
+    that callback."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=con, transient=True) as bar:
+    with Progress(*columns, console=progress_console(), transient=True) as bar:
         pid = bar.add_task(description, total=None)
 
         def progress(label: str, done: int, total: int) -> None:

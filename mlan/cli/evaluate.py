@@ -124,9 +124,9 @@ def evaluate(
         "fresh": fresh,
     }
     run = build_run(models, flags, overrides)
-    con = console()
-    with task_progress(con, "evaluating") as progress:
+    with task_progress("evaluating") as progress:
         report = run_evaluation(run, progress=progress)
+    con = console()
     con.print(report.table(), markup=False)
     for m in report.models:
         con.print(f"results: [bold]{m.results_file}[/bold]")

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from mlan.cli.common import Overrides, Overwrite, console, load
+from mlan.cli.common import Overrides, Overwrite, console, load, quiet_logger
 
 
 def build_mixture(
@@ -23,6 +23,15 @@ def build_mixture(
             "save_to_disk folder), e.g. for a machine without hub access.",
         ),
     ] = None,
+    size: Annotated[
+        int | None,
+        typer.Option(
+            "--size",
+            min=1,
+            help="Training rows (same as -o size=N): every source's count, and a validation count, is scaled to "
+            "it by the spec's shares; the manifest records the scaling.",
+        ),
+    ] = None,
     overrides: Overrides = None,
     overwrite: Overwrite = False,
 ) -> None:
@@ -36,6 +45,7 @@ def build_mixture(
     answers, or with your teacher's rationales (`mlan rationales`, then -o targets=rationale).
 
     Example: mlan build-mixture data_mixtures/quickstart.yaml --out runs/mixtures/quickstart
+    (add --size 1600 to shrink a preset, keeping its shares)
     """
     import datasets
     from rich.table import Table
@@ -44,14 +54,18 @@ def build_mixture(
     from mlan.data.mixture import build_mixture as build
     from mlan.runs import mixture_dir
 
+    if size is not None:
+        overrides = [*(overrides or []), f"size={size}"]
     cfg = load(spec, "data_mixtures", MixtureSpec, overrides)
     if data_dir is not None:
         from mlan.data.sources import with_local_data
 
         cfg = with_local_data(cfg, data_dir)
-    # The library logs its own progress per source; datasets' per-file bars would only add noise.
+    # datasets' per-file bars would only add noise. The library logs a line per source ("squad: N rows
+    # (...) in X s"); the table below says each source's rows, so those lines are held back (-v shows them).
     datasets.disable_progress_bars()
-    result = build(cfg, out or mixture_dir(cfg.name), overwrite=overwrite)
+    with quiet_logger("mlan.data.fill"):
+        result = build(cfg, out or mixture_dir(cfg.name), overwrite=overwrite)
     m = result.manifest
     table = Table(title=f"mixture {m['name']} (seed {m['seed']})")
     for col in ("source", "modality", "train", "validation", "bad", "dups", "text tokens", "image tokens"):
@@ -69,6 +83,9 @@ def build_mixture(
         )
     c = console()
     c.print(table)
+    if m.get("scaled"):
+        sc = m["scaled"]
+        c.print(f"scaled: {sc['from']:,} -> {sc['to']:,} training rows, by the spec's shares")
     r = m["ratios"]
     share = lambda x: "n/a" if x is None else f"{100 * x:.1f}%"  # noqa: E731
     c.print(
@@ -77,11 +94,16 @@ def build_mixture(
     cont = m["contamination"]
     if cont["checked"]:
         hits = {t: v["exact"] + v["ngram"] for t, v in cont["tasks"].items() if v["exact"] + v["ngram"]}
-        c.print("contamination: " + (", ".join(f"{t} {n} rows" for t, n in hits.items()) or "none found"))
+        skipped = f" (not checked: {', '.join(cont['not_checked'])})" if cont.get("not_checked") else ""
+        c.print("contamination: " + (", ".join(f"{t} {n} rows" for t, n in hits.items()) or "none found") + skipped)
+    elif cont.get("not_checked"):
+        c.print(f"contamination: not checked ({', '.join(cont['not_checked'])} could not be read)")
     if m["covers_eval_tasks"]:
         c.print(f"covers evaluation tasks: {', '.join(m['covers_eval_tasks'])}")
     c.print(_targets_line(m["targets"]))
-    c.print(f"content hash {result.content_hash[:16]}  ->  [bold]{result.out}[/bold]")
+    c.print(
+        f"built in {m['build_seconds']:.1f} s, content hash {result.content_hash[:16]}  ->  [bold]{result.out}[/bold]"
+    )
 
 
 def _targets_line(targets: dict) -> str:

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from mlan.cli.common import Overrides, console, load
+from mlan.cli.common import Overrides, console, load, progress_console
 from mlan.errors import MlanError
 
 
@@ -77,6 +77,7 @@ def rationales(
 
         cfg = with_local_data(cfg, data_dir)
     con = console()
+    err = progress_console()
     columns = (
         TextColumn("rationales"),
         BarColumn(),
@@ -84,8 +85,8 @@ def rationales(
         TextColumn("{task.fields[rate]}"),
         TimeRemainingColumn(),
     )
-    bar = Progress(*columns, console=con, transient=True)
-    with bar if con.is_terminal else contextlib.nullcontext():
+    bar = Progress(*columns, console=err, transient=True)
+    with bar if err.is_terminal else contextlib.nullcontext():
         pid = bar.add_task("rationales", total=None, rate="")
         start = time.perf_counter()
 

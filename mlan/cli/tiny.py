@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from mlan.cli.common import Overwrite, console
+from mlan.cli.common import Overwrite, console, quiet_logger
 
 
 def tiny_model(
@@ -25,5 +25,19 @@ def tiny_model(
     """
     from mlan.tiny import save_tiny_llava
 
-    path = save_tiny_llava(out, size=size, seed=seed, overwrite=overwrite)
-    console().print(f"tiny LLaVA ({size}) written to [bold]{path}[/bold]")
+    with quiet_logger("mlan.tiny"):  # its "written to" line: said once, below, on stdout
+        path = save_tiny_llava(out, size=size, seed=seed, overwrite=overwrite)
+    console().print(f"tiny LLaVA ({size}, {_parameters(path):,} parameters) written to [bold]{path}[/bold]")
+
+
+def _parameters(folder: Path) -> int:
+    """Parameters in a saved model folder, read from its safetensors headers (no weights loaded)."""
+    from math import prod
+
+    from safetensors import safe_open
+
+    n = 0
+    for f in sorted(folder.glob("*.safetensors")):
+        with safe_open(f, "pt") as st:
+            n += sum(prod(st.get_slice(k).get_shape()) for k in st.keys())  # noqa: SIM118 (safe_open is not iterable)
+    return n
