@@ -61,8 +61,10 @@ class WingsConfig(StrictModel):
     router_max_positions: int = Field(4096, gt=0)
     """Input size of the `attention` router: key positions at or beyond it are pooled into the last slot."""
     init_std: float = Field(0.02, gt=0)
-    """Standard deviation of the truncated-normal initialisation of the down projections (A) and the
-    routers; the up projections (B) start at zero, so a new learner's output is exactly zero."""
+    """Standard deviation of the initialisation of the down projections (A), as Wings draws them (torch's
+    `trunc_normal_` with its default +-2 absolute cut, in effect untruncated at this std), and of the routers'
+    weights (truncated at +-2 std, zero bias: mlan.wings.router); the up projections (B) start at zero, so a
+    new learner's output is exactly zero."""
     stage1: WingsStage1LR = Field(default_factory=WingsStage1LR)
     """Learning rates of stage 1."""
     stage2: WingsStage2LR = Field(default_factory=WingsStage2LR)

@@ -10,7 +10,8 @@ text mapped to its letter, true/false to yes/no, number words to digits (GQA, Re
 match ignoring case and punctuation (e.g. ai2d_llava_plain.yaml:L14-26).
 
 Bugs fixed (each at its place below): the letter check of the vision filters compares lowercased
-text with capital letters and never matches; OpenBookQA's exact match is case-sensitive where the
+text with capital letters and never matches (which changes scores where an AI2D question's options
+are themselves letters: MLAN reads the answer "A" as an option's text, mlan as the letter); OpenBookQA's exact match is case-sensitive where the
 other three language tasks ignore case; the language filter does not strip the continuation; the
 first-listed choice wins when the words of several choices all appear; number words are mapped on
 the prediction only ("none" -> "0" against a gold "none"); RealWorldQA and ScienceQA keep the
@@ -100,7 +101,10 @@ def vision_text(response: str) -> str:
 
 def _plain(text: str) -> str:
     # lm-eval's exact_match with ignore_case and ignore_punctuation; number words as digits on both
-    # sides (MLAN mapped the prediction only).
+    # sides (MLAN mapped the prediction only). Differs from MLAN in order: punctuation is removed
+    # before stripping, so the space a dropped mark leaves is stripped too. In MLAN the text was
+    # stripped first (regex filter) and the exact match removes punctuation without stripping again:
+    # "red -" became "red " and missed gold "red"; here it matches (tests/test_fidelity.py).
     text = text.lower().translate(_NO_PUNCT).strip()
     return _DIGITS.get(text, text)
 
@@ -109,8 +113,13 @@ def vision_choice(text: str, choices: list[str]) -> str:
     """The letter `text` names (the letter itself or a choice's whole text), or `text` itself
     (mlan@7ce179a:scripts/eval/custom/ai2d/helper.py:L78-108)."""
     labels = LETTERS[: len(choices)]
-    # MLAN compares the lowercased text with "A".."D", which never matches; the raw text then passed
-    # the case-insensitive exact match anyway. Fixed: the letter is read case-insensitively.
+    # MLAN compares the lowercased text with "A".."D", which never matches. Mostly harmless: a letter
+    # that is no option's text stays as written and passes the case-insensitive exact match anyway.
+    # Not where the options are themselves letters (AI2D has such questions, e.g. options [C, D, A, B]
+    # naming a diagram's labels): MLAN reads the answer "A" as the option text "A", i.e. letter C, and
+    # scores it wrong against gold A, and the answer "C" (option text "C", letter A) right. Fixed: a
+    # one-letter answer is the letter the prompt asks for ('The best answer is "'), so for that question
+    # mlan scores "A" right and "C" wrong, the reverse of MLAN (tests/test_fidelity.py).
     if len(text) == 1 and text.upper() in labels:
         return text.upper()
     # RealWorldQA and ScienceQA drop the choices' punctuation but keep the response's

@@ -103,8 +103,10 @@ def score_items(
     task; for yes/no tasks also POPE's precision, recall, F1 (positive = "yes") and the yes-ratio of
     the PREDICTIONS: MLAN's pope_aggregate_yes_ratio counts the gold answers instead
     (wang-research-lab/mlan@7ce179a:scripts/eval/custom/pope/helper.py:L131-141), a number that
-    does not depend on the model. An answer that reads as neither yes nor no never counts as "yes" and
-    is a false negative when the gold is "yes" (MLAN's recall, L110-121, leaves it out).
+    does not depend on the model. An answer that reads as neither yes nor no (invalid) is wrong in
+    acc, never counts as "yes", and counts as a miss (a false negative) when the gold is "yes", so it
+    lowers recall and F1; MLAN's recall (L110-121) leaves it out, counting only "no" answers as
+    misses, which scores a model that answers neither yes nor no higher there than here.
     """
     samples = []
     for item, resp in zip(items, responses, strict=True):

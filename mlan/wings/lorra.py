@@ -42,10 +42,14 @@ class LoRRA(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """A ~ truncated normal(std, cut at 2 std), B = 0: the learner's output starts at exactly zero."""
+        """A ~ normal(0, std), B = 0: the learner's output starts at exactly zero.
+
+        As Wings (AIDC-AI/Wings@5dec325:wings/model/base_module.py:150-153, `trunc_normal_(std=.02)`):
+        torch's `trunc_normal_` cuts at its defaults a=-2, b=2, absolute values, i.e. at 100 std for
+        std 0.02, so A is in effect untruncated normal. The same call here, cut where Wings cuts it."""
         std = self.init_std
         for name in ("q", "k", "v", "o"):
-            nn.init.trunc_normal_(getattr(self, f"{name}_a"), std=std, a=-2 * std, b=2 * std)
+            nn.init.trunc_normal_(getattr(self, f"{name}_a"), std=std)
             nn.init.zeros_(getattr(self, f"{name}_b"))
 
     def _heads(self, t: torch.Tensor) -> torch.Tensor:

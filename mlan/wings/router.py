@@ -30,6 +30,12 @@ class Router(nn.Module):
     def __init__(self, in_features: int, init_std: float = 0.02):
         super().__init__()
         self.proj = nn.Linear(in_features, 2)
+        # Not as Wings: its ReweightLinear keeps nn.Linear's default init (weight and bias uniform in
+        # +-1/sqrt(in_features); base_module.py:81-84). Here, as WingsConfig.init_std documents ("the
+        # down projections and the routers"): weight ~ normal(0, init_std) cut at +-2 std, bias 0, so no
+        # random bias favours one learner before training. That matters most for the `modality` form
+        # (mlan's; 2 * heads inputs, e.g. 64, where the default bias would reach +-1/8); for the paper's
+        # `attention` form (4096 inputs) the default bias is within +-1/64.
         nn.init.trunc_normal_(self.proj.weight, std=init_std, a=-2 * init_std, b=2 * init_std)
         nn.init.zeros_(self.proj.bias)
 
