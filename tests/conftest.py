@@ -55,6 +55,9 @@ def cli():
 def _one_line_error(result, *, stdout_ok: bool = False) -> str:
     assert result.exit_code == 2, result.output
     lines = [x for x in result.stderr.splitlines() if x.strip()]
+    if stdout_ok:  # log lines (on stderr) may come before the error, which is the last thing said
+        starts = [i for i, x in enumerate(lines) if x.startswith("error: ")]
+        lines = lines[starts[-1] :] if starts else lines
     assert len(lines) == 1, result.stderr
     assert stdout_ok or not result.stdout.strip(), result.stdout
     return lines[0]
@@ -64,8 +67,8 @@ def _one_line_error(result, *, stdout_ok: bool = False) -> str:
 def one_line_error():
     """How the CLI reports a user error: `one_line_error(result)` checks exit code 2, exactly one
     non-empty line on stderr and nothing on stdout, and returns that line. `stdout_ok=True` lets the
-    command print on stdout (log lines) before it fails. (click's Result: `stdout` and `stderr`
-    apart, `output` both as the user sees them.)"""
+    command print results on stdout and log lines on stderr before the error line, which must be the last
+    line on stderr. (click's Result: `stdout` and `stderr` apart, `output` both as the user sees them.)"""
     return _one_line_error
 
 

@@ -258,7 +258,7 @@ def test_wings_bad_input(cli, one_line_error, mixture, text_mixture, stages, tmp
     make, message = BAD_WINGS[case]
     model, mix, extra = make({**stages, "mixture": mixture, "text_mixture": text_mixture}, tmp_path)
     out = tmp_path / "out"
-    # Stage 1 may log its Wings setup on stdout before the check that fails.
+    # Stage 1 may log its Wings setup (on stderr) before the check that fails.
     assert message in one_line_error(cli(*_args("wings_tiny_stage1", model, mix, out, *extra)), stdout_ok=True)
     assert not out.exists() and not (tmp_path / "out.checkpoints").exists()
 
