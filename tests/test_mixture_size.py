@@ -8,16 +8,8 @@ import shutil
 from pathlib import Path
 
 import pytest
+from test_everyday import SOURCES  # data_mixtures/mlan.yaml's sources as local copies
 
-# data_mixtures/mlan.yaml's sources, as local copies in the `<name>/<split>.jsonl` layout.
-SOURCES = {
-    "squad/train": "squad/validation",  # no SQuAD train slice is at hand: real dev rows stand in
-    "strategyqa/train": "strategyqa/train",
-    "commonsense_qa/train": "commonsense_qa/train",
-    "cosmos_qa/train": "cosmos_qa/validation",
-    "arc_easy/train": "arc_easy/train",
-    "arc_challenge/train": "arc_challenge/train",
-}
 OFFLINE = ["-o", "tokenizer=null", "-o", "contamination.evals=[]"]
 
 
