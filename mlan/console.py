@@ -11,6 +11,7 @@ libraries' progress bars as its caller set them. The CLI calls `setup()` once pe
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import warnings
@@ -135,3 +136,17 @@ def quiet_libraries() -> None:
     if not verbose:
         transformers.utils.logging.disable_progress_bar()
         datasets.disable_progress_bars()
+
+
+@contextlib.contextmanager
+def quiet_logger(name: str, level: int = logging.WARNING):
+    """Hold logger `name` at `level` or above for the block: for a library's INFO lines that a
+    command's printed summary already says (unless -v, which shows everything)."""
+    logger = logging.getLogger(name)
+    before = logger.level
+    if verbosity() < VERBOSE and logger.getEffectiveLevel() < level:
+        logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(before)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import logging
 from pathlib import Path
 from typing import Annotated, TypeVar
 
@@ -59,22 +58,6 @@ def progress_console():
     from mlan.console import log_console
 
     return log_console()
-
-
-@contextlib.contextmanager
-def quiet_logger(name: str, level: int = logging.WARNING):
-    """Hold logger `name` at `level` or above for the block: for a library's INFO lines that a
-    command's printed summary already says (unless -v, which shows everything)."""
-    from mlan.console import VERBOSE, verbosity
-
-    logger = logging.getLogger(name)
-    before = logger.level
-    if verbosity() < VERBOSE and logger.getEffectiveLevel() < level:
-        logger.setLevel(level)
-    try:
-        yield
-    finally:
-        logger.setLevel(before)
 
 
 @contextlib.contextmanager

@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from mlan.cli.common import Overrides, Overwrite, console, load, quiet_logger
+from mlan.cli.common import Overrides, Overwrite, console, load
+from mlan.console import quiet_logger
 
 
 def build_mixture(

@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from mlan.cli.common import Overwrite, console, quiet_logger
+from mlan.cli.common import Overwrite, console
+from mlan.console import quiet_logger
 
 
 def tiny_model(
