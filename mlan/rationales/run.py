@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from mlan.config.mixture import RATIONALE_ADAPTERS, MixtureSpec
+from mlan.console import quiet_logger
 from mlan.data.fill import stable_int
 from mlan.errors import MlanError
 from mlan.rationales import prompts
@@ -114,14 +115,8 @@ def draw_rows(spec: MixtureSpec, image_dir: Path) -> list[Row]:
         rows.append(Row(row_id, src.name, src.adapter, vision, item, raw, image))
 
     # The mixture stage's own lines (per source, the scratch folder) would read as if a mixture were built.
-    quiet = logging.getLogger("mlan.data")
-    level = quiet.level
-    quiet.setLevel(logging.WARNING)
-    try:
-        with tempfile.TemporaryDirectory(prefix=".rationales-draw-", dir=image_dir) as scratch:
-            build_mixture(_drawing_spec(spec), Path(scratch) / "mixture", on_row=collect)
-    finally:
-        quiet.setLevel(level)
+    with quiet_logger("mlan.data"), tempfile.TemporaryDirectory(prefix=".rationales-draw-", dir=image_dir) as scratch:
+        build_mixture(_drawing_spec(spec), Path(scratch) / "mixture", on_row=collect)
     return rows
 
 
@@ -146,16 +141,22 @@ def build_prompts(spec: MixtureSpec, rows: list[Row], exemplars: dict[str, promp
         ex_rows = exemplars[r.source].rows
         r.exemplar = prompts.exemplar_index(spec.seed, r.id, len(ex_rows))
         ex = ex_rows[r.exemplar]
+        instruction = _instruction(spec, r.vision)
         if r.vision:
-            instruction = s.instruction if s.instruction is not None else prompts.VISION_INSTRUCTION
             r.prompt = prompts.vision_prompt(
                 r.adapter, r.raw, r.item, ex, instruction=instruction, wording=s.answer_wording
             )
         else:
-            instruction = s.instruction if s.instruction is not None else prompts.INSTRUCTION
             r.prompt = prompts.language_prompt(
                 r.adapter, r.raw, r.item, ex, eos=eos, instruction=instruction, wording=s.answer_wording
             )
+
+
+def _instruction(spec: MixtureSpec, vision: bool) -> str:
+    """The spec's instruction, or MLAN's for the row's kind (the vision tasks' text differs by two spaces)."""
+    if spec.rationales.instruction is not None:
+        return spec.rationales.instruction
+    return prompts.VISION_INSTRUCTION if vision else prompts.INSTRUCTION
 
 
 def _batches(rows: list[Row], lengths: list[int], size: int) -> list[list[int]]:
@@ -196,7 +197,6 @@ def generate_rationales(
     open_store(folder, identity(spec, {k: f"{e.origin} sha256:{e.sha256}" for k, e in exemplars.items()}))
     check_shard(folder, shard)
 
-    folder.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".rationales-", dir=folder) as scratch:
         drawn = draw_rows(spec, Path(scratch))
         rows = select(drawn, limit=limit, shard=shard)
@@ -270,11 +270,8 @@ def _generate_batch(spec: MixtureSpec, teacher, rows: list[Row], lengths: list[i
         t = time.perf_counter()
         gens = teacher.generate([r.prompt for r in group], images, sampling, seed)
         seconds = (time.perf_counter() - t) / len(group)
-        instruction = s.instruction
-        if instruction is None:
-            instruction = prompts.VISION_INSTRUCTION if teacher.vision else prompts.INSTRUCTION
         # Where a teacher that did not stop starts another example, its rationale has ended.
-        stops = [teacher.eos_token, prompts.VISION_SEPARATOR, instruction[:40]]
+        stops = [teacher.eos_token, prompts.VISION_SEPARATOR, _instruction(spec, teacher.vision)[:40]]
         for i, r, g in zip(idx, group, gens, strict=True):
             rationale, finished = clean(g.text, g.finished, stops=stops)
             tokens += g.new_tokens
