@@ -1,6 +1,6 @@
 """Atomic outputs: everything is written under a temporary name beside the target and moved
 into place only when complete, so an interrupted or failed run never leaves a half-written
-folder or file where a finished one is expected."""
+folder or file where a finished one is expected. Also where two such JSON records differ."""
 
 from __future__ import annotations
 
@@ -67,3 +67,11 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 def atomic_write_json(path: str | os.PathLike, data: Any) -> Path:
     """Write JSON (sorted keys, indented, trailing newline) atomically: stable bytes for hashing."""
     return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+
+
+def diff_paths(a: Any, b: Any, prefix: str = "") -> list[str]:
+    """The dotted paths at which two JSON documents differ (`training.learning_rate`), in key order: what
+    a refusal names when a saved record (a run's, a rationale store's) does not match the current one."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in sorted(set(a) | set(b)) for d in diff_paths(a.get(k), b.get(k), f"{prefix}{k}.")]
+    return [] if a == b else [prefix.rstrip(".")]

@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 # Modules mutated only in some functions: the rest of the module is not under test here.
-FUNCTIONS = {"mlan/data/mixture.py": ["apportion", "plan_counts"]}
+FUNCTIONS = {"mlan/data/mixture.py": ["apportion", "plan_counts"], "mlan/io.py": ["diff_paths"]}
 
 # mutmut's exit codes (mutmut.stats.status_by_exit_code) by verdict.
 STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped", 37: "type check"}

@@ -22,7 +22,7 @@ from typing import Any
 
 from mlan.config.mixture import MixtureSpec
 from mlan.errors import MlanError
-from mlan.io import atomic_write_json
+from mlan.io import atomic_write_json, diff_paths
 from mlan.rationales.clean import STATUSES
 
 META = "store.json"
@@ -93,12 +93,6 @@ def records_file(folder: Path, shard: tuple[int, int]) -> Path:
     return folder / f"records-{shard[0]}-of-{shard[1]}.jsonl"
 
 
-def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        return [d for k in sorted(set(a) | set(b)) for d in _diff(a.get(k), b.get(k), f"{prefix}{k}.")]
-    return [] if a == b else [prefix.rstrip(".")]
-
-
 def check_identity(
     folder: Path, identity: dict[str, Any], keys: Iterable[str] | None = None, hint: str = "use another --out"
 ) -> dict[str, Any]:
@@ -110,7 +104,7 @@ def check_identity(
     except ValueError as e:
         raise MlanError(f"{meta}: invalid JSON ({e})") from None
     keys = list(keys) if keys is not None else sorted(set(saved) | set(identity))
-    diff = [d for k in keys for d in _diff(saved.get(k), identity.get(k), f"{k}.")]
+    diff = [d for k in keys for d in diff_paths(saved.get(k), identity.get(k), f"{k}.")]
     if diff:
         raise MlanError(
             f"{folder}: a rationale store made with another spec or teacher ({', '.join(diff[:3])} differ: "

@@ -16,7 +16,7 @@ from typing import Any
 from mlan import kinds
 from mlan.config.recipe import SFTRecipe
 from mlan.errors import MlanError
-from mlan.io import atomic_write_json
+from mlan.io import atomic_write_json, diff_paths
 
 log = logging.getLogger(__name__)
 
@@ -131,19 +131,10 @@ def run_record(recipe: SFTRecipe, *, mixture_dir: Path, manifest: dict[str, Any]
     }
 
 
-def _diff_paths(a: Any, b: Any, prefix: str = "") -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        out = []
-        for k in sorted(set(a) | set(b)):
-            out.extend(_diff_paths(a.get(k), b.get(k), f"{prefix}{k}."))
-        return out
-    return [] if a == b else [prefix.rstrip(".")]
-
-
 def describe_changes(saved: dict[str, Any], current: dict[str, Any]) -> str:
     """What differs between two run records, part by part: `the recipe (training.learning_rate)`."""
     changed: dict[str, list[str]] = {}
-    for path in _diff_paths(saved, current):
+    for path in diff_paths(saved, current):
         part, _, rest = path.partition(".")
         changed.setdefault(part, []).append(rest)
     said = []
