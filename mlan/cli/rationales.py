@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import time
 from pathlib import Path
 from typing import Annotated
@@ -77,7 +76,6 @@ def rationales(
 
         cfg = with_local_data(cfg, data_dir)
     con = console()
-    err = progress_console()
     columns = (
         TextColumn("rationales"),
         BarColumn(),
@@ -85,8 +83,8 @@ def rationales(
         TextColumn("{task.fields[rate]}"),
         TimeRemainingColumn(),
     )
-    bar = Progress(*columns, console=err, transient=True)
-    with bar if err.is_terminal else contextlib.nullcontext():
+    bar = Progress(*columns, console=progress_console(), transient=True)
+    with bar:  # transient, and drawn only on a terminal (as task_progress's)
         pid = bar.add_task("rationales", total=None, rate="")
         start = time.perf_counter()
 
