@@ -14,10 +14,10 @@ off (the 7B recipes turn it on; a 1B model fits without), attention kernel `--at
 (auto: flash_attention_2 when flash-attn is installed, else sdpa):
 - plain TRL: `SFTTrainer` learning what mlan's recipe learns (vision tower frozen, assistant-only
   loss), TRL's random order;
-- mlan default: `run_sft` with `batch_order: llava` and `padding_free: off` (with flash-attn installed
-  the default `padding_free: auto` turns it on on a GPU: that is the next run);
-- mlan + padding-free: `training.padding_free: on` (text-only batches packed into one row; needs a
-  flash-attention kernel to save attention work, so it is skipped with a note without flash-attn);
+- mlan llava: `run_sft` with `batch_order: llava` and `packing: off` (padded batches);
+- mlan packed: `run_sft` in plain TRL's random order with `packing: in_batch` (each batch's rows,
+  image rows included, packed without padding: one row of variable-length rows with flash-attn,
+  bins sized by cost with sdpa);
 - QLoRA: `run_sft` with `train.language_model: qlora` (bitsandbytes 4-bit NF4), `--qlora-steps`
   steps, to show the path trains on this GPU (its loss and memory are printed, not compared).
 
@@ -146,7 +146,9 @@ def measuring_callback(m: Measured, warmup: int):
     class Measure(TrainerCallback):
         counting = False
 
-        def on_train_begin(self, args, state, control, model=None, **kwargs):
+        def on_train_begin(self, args, state, control, model=None, processing_class=None, **kwargs):
+            pad_token_id = getattr(processing_class, "tokenizer", processing_class).pad_token_id
+
             def count(module, a, kw):
                 if not (self.counting and module.training):
                     return
@@ -154,8 +156,10 @@ def measuring_callback(m: Measured, warmup: int):
                 if mask is not None:
                     m.real += int(mask.sum())
                     m.positions += mask.numel()
-                elif ids is not None:  # a padding-free row: every position is a token
-                    m.real += ids.numel()
+                elif ids is not None:
+                    # A packed batch (no mask): its only padding is the bins' tails, of `<pad>` tokens,
+                    # which mlan.tiny's tokenizer never puts inside a row.
+                    m.real += int((ids != pad_token_id).sum())
                     m.positions += ids.numel()
 
             self.hook = model.register_forward_pre_hook(count, with_kwargs=True)
@@ -243,9 +247,9 @@ def run_mlan(a, m: Measured, recipe) -> None:
     m.peak_bytes = peak_bytes()
     results = json.loads((res.output_dir / "train_results.json").read_text(encoding="utf-8"))
     m.split = results.get("step_time_split")
-    pf = results.get("padding_free")
-    if isinstance(pf, dict) and pf.get("setting") == "on":
-        m.note = f"padding-free: {pf.get('reason', '')}"
+    packing = results.get("packing")
+    if isinstance(packing, dict) and packing.get("on"):
+        m.note = f"packing: {packing.get('reason', '')}"
 
 
 def run_plain_trl(a, m: Measured, model_dir: Path, mixture: Path, out: Path) -> None:
@@ -406,19 +410,15 @@ def main() -> None:
         print(f"model and rows built in {time.perf_counter() - t0:.0f} s", flush=True)
 
         # Each run: None (plain TRL), the recipe changes of an mlan run, or why it is skipped.
-        has_option = "padding_free" in TrainingSection.model_fields
+        has_option = "packing" in TrainingSection.model_fields
         runs: list[tuple[str, dict | str | None]] = [
             ("plain TRL", None),
-            ("mlan default", {"training.padding_free": "off"} if has_option else {}),
+            ("mlan llava", {"training.packing": "off"} if has_option else {}),
         ]
         if not has_option:
-            runs.append(("mlan + padding-free", "skipped: this mlan has no training.padding_free"))
-        elif not a.attn.startswith("flash_attention") and not a.cpu_smoke:
-            # With sdpa the packed row is attended through one block-diagonal mask over all its tokens:
-            # more attention work, not less. The smoke run takes that path anyway, to test it.
-            runs.append(("mlan + padding-free", f"skipped: flash-attn is not installed (attention: {a.attn})"))
+            runs.append(("mlan packed", "skipped: this mlan has no training.packing"))
         else:
-            runs.append(("mlan + padding-free", {"training.padding_free": "on"}))
+            runs.append(("mlan packed", {"training.batch_order": "random", "training.packing": "in_batch"}))
         if a.qlora_steps and importlib.util.find_spec("bitsandbytes") is None:
             runs.append(("QLoRA", "skipped: bitsandbytes is not installed"))
         elif a.qlora_steps:

@@ -8,9 +8,11 @@ and precision, and learn the same thing:
   labels (a collator wrapper), the same `max_length`, the recipe's schedule, warm-up, weight decay
   and clipping, activation checkpointing off (TRL turns it on by default; mlan's default is off);
   TRL's uniformly random batches;
-- mlan: `mlan.train.sft.run_sft` on the same model and mixture with its defaults (batches grouped by
-  modality and length: `batch_order: llava`).
-So what differs is the batch order and what follows from it (padding). Checked, or the benchmark
+- mlan llava: `mlan.train.sft.run_sft` on the same model and mixture, batches grouped by modality and
+  length (`batch_order: llava`), padded (`packing: off`);
+- mlan packed: `run_sft` in plain TRL's random order with `packing: in_batch` (each batch's rows, image
+  rows included, packed without padding: the batches plain TRL trains on, minus their padding).
+So what differs is the batch order or the packing, and what follows from them (padding). Checked, or the benchmark
 stops: no row is longer than `max_length` (nothing truncated by TRL, nothing dropped by mlan, which
 also reports its dropped rows), and both runs put the loss on the same number of tokens, none of
 them image tokens.
@@ -19,9 +21,10 @@ The mixture mimics MLAN_v: language rows of 100-400 tokens built from the bundle
 CosmosQA / ARC text, vision rows of one bundled image (576 image tokens, as CLIP ViT-L/14-336
 gives LLaVA-1.5) plus a short question. Printed: non-padding tokens per second of each run,
 their ratio and the padding fraction (padded positions / all positions of the batches the model
-was given, counted by a forward pre-hook).
+was given, counted by a forward pre-hook; a packed batch has no attention_mask to count from, so for
+it mlan's own count of real tokens and positions, from train_results.json).
 
-    python benchmarks/sft_throughput.py                 # ~7 min on 2 CPU cores
+    python benchmarks/sft_throughput.py                 # ~10 min on 2 CPU cores
     python benchmarks/sft_throughput.py --vision-share 0.125 --rows 512
 """
 
@@ -191,8 +194,11 @@ def build_mixture(
     return manifest
 
 
-def mlan_recipe(model_dir: Path, mixture: Path, out: Path, batch: int, seed: int):
-    """mlan's recipe for the run, with its defaults (the plain TRL run is configured from it)."""
+def mlan_recipe(
+    model_dir: Path, mixture: Path, out: Path, batch: int, seed: int, order: str = "llava", packing: str = "off"
+):
+    """mlan's recipe for the run, with its defaults but the batch order and packing (the plain TRL run is
+    configured from it)."""
     from mlan.config.recipe import SFTRecipe
 
     return SFTRecipe.model_validate(
@@ -205,6 +211,8 @@ def mlan_recipe(model_dir: Path, mixture: Path, out: Path, batch: int, seed: int
                 "per_device_train_batch_size": batch,
                 "max_length": MAX_LENGTH,
                 "seed": seed,
+                "batch_order": order,
+                "packing": packing,
                 "logging_steps": 10_000,
                 "save_steps": 100_000,
             },
@@ -260,11 +268,15 @@ def run_plain_trl(recipe, work: Path, callback, precision: str, cuda: bool) -> t
     return float(trainer.train().metrics["train_runtime"]), {"dropped_language": 0, "dropped_vision": 0}
 
 
-def run_mlan(recipe, callback) -> tuple[float, dict]:
-    """One epoch through mlan's library API; (training runtime in seconds, rows kept and dropped)."""
+def run_mlan(recipe, callback, counts: Counts) -> tuple[float, dict]:
+    """One epoch through mlan's library API; (training runtime in seconds, rows kept and dropped).
+    Packed batches: the real tokens and positions are mlan's own count (the hook saw no attention_mask)."""
     from mlan.train.sft import run_sft
 
     res = run_sft(recipe, resume=False, callbacks=[callback])
+    saved = res.packing.get("saved")
+    if saved:
+        counts.real, counts.positions = saved["real_tokens"], saved["packed_positions"]
     return res.runtime_s, res.rows
 
 
@@ -316,16 +328,18 @@ def main() -> None:
         build_mixture(tmp / "mix", processor.tokenizer, a.rows, a.vision_share, a.seed)
         longest = check_lengths(model_dir, tmp / "mix", MAX_LENGTH)
         recipe = mlan_recipe(model_dir, tmp / "mix", tmp / "mlan", a.batch, a.seed)
+        packed = mlan_recipe(model_dir, tmp / "mix", tmp / "packed", a.batch, a.seed, "random", "in_batch")
         precision, cuda = resolve_precision(recipe.training.precision)  # mlan's choice, given to TRL as well
 
         results = {}
         for name, fn in (
-            ("plain TRL", lambda cb: run_plain_trl(recipe, tmp / "trl", cb, precision, cuda)),
-            ("mlan", lambda cb: run_mlan(recipe, cb)),
+            ("plain TRL", lambda cb, _: run_plain_trl(recipe, tmp / "trl", cb, precision, cuda)),
+            ("mlan llava", lambda cb, counts: run_mlan(recipe, cb, counts)),
+            ("mlan packed", lambda cb, counts: run_mlan(packed, cb, counts)),
         ):
             counts = Counts()
             t0, c0 = time.perf_counter(), time.process_time()
-            runtime, rows = fn(counting_callback(counts, image_token_id))
+            runtime, rows = fn(counting_callback(counts, image_token_id), counts)
             wall, cpu = time.perf_counter() - t0, time.process_time() - c0
             if not counts.positions:
                 raise SystemExit(f"{name}: no training batch was counted (did run_sft stop taking callbacks?)")
@@ -349,35 +363,39 @@ def main() -> None:
     print(f"SFT throughput: tiny LLaVA '{a.size}', {a.rows} rows ({a.vision_share:.0%} with an image), "
           f"batch {a.batch}, 1 epoch, max_length {MAX_LENGTH} (longest row {longest}), {precision}, {device}; "
           "both: vision tower frozen, assistant-only loss, image tokens out of the labels")  # fmt: skip
-    print(f"{'run':<10} {'tokens/s':>10} {'tokens/cpu-s':>13} {'padding':>8} {'real tokens':>12} "
+    print(f"{'run':<11} {'tokens/s':>10} {'tokens/cpu-s':>13} {'padding':>8} {'real tokens':>12} "
           f"{'loss tokens':>12} {'dropped':>8} {'train s':>8}")  # fmt: skip
     for name, r in results.items():
         print(
-            f"{name:<10} {r['tokens_per_s']:>10,.0f} {r['tokens_per_cpu_s']:>13,.0f} {r['padding_fraction']:>8.1%} "
+            f"{name:<11} {r['tokens_per_s']:>10,.0f} {r['tokens_per_cpu_s']:>13,.0f} {r['padding_fraction']:>8.1%} "
             f"{r['real_tokens']:>12,} {r['loss_tokens']:>12,} {r['rows_dropped']:>8} {r['train_runtime_s']:>8.1f}"
         )
-    trl, ours = results["plain TRL"], results["mlan"]
-    unequal = [
-        what
-        for what, bad in (
-            ("rows dropped", trl["rows_dropped"] or ours["rows_dropped"]),
-            ("image tokens in the loss", trl["image_tokens_in_loss"] or ours["image_tokens_in_loss"]),
-            ("real tokens differ", trl["real_tokens"] != ours["real_tokens"]),
-            ("loss tokens differ", trl["loss_tokens"] != ours["loss_tokens"]),
-        )
-        if bad
-    ]
-    ratio = cpu_ratio = None
-    if unequal:
-        print(f"no ratio: the two runs did not do the same work ({', '.join(unequal)})")
-    else:
+    trl = results["plain TRL"]
+    ratios, failed = {}, False
+    for name in ("mlan llava", "mlan packed"):
+        ours = results[name]
+        unequal = [
+            what
+            for what, bad in (
+                ("rows dropped", trl["rows_dropped"] or ours["rows_dropped"]),
+                ("image tokens in the loss", trl["image_tokens_in_loss"] or ours["image_tokens_in_loss"]),
+                ("real tokens differ", trl["real_tokens"] != ours["real_tokens"]),
+                ("loss tokens differ", trl["loss_tokens"] != ours["loss_tokens"]),
+            )
+            if bad
+        ]
+        if unequal:
+            failed = True
+            print(f"{name}: no ratio, it did not do plain TRL's work ({', '.join(unequal)})")
+            continue
         ratio = ours["tokens_per_s"] / trl["tokens_per_s"]
         cpu_ratio = ours["tokens_per_cpu_s"] / trl["tokens_per_cpu_s"]
-        print(f"same rows, same real and loss tokens; mlan / plain TRL: {ratio:.2f}x non-padding tokens per second "
-              f"({cpu_ratio:.2f}x per CPU second, set-up included)")  # fmt: skip
+        ratios[name] = {"ratio": round(ratio, 3), "cpu_ratio": round(cpu_ratio, 3)}
+        print(f"{name} / plain TRL, same rows, same real and loss tokens: {ratio:.2f}x non-padding tokens per "
+              f"second ({cpu_ratio:.2f}x per CPU second, set-up included)")  # fmt: skip
     if a.json:
-        a.json.write_text(json.dumps({"device": device, "args": vars(a) | {"json": str(a.json)}, "results": results, "ratio": ratio, "cpu_ratio": cpu_ratio}, indent=2))  # fmt: skip
-    if unequal:
+        a.json.write_text(json.dumps({"device": device, "args": vars(a) | {"json": str(a.json)}, "results": results, "ratios": ratios}, indent=2))  # fmt: skip
+    if failed:
         raise SystemExit(1)
 
 

@@ -82,7 +82,7 @@ def test_build_trainer_installs_the_padding(tiny, tmp_path):
     from mlan.config.recipe import SFTRecipe
     from mlan.train.data import PreparedSplit
     from mlan.train.model import ModelToTrain
-    from mlan.train.packing import resolve_padding_free
+    from mlan.train.packing import resolve_packing
     from mlan.train.trainer import build_trainer
 
     model, processor = tiny
@@ -91,9 +91,7 @@ def test_build_trainer_installs_the_padding(tiny, tmp_path):
     )
     split = PreparedSplit(rows, [8], [False], {"language": 1, "vision": 0}, {"language": 0, "vision": 0})
     info = types.SimpleNamespace(processor=processor, image_token_id=model.config.image_token_id)
-    checked = types.SimpleNamespace(
-        info=info, precision="fp32", padding_free=resolve_padding_free("off", None, cuda=False, wings=False)
-    )
+    checked = types.SimpleNamespace(info=info, precision="fp32", packing=resolve_packing("off", None, wings=False))
     args = SFTConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True, max_length=None)
     for ratio, wrapped in (("pad", True), ("original", False)):
         recipe = SFTRecipe.model_validate(

@@ -214,7 +214,7 @@ def test_every_recipe_field_reaches_its_sftconfig_field(tmp_path):
         "gradient_checkpointing": True,
         "assistant_only_loss": False,
         "batch_order": "wide",
-        "padding_free": "on",
+        "packing": "in_batch",
         "logging_steps": 13,
         "save_steps": 17,
         "save_total_limit": 4,
@@ -243,7 +243,7 @@ def test_every_recipe_field_reaches_its_sftconfig_field(tmp_path):
     assert c.activation_checkpointing_kwargs == {"use_reentrant": False}
     assert c.assistant_only_loss is False
     assert c.train_sampling_strategy == "random"  # llava and wide come from mlan's own sampler
-    assert c.padding_free is False  # mlan's collator packs; TRL's refuses image rows
+    assert c.padding_free is False and c.packing is False  # mlan's collator packs; TRL's refuse image rows
     assert c.logging_steps == 13 and c.logging_first_step is True
     assert str(c.save_strategy.value) == "steps" and c.save_steps == 17
     assert c.save_total_limit == 4

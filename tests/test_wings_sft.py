@@ -245,6 +245,10 @@ BAD_WINGS = {
         lambda f, t: (f["stage1"], f["mixture"], ["-o", "wings.rank=16"]),
         "wings.rank: 16, but the Wings model at model.path",
     ),
+    "packing": (
+        lambda f, t: (f["base"], f["mixture"], ["-o", "training.packing=in_batch"]),
+        "training.packing in_batch: not supported with Wings (its learners attend across the whole row",
+    ),
     "text only stage1": (
         lambda f, t: (f["base"], f["text_mixture"], []),
         "Wings stage 1 trains on image rows, and this mixture has none",

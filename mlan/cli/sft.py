@@ -70,8 +70,7 @@ def sft(
         from mlan.train.timing import describe
 
         table.add_row("step time", describe(res.step_time_split))
-    table.add_row(
-        "padding-free text batches",
-        ("on" if res.padding_free.get("on") else "off") + f" ({res.padding_free.get('reason')})",
-    )
+    from mlan.train.packing import describe_packing
+
+    table.add_row("packing", describe_packing(res.packing))
     console().print(table)

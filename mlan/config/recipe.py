@@ -95,6 +95,11 @@ class DataSection(StrictModel):
         return self
 
 
+def _on_off(value: Any, on: str = "on") -> Any:
+    """YAML 1.1 reads a bare on/off (`packing: off`, `-o training.padding_free=on`) as a boolean."""
+    return {True: on, False: "off"}.get(value, value) if isinstance(value, bool) else value
+
+
 class TrainingSection(StrictModel):
     """Optimisation settings (names as in transformers' TrainingArguments / TRL's SFTConfig)."""
 
@@ -138,12 +143,14 @@ class TrainingSection(StrictModel):
     50 batches (less padding, but a batch then mostly holds one source, and the model learns more slowly).
     random: the Trainer's uniformly random order. The older `group_by_modality_length: true|false` is still
     read as llava|random."""
-    padding_free: Literal["auto", "on", "off"] = "auto"
-    """Batches with no image row as one row without padding (rows concatenated, positions restarting per
-    row); image and mixed batches stay padded. auto: on with a flash-attention kernel on a GPU
-    (model.attn_implementation: flash_attention_2/3), which runs the rows as variable-length sequences; off
-    with sdpa or eager (they would attend over the whole packed row), on a CPU and with Wings. on: also with
-    sdpa, eager or flex_attention (correct, through a block-diagonal mask)."""
+    packing: Literal["auto", "in_batch", "off"] = "auto"
+    """in_batch: each batch's rows, image rows included, packed into as few rows as fit, without padding
+    (positions restarting per row, attention kept inside each row): the same rows and the same loss per
+    step as the padded batch, less computation. With a flash-attention kernel a batch is one row of
+    variable-length rows; with sdpa, eager or flex_attention rows of the batch's longest row with a
+    block-diagonal mask. auto: in_batch wherever the kernel keeps rows apart, off with Wings (its learners
+    attend across a whole row). off: padded batches. The older `padding_free: on|off|auto` reads as
+    in_batch|off|auto."""
     logging_steps: int = Field(10, gt=0)
     """Log loss and learning rate every this many optimizer steps."""
     save_steps: int = Field(500, gt=0)
@@ -182,11 +189,28 @@ class TrainingSection(StrictModel):
         data["batch_order"] = mapped
         return data
 
-    @field_validator("padding_free", mode="before")
+    @model_validator(mode="before")
+    @classmethod
+    def _older_padding_free(cls, data: Any) -> Any:
+        # `padding_free` packed text-only batches before `packing` packed every batch (recipes, saved runs).
+        if not isinstance(data, dict) or "padding_free" not in data:
+            return data
+        data = dict(data)
+        old = _on_off(data.pop("padding_free"))
+        if old not in ("on", "off", "auto"):
+            raise ValueError(f"padding_free: expected on, off or auto, got {old!r} (or set packing)")
+        mapped = {"on": "in_batch"}.get(old, old)
+        if _on_off(data.get("packing", mapped), "in_batch") != mapped:
+            raise ValueError(
+                f"padding_free: {old} means packing {mapped}, but packing is {data['packing']}; set packing only"
+            )
+        data["packing"] = mapped
+        return data
+
+    @field_validator("packing", mode="before")
     @classmethod
     def _yaml_on_off(cls, value: Any) -> Any:
-        # YAML 1.1 reads a bare on/off (`padding_free: on`, `-o training.padding_free=off`) as a boolean.
-        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
+        return _on_off(value, "in_batch")
 
     @field_validator("report_to")
     @classmethod

@@ -105,9 +105,10 @@ def managed_args(
         # The Trainer's random order for `batch_order: random`; llava and wide come from mlan's sampler
         # instead (MlanSFTTrainer._get_train_sampler).
         "train_sampling_strategy": Managed("training.batch_order", "random"),
-        # TRL refuses its padding_free for any dataset with images; mlan flattens the text-only batches in
-        # its own collator wrapper instead (mlan.train.packing), so TRL's stays off.
-        "padding_free": Managed("training.padding_free", False),
+        # TRL refuses its packing and padding_free for any dataset with images; mlan packs each batch in its
+        # own collator wrapper instead (mlan.train.packing), so TRL's stay off.
+        "packing": Managed("training.packing", False),
+        "padding_free": Managed("training.packing", False),
     }
 
 

@@ -16,6 +16,7 @@ from mlan.config.recipe import SFTRecipe
 from mlan.io import atomic_dir, atomic_write_json, atomic_write_text
 from mlan.train.checkpoint import RUN_RECORD, TENSORBOARD_DIR
 from mlan.train.model_info import ModelInfo
+from mlan.train.packing import describe_packing
 from mlan.train.preflight import Checked
 
 
@@ -83,12 +84,11 @@ def _fmt(n: float | int | None, digits: int = 4) -> str:
     return f"{n:.{digits}g}"
 
 
-def _padding_free_line(choice: dict[str, Any] | None) -> str:
-    """The model card's line on `training.padding_free`: what it resolved to, and why."""
-    if not choice:
-        return "- Padding-free text batches: n/a"
-    used = "on" if choice.get("on") else "off"
-    return f"- Padding-free text batches: {used} (`padding_free: {choice.get('setting')}`; {choice.get('reason')})"
+def _packing_line(packing: dict[str, Any] | None) -> str:
+    """The model card's line on `training.packing`: what it resolved to, why, and the padding it saved."""
+    if not packing:
+        return "- In-batch packing: n/a"
+    return f"- In-batch packing (`packing: {packing.get('setting')}`): {describe_packing(packing)}"
 
 
 def _split_cell(split: dict[str, Any] | None) -> str:
@@ -182,7 +182,7 @@ def model_card(
         f"{results.get('gradient_accumulation_steps')} accumulation x {results.get('world_size')} processes), "
         f"max length {t.max_length}, seed {t.seed}, precision {results.get('precision')}",
         f"- Batch order: {t.batch_order}; loss on assistant tokens only: {'yes' if t.assistant_only_loss else 'no'}",
-        _padding_free_line(results.get("padding_free")),
+        _packing_line(results.get("packing")),
         f"- Images: `image_aspect_ratio: {recipe.data.image_aspect_ratio}` ("
         + (
             "padded to a square with the processor's mean colour, then resized and cropped; evaluate the same way)"

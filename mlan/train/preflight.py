@@ -42,7 +42,7 @@ from mlan.train.checkpoint import decide_resume, run_record
 from mlan.train.data import load_mixture
 from mlan.train.freeze import check_lora_targets
 from mlan.train.model_info import ModelInfo
-from mlan.train.packing import PaddingFree, default_kernel, resolve_padding_free
+from mlan.train.packing import Packing, default_kernel, resolve_packing
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ class Checked:
     sft_args: dict[str, Any]  # SFTConfig keyword arguments
     resume_from: Path | None
     record: dict[str, Any]  # what the run is made of (mlan.train.checkpoint.run_record), kept with its checkpoints
-    padding_free: PaddingFree  # `training.padding_free` as resolved for this model and machine
+    packing: Packing  # `training.packing` as resolved for this model
 
 
 def preflight(recipe: SFTRecipe, *, out: Path, ckpt_dir: Path, resume: bool | None) -> Checked:
@@ -88,22 +88,20 @@ def preflight(recipe: SFTRecipe, *, out: Path, ckpt_dir: Path, resume: bool | No
     )
     check_extra(recipe.training.extra, managed_sources(managed))
     sft_args = sft_config_kwargs(recipe, managed, run_name=recipe.name or out.name)
-    padding_free = check_padding_free(recipe, info, cuda)
+    packing = check_packing(recipe, info)
     record = run_record(recipe, mixture_dir=mix_dir, manifest=manifest, model_path=info.path)
     resume_from = decide_resume(record, ckpt_dir, resume)
-    return Checked(
-        mix_dir, mixture, manifest, info, precision, cuda, batch, sft_args, resume_from, record, padding_free
-    )
+    return Checked(mix_dir, mixture, manifest, info, precision, cuda, batch, sft_args, resume_from, record, packing)
 
 
-def check_padding_free(recipe: SFTRecipe, info: ModelInfo, cuda: bool) -> PaddingFree:
-    """`training.padding_free` resolved against the attention kernel the model will load with: the
-    recipe's, else transformers' default, read from a weightless copy only when the answer depends on it."""
-    setting = recipe.training.padding_free
+def check_packing(recipe: SFTRecipe, info: ModelInfo) -> Packing:
+    """`training.packing` resolved against the attention kernel the model will load with: the recipe's,
+    else transformers' default, read from a weightless copy only when the answer depends on it."""
+    setting = recipe.training.packing
     kernel = recipe.model.attn_implementation
-    if kernel is None and recipe.wings is None and (setting == "on" or (setting == "auto" and cuda)):
+    if kernel is None and recipe.wings is None and setting != "off":
         kernel = default_kernel(info.config)
-    return resolve_padding_free(setting, kernel, cuda=cuda, wings=recipe.wings is not None)
+    return resolve_packing(setting, kernel, wings=recipe.wings is not None)
 
 
 def resolve_mixture(recipe: SFTRecipe) -> Path:

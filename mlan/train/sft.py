@@ -34,6 +34,7 @@ from mlan.train.data import training_rows
 from mlan.train.freeze import parameter_report
 from mlan.train.model import model_to_train
 from mlan.train.outputs import loss_log, write_output
+from mlan.train.packing import padding_saved
 from mlan.train.preflight import preflight
 
 log = logging.getLogger(__name__)
@@ -59,8 +60,9 @@ class SFTResult:
     resumed_from: str | None = None
     merged_dir: Path | None = None
     rank_checksums: list[str] = field(default_factory=list)
-    # `training.padding_free` as resolved: {setting, on, kernel, reason} (mlan.train.packing).
-    padding_free: dict[str, Any] = field(default_factory=dict)
+    # `training.packing` as resolved, {setting, on, kernel, bins, reason}, and what it saved on this process:
+    # {rows, real_tokens, padded_positions, packed_positions, padding_padded, padding_packed} (mlan.train.packing).
+    packing: dict[str, Any] = field(default_factory=dict)
     # This process's step time in parts: {steps, total_s, seconds, fractions, collate_s} (mlan.train.timing).
     step_time_split: dict[str, Any] | None = None
     is_main_process: bool = True
@@ -154,7 +156,7 @@ def run_sft(
         precision=checked.precision,
         resumed_from=str(resume_from) if resume_from else None,
         rank_checksums=checksums,
-        padding_free=checked.padding_free.to_json(),
+        packing={**checked.packing.to_json(), "saved": padding_saved(trainer.packing_stats)},
         step_time_split=trainer.step_timer.summary(),
         is_main_process=state.is_main_process,
     )

@@ -24,7 +24,7 @@ from mlan.images import PadImages, mean_colour
 from mlan.train.checkpoint import TENSORBOARD_DIR, checkpoint_weight_files, load_checkpoint, unwrapped_name
 from mlan.train.data import PreparedSplit
 from mlan.train.model import ModelToTrain
-from mlan.train.packing import PaddingFreeText
+from mlan.train.packing import STATS_KEY, InBatchPacking, attention_weight
 from mlan.train.preflight import Checked
 from mlan.train.progress import use_mlan_progress
 from mlan.train.sampler import ModalityLengthGroupedSampler
@@ -72,6 +72,8 @@ class MlanSFTTrainer(SFTTrainer):
         self._batch_order = batch_order
         self._row_has_image = row_has_image
         self._wings_groups = None
+        # Summed counts of the packed training batches (mlan.train.packing.STATS_KEY), this process's.
+        self.packing_stats = [0, 0, 0, 0]
         if wings_groups is not None:
             # Groups by parameter name, taken before any wrapping: FSDP2 replaces the parameter
             # objects when it shards the model, before the Trainer creates the optimizer.
@@ -118,6 +120,21 @@ class MlanSFTTrainer(SFTTrainer):
                         {"name": g["name"] + suffix, "params": params, "lr": g["lr"], "weight_decay": weight_decay}
                     )
         return groups
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        # A packed batch carries its counts, which are no model input: taken out here, summed for the summary.
+        stats = inputs.pop(STATS_KEY, None)
+        out = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        if stats is not None and self.model.training:
+            stats = stats.tolist()
+            self.packing_stats = [a + b for a, b in zip(self.packing_stats, stats, strict=True)]
+            # TRL counts a batch without attention_mask as one packed row of `position_ids.size(1)` tokens
+            # (its own padding-free layout); mlan's has several bins and a padded tail: its real tokens are
+            # counted instead, so the progress display's tokens/s stays true. `_total_train_tokens` is TRL's.
+            extra = torch.tensor(stats[2] - inputs["position_ids"].size(1), device=inputs["position_ids"].device)
+            self._total_train_tokens += int(self.accelerator.gather_for_metrics(extra).sum())
+            self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
+        return out
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         # The Trainer fetches one optimizer step's batches here, before `on_step_begin`: the step timer's data part.
@@ -179,9 +196,10 @@ def build_trainer(
         wings_groups=to_train.wings_groups,
     )
     trainer.data_collator = image_token_masking(trainer.data_collator, info.image_token_id)
-    if checked.padding_free.on:
-        # Batches with no image row as one row without padding (mlan.train.packing).
-        trainer.data_collator = PaddingFreeText(trainer.data_collator, info.processor.tokenizer.pad_token_id)
+    if checked.packing.on:
+        # Every batch's rows packed without padding (mlan.train.packing).
+        weight = None if checked.packing.bins == "one_row" else attention_weight(info.config.get_text_config())
+        trainer.data_collator = InBatchPacking(trainer.data_collator, info.processor.tokenizer.pad_token_id, weight)
     trainer.step_timer = StepTimer()
     trainer.add_callback(trainer.step_timer)
     trainer.data_collator = TimedCollator(trainer.data_collator, trainer.step_timer)
