@@ -300,16 +300,17 @@ def test_packing_auto_reads_the_default_kernel(tiny_llava_dir, tmp_path):
 @pytest.mark.slow
 def test_sft_packed_gives_the_padded_loss_curve(cli, one_line_error, tiny_llava_dir, tmp_path, shared_data):
     """`mlan sft tiny` in random order with gradient accumulation, packed and padded: the same loss at
-    every logged step; the packed run records and prints what packing saved; a kernel that cannot keep
+    every logged step and the same validation loss; the packed run records and prints what packing saved; a kernel that cannot keep
     packed rows apart is one line before any weights load."""
     from datasets import Dataset, DatasetDict
 
     from mlan.data.mixture import features
 
     # The rows of the equivalence tests, four times over: short rows fit beside the long ones.
-    rows = [{**r, "id": f"{r['id']}-{k}"} for k in range(4) for r in _rows(shared_data)]
+    rows = [{**r, "id": f"{r['id']}-{k}"} for k in range(5) for r in _rows(shared_data)]
     mixture = tmp_path / "mix"
-    DatasetDict({"train": Dataset.from_list(rows, features=features())}).save_to_disk(str(mixture))
+    splits = {"train": rows[:48], "validation": rows[48:]}
+    DatasetDict({k: Dataset.from_list(v, features=features()) for k, v in splits.items()}).save_to_disk(str(mixture))
     common = ["-o", "training.max_steps=6", "-o", "training.logging_steps=1", "-o", "training.batch_order=random"]
     common += ["-o", "training.per_device_train_batch_size=4", "-o", "training.gradient_accumulation_steps=2"]
     curves, results = {}, {}
@@ -323,6 +324,8 @@ def test_sft_packed_gives_the_padded_loss_curve(cli, one_line_error, tiny_llava_
             assert "packing" in r.output and "packed" in r.output
     assert len(curves["off"]) == 6
     assert curves["in_batch"] == pytest.approx(curves["off"], abs=1e-4)
+    # Evaluation batches stay padded: the Trainer's eval loss (a mean over batches weighted by their rows) is the same.
+    assert results["in_batch"]["eval_loss"] == pytest.approx(results["off"]["eval_loss"], abs=1e-4)
     packed = results["in_batch"]["packing"]
     assert packed["on"] and packed["kernel"] == "sdpa" and packed["bins"] == "by_cost"
     saved = packed["saved"]

@@ -191,7 +191,7 @@ def test_recipe_batch_order_and_its_older_name(tmp_path):
     from mlan.errors import MlanError
     from mlan.paths import shipped_files
 
-    assert TrainingSection().batch_order == "llava"
+    assert TrainingSection().batch_order == "random"  # with packing: the fastest to a quality (docs/benchmarks.md)
     assert TrainingSection(group_by_modality_length=True).batch_order == "llava"
     assert TrainingSection(group_by_modality_length=False).batch_order == "random"
     assert TrainingSection(group_by_modality_length=False, batch_order="random").batch_order == "random"
@@ -201,6 +201,9 @@ def test_recipe_batch_order_and_its_older_name(tmp_path):
     assert {n: r.training.batch_order for n, r in recipes.items() if n.startswith("lab_")} == dict.fromkeys(
         ("lab_pretrain", "lab_stage1", "lab_stage2", "lab_stage2_wings"), "random"
     )
+    # MLAN's stage-2 recipes keep LLaVA's order, as MLAN's finetune.sh sets it.
+    mlan = ("vicuna", "llama2", "vicuna_lora", "vicuna_qlora", "llama2_lora")
+    assert {n: recipes[n].training.batch_order for n in mlan} == dict.fromkeys(mlan, "llava")
     bad = tmp_path / "r.yaml"
     bad.write_text(
         "model: {path: m}\ndata: {mixture: x}\ntraining: {group_by_modality_length: true, batch_order: wide}\n"

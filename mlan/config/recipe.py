@@ -136,13 +136,14 @@ class TrainingSection(StrictModel):
     chat_template: Literal["auto", "plain"] = "auto"
     """auto: the model's own template when it marks assistant turns, else Vicuna-v1. plain: LLaVA's stage-1
     format (`<image>` then the caption and a newline; no instruction, no system prompt); the model keeps its own."""
-    batch_order: Literal["llava", "wide", "random"] = "llava"
-    """How rows are ordered into batches. llava: LLaVA's `group_by_modality_length` (what MLAN trained with):
-    each modality shuffled, sorted by length only inside one optimizer step's rows, so a batch is one
-    modality and a random draw of its sources. wide: mlan's faster order, sorted by length inside groups of
-    50 batches (less padding, but a batch then mostly holds one source, and the model learns more slowly).
-    random: the Trainer's uniformly random order. The older `group_by_modality_length: true|false` is still
-    read as llava|random."""
+    batch_order: Literal["llava", "wide", "random"] = "random"
+    """How rows are ordered into batches. random (default): the Trainer's uniformly random order, which with
+    `packing` (on by default) reaches a held-out target in 0.66x plain TRL's time at the same score
+    (docs/benchmarks.md). llava: LLaVA's `group_by_modality_length`, what MLAN trained with (its recipes set
+    it): each modality shuffled, sorted by length only inside one optimizer step's rows, so a batch is one
+    modality and a random draw of its sources. wide: sorted by length inside groups of 50 batches (least
+    padding, but a batch then mostly holds one source, and the model learns more slowly). The older
+    `group_by_modality_length: true|false` is still read as llava|random."""
     packing: Literal["auto", "in_batch", "off"] = "auto"
     """in_batch: each batch's rows, image rows included, packed into as few rows as fit, without padding
     (positions restarting per row, attention kept inside each row): the same rows and the same loss per

@@ -74,6 +74,7 @@ class MlanSFTTrainer(SFTTrainer):
         self._wings_groups = None
         # Summed counts of the packed training batches (mlan.train.packing.STATS_KEY), this process's.
         self.packing_stats = [0, 0, 0, 0]
+        self.eval_collator = None  # set by `build_trainer` when training batches are packed
         if wings_groups is not None:
             # Groups by parameter name, taken before any wrapping: FSDP2 replaces the parameter
             # objects when it shards the model, before the Trainer creates the optimizer.
@@ -136,6 +137,16 @@ class MlanSFTTrainer(SFTTrainer):
             self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
         return out
 
+    def get_eval_dataloader(self, eval_dataset=None):
+        # The Trainer collates evaluation batches with `data_collator` too: padded ones instead (see build_trainer).
+        if self.eval_collator is None:
+            return super().get_eval_dataloader(eval_dataset)
+        packed, self.data_collator = self.data_collator, self.eval_collator
+        try:
+            return super().get_eval_dataloader(eval_dataset)
+        finally:
+            self.data_collator = packed
+
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         # The Trainer fetches one optimizer step's batches here, before `on_step_begin`: the step timer's data part.
         if self.step_timer is None:
@@ -195,17 +206,24 @@ def build_trainer(
         batch_order=recipe.training.batch_order,
         wings_groups=to_train.wings_groups,
     )
-    trainer.data_collator = image_token_masking(trainer.data_collator, info.image_token_id)
-    if checked.packing.on:
-        # Every batch's rows packed without padding (mlan.train.packing).
-        weight = None if checked.packing.bins == "one_row" else attention_weight(info.config.get_text_config())
-        trainer.data_collator = InBatchPacking(trainer.data_collator, info.processor.tokenizer.pad_token_id, weight)
+    masked = image_token_masking(trainer.data_collator, info.image_token_id)
     trainer.step_timer = StepTimer()
     trainer.add_callback(trainer.step_timer)
-    trainer.data_collator = TimedCollator(trainer.data_collator, trainer.step_timer)
-    if recipe.data.image_aspect_ratio == "pad":
-        # LLaVA's `image_aspect_ratio: pad`: square images in the processor's mean colour (mlan.images).
-        trainer.data_collator = PadImages(trainer.data_collator, mean_colour(info.processor))
+
+    def outer(collator):
+        collator = TimedCollator(collator, trainer.step_timer)
+        if recipe.data.image_aspect_ratio == "pad":
+            # LLaVA's `image_aspect_ratio: pad`: square images in the processor's mean colour (mlan.images).
+            collator = PadImages(collator, mean_colour(info.processor))
+        return collator
+
+    trainer.data_collator = outer(masked)
+    if checked.packing.on:
+        # Every training batch's rows packed without padding (mlan.train.packing); evaluation keeps padded
+        # batches, whose loss the Trainer averages weighted by rows per batch (a packed batch has fewer).
+        weight = None if checked.packing.bins == "one_row" else attention_weight(info.config.get_text_config())
+        trainer.eval_collator = trainer.data_collator
+        trainer.data_collator = outer(InBatchPacking(masked, info.processor.tokenizer.pad_token_id, weight))
     set_up_reporting(trainer, ckpt_dir)
     if recipe.train.language_model == "qlora" and checked.precision == "fp32":
         # TRL casts every trainable parameter of a quantized model to bf16 (the QLoRA paper's
