@@ -12,9 +12,19 @@
    against one question at a time: questions per second, the speed-up, and whether the answers
    are identical.
 
+3. Processes: `mlan eval` on the unseen-language suite's BoolQ and OpenBookQA (bundled rows) and the
+   eight-task ARC-Easy, as a command in one process (all the machine's threads) against the same
+   command under `accelerate launch` with two CPU processes (half the threads each): wall time,
+   questions per second, the ratio, and whether the scores and per-question records are identical.
+4. Engines (`--vllm-model PATH`, on a CUDA machine with the `vllm` extra): transformers' `generate`
+   against vLLM on the unseen-language suite's BoolQ and OpenBookQA with a real model (~1B): questions
+   per second, the ratio, and the share of identical answers, with the GPU named. Skipped with a note
+   elsewhere.
+
 Offline: a "small" tiny LLaVA (and its extracted language model) built locally, bundled data.
 
     python benchmarks/eval_throughput.py [--limit 100] [--vision 48] [--batch-size 16] [--size small]
+    python benchmarks/eval_throughput.py --only processes,engines --vllm-model /models/Llama-3.2-1B-Instruct
 """
 
 from __future__ import annotations
@@ -205,6 +215,103 @@ def vision(llava: Path, n: int, batch_size: int) -> None:
     print(f"  speed-up                {timings[1] / timings[batch_size]:7.2f}x   identical answers: {same}")
 
 
+UNSEEN = ["--suite", "unseen_language", "--tasks", "boolq,openbookqa"]
+
+
+def _unseen_data() -> list[str]:
+    """The unseen-language BoolQ and OpenBookQA tasks on mlan's bundled rows (hub schemas)."""
+    from mlan.paths import BUNDLED_DATA_DIR
+
+    return ["--data", f"boolq={BUNDLED_DATA_DIR / 'boolq' / 'validation.jsonl'}",
+            "--data", f"openbookqa={BUNDLED_DATA_DIR / 'openbookqa' / 'test.jsonl'}"]  # fmt: skip
+
+
+def _records(out: Path) -> tuple[list, dict]:
+    """(every task's scores but its wall time, every per-question record file's bytes) of one results folder."""
+    [model] = [d for d in out.iterdir() if d.is_dir()]
+    data = json.loads((model / "results.json").read_text())
+    scores = [{k: v for k, v in r.items() if k != "seconds"} for r in data["results"]]
+    return scores, {f.name: f.read_bytes() for f in sorted((model / "samples").iterdir())}
+
+
+def processes(llava: Path, work: Path, limit: int, batch_size: int) -> None:
+    """One process against two (accelerate launch, gloo) on the same `mlan eval` command."""
+    import socket
+
+    cores = os.cpu_count() or 2
+    args = ["eval", str(llava), *UNSEEN, "--suite", "eight_task", "--tasks", "arc_easy", *_unseen_data()]
+    args += ["--data", f"arc_easy={_bundled('arc_easy')}", "--limit", str(limit), "--batch-size", str(batch_size)]
+    runs = {}
+    for n in (1, 2):
+        out = work / f"procs{n}"
+        env = {**os.environ, "OMP_NUM_THREADS": str(max(1, cores // n)), "CUDA_VISIBLE_DEVICES": ""}
+        if n == 1:
+            cmd = [sys.executable, "-m", "mlan", "-q", *args, "--out", str(out)]
+        else:
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", 0))
+                port = sock.getsockname()[1]
+            accelerate = str(Path(sys.executable).parent / "accelerate")
+            config = Path(__file__).resolve().parents[1] / "recipes" / "accelerate" / "cpu_ddp.yaml"
+            cmd = [accelerate, "launch", "--config_file", str(config), "--num_processes", "2",
+                   "--main_process_port", str(port), "-m", "mlan", "-q", *args, "--out", str(out)]  # fmt: skip
+        t0 = time.perf_counter()
+        p = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        wall = time.perf_counter() - t0
+        if p.returncode:
+            raise SystemExit(f"{n} process(es) failed:\n{(p.stdout + p.stderr)[-3000:]}")
+        runs[n] = (wall, *_records(out))
+    questions = sum(r["n"] for r in runs[1][1])
+    print(f"processes: `mlan eval` on unseen-language BoolQ + OpenBookQA and eight-task ARC-Easy, {questions} "
+          f"questions, batch {batch_size}, CPU, {cores} cores (end to end: start-up and model load included)")  # fmt: skip
+    for n in (1, 2):
+        print(f"  {n} process(es), {max(1, cores // n)} thread(s) each  {runs[n][0]:7.1f} s   "
+              f"{questions / runs[n][0]:6.1f} questions/s")  # fmt: skip
+    same = runs[1][1] == runs[2][1] and runs[1][2] == runs[2][2]
+    print(f"  two / one: {runs[1][0] / runs[2][0]:.2f}x questions per second; identical scores and records: {same}")
+    if not same:
+        raise SystemExit("two processes did not give the one-process results")
+
+
+def engines(model: str | None, limit: int, batch_size: int, work: Path) -> None:
+    """transformers' generate against vLLM on the unseen-language tasks with a real model, on a GPU."""
+    import importlib.util
+
+    import torch
+
+    if model is None or not torch.cuda.is_available() or importlib.util.find_spec("vllm") is None:
+        why = "no --vllm-model" if model is None else "no CUDA GPU" if not torch.cuda.is_available() else "no vllm"
+        print(f"engines: skipped ({why}); run on a CUDA machine with `pip install 'mlan[vllm]'` and --vllm-model PATH")
+        return
+    runs = {}
+    for engine in ("transformers", "vllm"):
+        out = work / f"engine-{engine}"
+        cmd = [sys.executable, "-m", "mlan", "-q", "eval", model, *UNSEEN, *_unseen_data(), "--limit", str(limit)]
+        cmd += ["--batch-size", str(batch_size), "--engine", engine, "--out", str(out)]
+        t0 = time.perf_counter()
+        p = subprocess.run(cmd, capture_output=True, text=True)
+        wall = time.perf_counter() - t0
+        if p.returncode:
+            raise SystemExit(f"engine {engine} failed:\n{(p.stdout + p.stderr)[-3000:]}")
+        runs[engine] = (wall, *_records(out))
+    questions = sum(r["n"] for r in runs["transformers"][1])
+    answers = {
+        e: [json.loads(x)["response"] for b in runs[e][2].values() for x in b.decode().splitlines()] for e in runs
+    }
+    same = sum(a == b for a, b in zip(answers["transformers"], answers["vllm"], strict=True)) / len(answers["vllm"])
+    print(f"engines: unseen-language BoolQ + OpenBookQA, {questions} questions, {Path(model).name}, "
+          f"{torch.cuda.get_device_name(0)} (end to end: start-up and model load included)")  # fmt: skip
+    for e, (wall, _, _) in runs.items():
+        print(f"  {e:<13} {wall:7.1f} s   {questions / wall:6.1f} questions/s")
+    print(f"  vllm / transformers: {runs['transformers'][0] / runs['vllm'][0]:.2f}x; identical answers {same:.1%}")
+
+
+def _bundled(task: str) -> Path:
+    from mlan.paths import BUNDLED_DATA_DIR
+
+    return BUNDLED_DATA_DIR / task / "test.jsonl"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--limit", type=int, default=100, help="language questions")
@@ -213,7 +320,10 @@ def main() -> None:
     ap.add_argument("--size", default="small", help="tiny model size (tiny, small, base)")
     ap.add_argument("--task", default="arc_easy", help="eight_task task for the language comparison")
     ap.add_argument("--repeats", type=int, default=3, help="timed runs of each language contender (median)")
+    ap.add_argument("--only", default="language,vision,processes,engines", help="which parts, comma-separated")
+    ap.add_argument("--vllm-model", help="a real model folder for the engines part (CUDA and the vllm extra)")
     args = ap.parse_args()
+    parts = set(args.only.split(","))
 
     import torch
 
@@ -225,8 +335,14 @@ def main() -> None:
         work = Path(tmp)
         llava = save_tiny_llava(work / f"llava-{args.size}", size=args.size, seed=0)
         base = save_language_model(llava, work / f"llm-{args.size}")
-        language(base, work, args.limit, args.batch_size, args.task, args.repeats)
-        vision(llava, args.vision, args.batch_size)
+        if "language" in parts:
+            language(base, work, args.limit, args.batch_size, args.task, args.repeats)
+        if "vision" in parts:
+            vision(llava, args.vision, args.batch_size)
+        if "processes" in parts:
+            processes(llava, work, args.limit, args.batch_size)
+        if "engines" in parts:
+            engines(args.vllm_model, args.limit, args.batch_size, work)
 
 
 if __name__ == "__main__":

@@ -67,13 +67,16 @@ def load_model(
     device: str | None = None,
     dtype: str | None = "auto",
     text_only: bool = False,
+    device_map: str | None = None,
 ) -> LoadedModel:
     """Load a LLaVA folder (model + processor) or a plain causal LM (model + tokenizer), in eval mode.
 
     With `text_only=True` a LLaVA model is reduced to its language model
     (`extract_language_model`), whose text logits equal the LLaVA's. A Wings folder
     (`mlan.wings.is_wings_dir`) opens with its learners (`mlan.wings.load_wings_model`); it has
-    no text-only form, since its learners sit inside the language model's layers.
+    no text-only form, since its learners sit inside the language model's layers. `device_map` (auto,
+    balanced, ...) spreads the model over this machine's GPUs with accelerate instead of moving it to
+    `device` (a model larger than one GPU).
     """
     import torch
     from transformers import AutoProcessor, AutoTokenizer
@@ -92,7 +95,11 @@ def load_model(
             f"{name_or_path}: a Wings model has no text-only form (its learners need the LLaVA model around them); "
             "load it whole"
         )
-    log.info("loading %s (%s) on %s", name_or_path, kind, device)
+    if kind == kinds.WINGS and device_map is not None:
+        raise MlanError(
+            f"{name_or_path}: device_map {device_map} is not supported for a Wings model; load it on one device"
+        )
+    log.info("loading %s (%s) on %s", name_or_path, kind, device if device_map is None else f"device_map {device_map}")
     if kind == kinds.WINGS:
         # Imported here: mlan.wings loads torch, and this module is imported by light CLI paths.
         from mlan.wings import load_wings_model
@@ -101,16 +108,19 @@ def load_model(
         model, processor = load_wings_model(src, device="cpu", dtype=dtype)
         tokenizer = processor.tokenizer
     elif multimodal:
-        model = kinds.model_class(kind).from_pretrained(src, dtype=torch_dtype)
+        model = kinds.model_class(kind).from_pretrained(src, dtype=torch_dtype, device_map=device_map)
         processor = AutoProcessor.from_pretrained(src)
         tokenizer = processor.tokenizer
     else:
-        model = kinds.model_class(kind).from_pretrained(src, dtype=torch_dtype)
+        model = kinds.model_class(kind).from_pretrained(src, dtype=torch_dtype, device_map=device_map)
         processor = None
         tokenizer = AutoTokenizer.from_pretrained(src)
-    if device == "cpu" and model.dtype == torch.float16:
-        model = model.float()
-    model = model.to(device).eval()
+    if device_map is not None:
+        model = model.eval()  # accelerate placed it; inputs go to its first device (LoadedModel.device)
+    else:
+        if device == "cpu" and model.dtype == torch.float16:
+            model = model.float()
+        model = model.to(device).eval()
     if tokenizer.pad_token is None:
         # Batched generation needs a pad token; Llama tokenizers ship none.
         tokenizer.pad_token = tokenizer.eos_token

@@ -61,10 +61,14 @@ def progress_console():
 
 
 @contextlib.contextmanager
-def task_progress(description: str):
+def task_progress(description: str, enabled: bool = True):
     """A transient bar on stderr for a library call's `progress(label, done, total)` callback; yields
-    that callback."""
+    that callback (None when not `enabled`: a process other than the main one of several)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    if not enabled:
+        yield None
+        return
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=progress_console(), transient=True) as bar:

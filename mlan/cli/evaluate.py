@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -91,6 +92,14 @@ def evaluate(
     dtype: Annotated[
         str | None, typer.Option(help="auto (the checkpoint's, the default), bfloat16, float16 or float32.")
     ] = None,
+    device_map: Annotated[
+        str | None,
+        typer.Option("--device-map", help="auto: spread one model over this machine's GPUs (larger than one GPU)."),
+    ] = None,
+    engine: Annotated[
+        str | None,
+        typer.Option(help="Generation engine of the generate suites: transformers (default) or vllm (GPU)."),
+    ] = None,
     fresh: Annotated[bool, typer.Option("--fresh", help="Ignore cached task results and recompute them.")] = False,
     overrides: Overrides = None,
 ) -> None:
@@ -103,6 +112,10 @@ def evaluate(
     name); flags win over the file. -o FIELD=VALUE sets a field of the run (e.g. -o limit=20) or,
     when the run has no such field, of every suite (e.g. -o max_new_tokens=16). The results folder
     keeps the run as run.yaml.
+
+    Several processes (`accelerate launch -m mlan eval ...`, `torchrun -m mlan eval ...`) split every
+    task's questions and write what one process writes; --device-map auto loads one model over the GPUs
+    of this machine; --engine vllm generates the generate suites with vLLM.
 
     Example: mlan eval runs/base-llm runs/mlan-tuned --reference runs/base-llm --unseen --limit 100
     """
@@ -121,11 +134,18 @@ def evaluate(
         "batch_size": batch_size,
         "device": device,
         "dtype": dtype,
+        "device_map": device_map,
+        "engine": engine,
         "fresh": fresh,
     }
     run = build_run(models, flags, overrides)
-    with task_progress("evaluating") as progress:
+    from mlan.evaluate.parallel import launched_processes
+
+    main = int(os.environ.get("RANK", "0") or 0) == 0
+    with task_progress("evaluating", enabled=main) as progress:
         report = run_evaluation(run, progress=progress)
+    if launched_processes() > 1 and not main:
+        return  # the main process prints the results
     con = console()
     con.print(report.table(), markup=False)
     for m in report.models:

@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, field_validator
 
 from mlan.config.base import StrictModel
@@ -40,6 +42,17 @@ class EvalRun(StrictModel):
     )
     batch_size: int = Field(8, gt=0, description="Questions per forward pass.")
     device: str | None = Field(None, description="cuda, cpu, ... (default: cuda when a GPU is visible).")
+    device_map: str | None = Field(
+        None,
+        description="auto, balanced, ...: one model spread over this machine's GPUs (transformers' device_map), for "
+        "models larger than one GPU; one process only.",
+    )
+    engine: Literal["transformers", "vllm"] = Field(
+        "transformers",
+        description="Generation engine of the generate suites: transformers' generate, or vLLM (the `vllm` extra, "
+        "a GPU): same prompts, stops and greedy decoding.",
+    )
+    tensor_parallel_size: int = Field(1, gt=0, description="GPUs vLLM spreads one model over (`engine: vllm`).")
     dtype: str = Field("auto", description="auto (the checkpoint's own), bfloat16, float16 or float32.")
     fresh: bool = Field(False, description="Ignore cached task results and recompute them.")
     suite_overrides: list[str] = Field(

@@ -146,15 +146,22 @@ class HFGenerator:
     """Greedy, batched generation with a loaded model (LLaVA or causal LM).
 
     Requests are sorted by length and batched (left padding), images and text-only questions
-    in separate batches; outputs are returned in request order.
+    in separate batches; outputs are returned in request order. With several processes
+    (mlan.evaluate.parallel) the same batches are dealt out, one per process per round, and the
+    answers gathered after each round: every process returns the one-process answers.
     """
 
-    def __init__(self, loaded, batch_size: int = 8):
+    reports_batches = True  # `generate` takes `on_batch`
+
+    def __init__(self, loaded, batch_size: int = 8, processes=None):
+        from mlan.evaluate.parallel import ONE
+
         self.loaded = loaded
         self.batch_size = max(1, int(batch_size))
         self.multimodal = loaded.multimodal
         self.tokenizer = loaded.tokenizer
         self.tokenizer.padding_side = "left"
+        self.processes = processes or ONE
 
     def apply_chat(self, messages: list[dict]) -> str:
         """Render messages with the model's chat template (generation prompt added)."""
@@ -169,50 +176,63 @@ class HFGenerator:
         # The tokenizer adds BOS itself; a template that writes it too would double it.
         return out[len(bos) :] if bos and out.startswith(bos) else out
 
-    def generate(self, requests: list[Request], *, max_new_tokens: int, stop: list[str], on_batch=None) -> list[str]:
-        """Continue every request greedily; `on_batch(n_done)` is called after each batch."""
-        import torch
+    def batches(self, requests: list[Request]) -> list[list[int]]:
+        """Request indices in batches: one kind each (image or not, BOS or not), longest prompts first."""
 
         def group(r: Request) -> tuple[bool, bool]:  # one batch: one tokenization
             return r.image is not None, r.bos
 
         order = sorted(range(len(requests)), key=lambda i: (group(requests[i]), -len(requests[i].prompt)))
+        out: list[list[int]] = []
+        for i in order:
+            if out and len(out[-1]) < self.batch_size and group(requests[out[-1][0]]) == group(requests[i]):
+                out[-1].append(i)
+            else:
+                out.append([i])
+        return out
+
+    def generate(self, requests: list[Request], *, max_new_tokens: int, stop: list[str], on_batch=None) -> list[str]:
+        """Continue every request greedily; `on_batch(n_done)` is called after each batch (each round of
+        batches over all processes)."""
+        procs = self.processes
+        batches = self.batches(requests)
         out: list[str] = [""] * len(requests)
         done = 0
-        i = 0
-        while i < len(order):
-            has_image, bos = group(requests[order[i]])
-            batch = [order[i]]
-            i += 1
-            while i < len(order) and len(batch) < self.batch_size and group(requests[order[i]]) == (has_image, bos):
-                batch.append(order[i])
-                i += 1
-            prompts = [requests[j].prompt for j in batch]
-            if has_image:
-                processor = self.loaded.processor
-                images = [prepare_image(requests[j].image, processor, requests[j].image_aspect_ratio) for j in batch]
-                inputs = self.loaded.processor(text=prompts, images=images, return_tensors="pt", padding=True)
-            else:
-                inputs = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=bos)
-            inputs = {k: v.to(self.loaded.device) for k, v in inputs.items()}
-            if "pixel_values" in inputs:
-                inputs["pixel_values"] = inputs["pixel_values"].to(self.loaded.model.dtype)
-            with torch.inference_mode():
-                gen = self.loaded.model.generate(
-                    **inputs,
-                    max_new_tokens=max_new_tokens,
-                    do_sample=False,
-                    stop_strings=[s for s in stop if s] or None,
-                    tokenizer=self.tokenizer,
-                    pad_token_id=self.tokenizer.pad_token_id,
-                )
-            texts = self.tokenizer.batch_decode(gen[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
-            for j, t in zip(batch, texts, strict=True):
-                out[j] = cut_at_stop(t, stop)
-            done += len(batch)
+        for start in range(0, len(batches), procs.world):
+            mine = batches[start + procs.rank] if start + procs.rank < len(batches) else []
+            texts = self._generate_batch([requests[j] for j in mine], max_new_tokens, stop) if mine else []
+            for indices, answers in procs.all_gather((mine, texts)):
+                for j, t in zip(indices, answers, strict=True):
+                    out[j] = t
+                done += len(indices)
             if on_batch:
                 on_batch(done)
         return out
+
+    def _generate_batch(self, batch: list[Request], max_new_tokens: int, stop: list[str]) -> list[str]:
+        import torch
+
+        prompts = [r.prompt for r in batch]
+        if batch[0].image is not None:
+            processor = self.loaded.processor
+            images = [prepare_image(r.image, processor, r.image_aspect_ratio) for r in batch]
+            inputs = processor(text=prompts, images=images, return_tensors="pt", padding=True)
+        else:
+            inputs = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=batch[0].bos)
+        inputs = {k: v.to(self.loaded.device) for k, v in inputs.items()}
+        if "pixel_values" in inputs:
+            inputs["pixel_values"] = inputs["pixel_values"].to(self.loaded.model.dtype)
+        with torch.inference_mode():
+            gen = self.loaded.model.generate(
+                **inputs,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                stop_strings=[s for s in stop if s] or None,
+                tokenizer=self.tokenizer,
+                pad_token_id=self.tokenizer.pad_token_id,
+            )
+        texts = self.tokenizer.batch_decode(gen[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+        return [cut_at_stop(t, stop) for t in texts]
 
 
 # --------------------------------------------------------------------------- one task
@@ -223,7 +243,8 @@ def image_aspect_ratio(suite: EvalSuite, generator) -> str:
     if suite.image_aspect_ratio != "model":
         return suite.image_aspect_ratio
     loaded = getattr(generator, "loaded", None)
-    return model_aspect_ratio(loaded.model.config) if loaded is not None else "original"
+    config = loaded.model.config if loaded is not None else getattr(generator, "config", None)  # vLLM: its HF config
+    return model_aspect_ratio(config) if config is not None else "original"
 
 
 def run_generate_task(
@@ -236,7 +257,8 @@ def run_generate_task(
     requests = [Request(build_prompt(it, task, suite, apply_chat), it.image, bos, ratio) for it in items]
     max_new = task.max_new_tokens or suite.max_new_tokens
     stop = task.stop if task.stop is not None else suite.stop
-    kwargs = {"on_batch": on_batch} if on_batch is not None and isinstance(generator, HFGenerator) else {}
+    takes = getattr(generator, "reports_batches", False)  # mlan's engines; a scripted generator does not
+    kwargs = {"on_batch": on_batch} if on_batch is not None and takes else {}
     responses = generator.generate(requests, max_new_tokens=max_new, stop=stop, **kwargs)
     # Every generator's continuation is cut here too, so a scripted one is scored as a model would be.
     responses = [cut_at_stop(r, stop) for r in responses]

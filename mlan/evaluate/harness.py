@@ -145,8 +145,9 @@ def make_lm(loaded, batch_size: int | str = 8):
 
 def run_lm_eval_tasks(
     lm, tasks: list[SuiteTask], *, data_dir=None, overrides=None, limit: int | None = None, seed: int = 1234
-) -> dict[str, dict]:
-    """Evaluate tasks with lm-eval; returns {task name: {"metrics": {...}, "n": int, "source": str}}."""
+) -> dict[str, dict] | None:
+    """Evaluate tasks with lm-eval; returns {task name: {"metrics": {...}, "n": int, "source": str}} (None on
+    a process other than rank 0 of several, mlan.evaluate.parallel)."""
     import lm_eval
     from lm_eval.tasks import TaskManager
 
@@ -171,6 +172,8 @@ def run_lm_eval_tasks(
                 torch_random_seed=seed,
                 fewshot_random_seed=seed,
             )
+    if res is None:
+        return None  # one of several processes: lm-eval gives the results to rank 0 only
     for t in tasks:
         key = f"mlan_{t.name}"
         raw = res["results"][key]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from mlan.io import atomic_write_json, atomic_write_text
 
@@ -55,6 +56,8 @@ class ModelResults:
     seen_tasks: list[str] = field(default_factory=list)
     results_file: Path | None = None
     averages: list[AverageResult] = field(default_factory=list)
+    # Where the uncached tasks ran: {processes, devices (one per process; None: all from the cache), engine}.
+    run: dict[str, Any] = field(default_factory=dict)
 
     def get(self, suite: str, task: str) -> TaskResult | None:
         """The result of one task, if it was evaluated."""
@@ -100,6 +103,7 @@ def write_model_results(mr: ModelResults, out: Path) -> Path:
         "seen_tasks": mr.seen_tasks,
         "results": [asdict(r) for r in mr.results],
         "averages": [asdict(a) for a in mr.averages],
+        "run": mr.run,
     }
     atomic_write_text(out / "results.md", results_table(mr) + "\n")
     mr.results_file = atomic_write_json(out / "results.json", data)

@@ -18,7 +18,7 @@ from mlan.config.base import dump_config
 from mlan.config.evaluation import DEFAULT_SUITE, UNSEEN_SUITES, EvalRun
 from mlan.config.suite import EvalSuite, SuiteTask
 from mlan.errors import MlanError
-from mlan.evaluate import cache
+from mlan.evaluate import cache, parallel
 from mlan.evaluate.report import (
     EvalReport,
     ModelResults,
@@ -138,21 +138,44 @@ def run_evaluation(
     for suite, ts in plan:
         check_local_data(suite, ts, run.data_dir, run.data or None)
     ref_label = _reference(run.reference, entries)
+    procs = _processes(run, plan)
+    if not procs.main:
+        progress = None  # one display, the main process's (its counts cover every process)
     out_dir = Path(run.out)
-    atomic_write_text(out_dir / "run.yaml", dump_config(run))
+    if procs.main:
+        atomic_write_text(out_dir / "run.yaml", dump_config(run))
     results: list[ModelResults] = []
     for entry in entries:
         model_plan = [(s, ts) for s, ts in plan if entry.multimodal or s.modality != "vision"]
-        mr = _evaluate_model(entry, model_plan, run, out_dir / entry.label, progress)
+        mr = _evaluate_model(entry, model_plan, run, out_dir / entry.label, progress, procs)
         mr.seen_tasks = sorted(entry.covered)
         mr.averages = named_averages(mr.results, [s for s, _ in model_plan])
-        write_model_results(mr, out_dir / entry.label)
+        if procs.main:
+            write_model_results(mr, out_dir / entry.label)
         results.append(mr)
     report = EvalReport(models=results, out_dir=out_dir, reference=ref_label)
     if len(results) > 1:
         report.comparison = compare(results, ref_label)
-        write_comparison(report)
+        if procs.main:
+            write_comparison(report)
+    procs.barrier()  # no process returns before the main one has written the results
     return report
+
+
+def _processes(run: EvalRun, plan) -> parallel.Processes:
+    """This process's place when launched as several (accelerate launch, torchrun); checks the combinations
+    that cannot work before any weights load."""
+    many = parallel.launched_processes() > 1
+    if many and run.device_map is not None:
+        raise MlanError(
+            f"device_map {run.device_map}: spreads one model over this machine's GPUs in one process; "
+            "run it without accelerate launch / torchrun (or drop --device-map to evaluate data-parallel)"
+        )
+    if run.engine == "vllm":
+        from mlan.evaluate.vllm_engine import check_vllm
+
+        check_vllm(run, many)
+    return parallel.current(cuda=(run.device or kinds.default_device()).startswith("cuda"))
 
 
 def _models(run: EvalRun, models: list[Any] | None) -> list[Any]:
@@ -245,21 +268,50 @@ def _task_key(entry: _Entry, suite: EvalSuite, task: SuiteTask, run: EvalRun) ->
             "data": data_fingerprint(task, run.data_dir, run.data or None),
             "limit": run.limit,
             "dtype": run.dtype,
+            # Only a non-default engine enters the key, so results cached before engines existed stay valid.
+            **({"engine": run.engine} if run.engine != "transformers" and suite.engine == "generate" else {}),
         }
     )
 
 
 class _Runner:
-    """Runs one model's uncached tasks, loading the model (and its engines) once, on first need."""
+    """Runs one model's uncached tasks, loading the model (and its engines) once, on first need; with
+    several processes, each on its own device and with its share of every task (mlan.evaluate.parallel)."""
 
-    def __init__(self, entry: _Entry, run: EvalRun, out: Path):
-        self.entry, self.run, self.out = entry, run, out
+    def __init__(self, entry: _Entry, run: EvalRun, out: Path, procs: parallel.Processes = parallel.ONE):
+        self.entry, self.run, self.out, self.procs = entry, run, out, procs
         self.loaded = self.lm = self.generator = None
+
+    def device(self) -> str:
+        device = self.run.device or kinds.default_device()
+        if self.procs.many and device == "cuda":
+            return f"cuda:{self.procs.local_rank}"  # one GPU per process, as the launcher numbered them
+        return device
 
     def _model(self):
         if self.loaded is None:
-            self.loaded = load_model(self.entry.model, device=self.run.device, dtype=self.run.dtype)
+            self.loaded = load_model(
+                self.entry.model, device=self.device(), dtype=self.run.dtype, device_map=self.run.device_map
+            )
         return self.loaded
+
+    def info(self) -> dict[str, Any]:
+        """Where this model's uncached tasks ran, for results.json: processes, the devices of each (None when
+        every task came from the cache) and the generation engine."""
+        if self.loaded is not None:
+            mine = self.device() if self.run.device_map is None else _devices(self.loaded)
+        elif self.generator is not None and not self.entry.scripted:  # vLLM: its own GPUs
+            mine = f"cuda x{self.run.tensor_parallel_size} (vLLM)"
+        elif self.entry.scripted:
+            mine = "scripted"
+        else:
+            mine = None
+        devices = self.procs.all_gather(mine)
+        return {
+            "processes": self.procs.world,
+            "devices": None if all(d is None for d in devices) else devices,
+            "engine": self.run.engine,
+        }
 
     def lm_eval_task(self, suite: EvalSuite, t: SuiteTask, seen: bool) -> TaskResult:
         from mlan.evaluate.harness import make_lm, pick_metric, run_lm_eval_tasks  # imports lm-eval
@@ -267,8 +319,10 @@ class _Runner:
         run = self.run
         if self.lm is None:
             self.lm = make_lm(self._model(), batch_size=run.batch_size)
+            parallel.share_with_lm_eval(self.lm, self.procs)
         raw = run_lm_eval_tasks(self.lm, [t], data_dir=run.data_dir, overrides=run.data or None, limit=run.limit)
-        raw = raw[t.name]
+        # lm-eval returns the results on rank 0 only.
+        raw = self.procs.broadcast(raw)[t.name]
         value, stderr = pick_metric(raw["metrics"], t.metric)
         extra = {m: float(pick_metric(raw["metrics"], m)[0]) for m in t.also_report}
         return TaskResult(
@@ -283,8 +337,12 @@ class _Runner:
         run = self.run
         if self.entry.scripted:
             self.generator = self.entry.model
+        elif self.generator is None and run.engine == "vllm":
+            from mlan.evaluate.vllm_engine import VLLMGenerator
+
+            self.generator = VLLMGenerator(self.entry.model, run)
         elif self.generator is None:
-            self.generator = HFGenerator(self._model(), batch_size=run.batch_size)
+            self.generator = HFGenerator(self._model(), batch_size=run.batch_size, processes=self.procs)
         data = load_task_data(t, run.data_dir, run.data or None)
         items = to_items(t, data, limit=run.limit, image_dir=run.image_dir)
         if not items:
@@ -297,7 +355,8 @@ class _Runner:
                 raise MlanError(
                     f"suite {suite.name}: task {t.name}: metric {m!r} not computed (has: {', '.join(metrics)})"
                 )
-        _write_samples(self.out / "samples" / f"{suite.name}__{t.name}.jsonl", samples)
+        if self.procs.main:
+            _write_samples(self.out / "samples" / f"{suite.name}__{t.name}.jsonl", samples)
         return TaskResult(
             task=t.name, suite=suite.name, metric=t.metric, value=float(metrics[t.metric]),
             stderr=metrics.get(f"{t.metric}_stderr"), n=len(items), modality=suite.modality, seen=seen,
@@ -306,7 +365,9 @@ class _Runner:
         )  # fmt: skip
 
 
-def _evaluate_model(entry: _Entry, plan, run: EvalRun, out: Path, progress: Progress | None) -> ModelResults:
+def _evaluate_model(
+    entry: _Entry, plan, run: EvalRun, out: Path, progress: Progress | None, procs: parallel.Processes = parallel.ONE
+) -> ModelResults:
     cache_dir = out / "cache"
     todo: list[tuple[EvalSuite, SuiteTask, str]] = []
     done: dict[tuple[str, str], TaskResult] = {}
@@ -314,6 +375,7 @@ def _evaluate_model(entry: _Entry, plan, run: EvalRun, out: Path, progress: Prog
         for t in ts:
             key = _task_key(entry, suite, t, run)
             hit = None if run.fresh else cache.load_cached(cache_dir, suite.name, t.name, key)
+            hit = procs.broadcast(hit)  # every process follows the main one's cache
             if hit is not None:
                 log.info("%s: %s/%s from cache", entry.label, suite.name, t.name)
                 done[(suite.name, t.name)] = TaskResult(**hit)
@@ -322,7 +384,7 @@ def _evaluate_model(entry: _Entry, plan, run: EvalRun, out: Path, progress: Prog
     total = sum(len(ts) for _, ts in plan)
     report = progress or (lambda label, done, total: None)
     report(f"{entry.label}: {len(done)} cached", len(done), total)
-    runner = _Runner(entry, run, out)
+    runner = _Runner(entry, run, out, procs)
     for suite, t, key in todo:
         label_task = f"{entry.label}: {suite.name}/{t.name}"
         n_done = len(done)
@@ -333,17 +395,34 @@ def _evaluate_model(entry: _Entry, plan, run: EvalRun, out: Path, progress: Prog
             res = runner.lm_eval_task(suite, t, seen)
         else:
             res = runner.generate_task(
-                suite, t, seen, lambda k, n, _lt=label_task, _d=n_done: report(f"{_lt} ({k}/{n})", _d, total)
+                suite, t, seen, lambda k, n, _lt=label_task, _d=n_done, _t0=t0: report(_rate(_lt, k, n, _t0), _d, total)
             )
         res.seconds = round(time.perf_counter() - t0, 2)
-        cache.store(cache_dir, suite.name, t.name, key, asdict(res))
+        if procs.main:
+            cache.store(cache_dir, suite.name, t.name, key, asdict(res))
         done[(suite.name, t.name)] = res
         log.info("%s: %s %.1f (n=%d, %.1fs)", label_task, t.metric, 100 * res.value, res.n, res.seconds)
         report(label_task, len(done), total)
     ordered = [done[(s.name, t.name)] for s, ts in plan for t in ts]
     for r in ordered:  # the manifest decides, also for results that came from the cache
         r.seen = any(_seen(t, entry.covered) for s, ts in plan for t in ts if s.name == r.suite and t.name == r.task)
-    return ModelResults(label=entry.label, model=str(getattr(entry.model, "name", entry.model)), results=ordered)
+    return ModelResults(
+        label=entry.label, model=str(getattr(entry.model, "name", entry.model)), results=ordered, run=runner.info()
+    )
+
+
+def _rate(label: str, done: int, total: int, t0: float) -> str:
+    """A generate task's progress: questions done over all processes, questions per second, time left."""
+    elapsed = time.perf_counter() - t0
+    if not done or elapsed <= 0:
+        return f"{label} ({done}/{total})"
+    rate = done / elapsed
+    return f"{label} ({done}/{total}, {rate:.1f} q/s, {(total - done) / rate:.0f} s left)"
+
+
+def _devices(loaded) -> list[str]:
+    """The devices a model spread with `device_map` sits on."""
+    return sorted({str(d) for d in getattr(loaded.model, "hf_device_map", {}).values()}) or [str(loaded.device)]
 
 
 def _write_samples(path: Path, samples: list[dict]) -> None:

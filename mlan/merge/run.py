@@ -51,4 +51,8 @@ def merge_config(
 
 def run_merge(config: MergeConfig, overwrite: bool = False) -> MergeResult | SweepReport:
     """One merge (`merge_models`), or a sweep (`sweep_merge`) when alpha or density is a list."""
+    from mlan.evaluate.parallel import launched_processes
+
+    if not config.is_sweep and launched_processes() > 1:
+        raise MlanError("mlan merge: one merge runs in one process (several processes share a sweep's evaluations)")
     return sweep_merge(config, overwrite=overwrite) if config.is_sweep else merge_models(config, overwrite=overwrite)

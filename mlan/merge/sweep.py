@@ -6,6 +6,10 @@ makes that trade-off visible: a table and a curve of every suite's tasks, the la
 means, and the point that is best by the chosen criterion. Each merged model is evaluated as soon
 as it is written and deleted afterwards unless asked to keep it, so a sweep needs the disk of one
 merged model at a time.
+
+Under several processes (`accelerate launch -m mlan merge ... --suite ...`) the main process merges
+each point, and every process evaluates it with its share of each task's questions
+(mlan.evaluate.parallel); only the main process writes. The report is the one-process report.
 """
 
 from __future__ import annotations
@@ -15,14 +19,16 @@ import math
 import shutil
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mlan.config.merge import MergeConfig
 from mlan.errors import MlanError
-from mlan.evaluate import EvalRun, load_suite, run_evaluation
+from mlan.evaluate import EvalRun, load_suite, parallel, run_evaluation
 from mlan.io import atomic_dir, atomic_write_json, atomic_write_text, check_output_dir
+from mlan.kinds import default_device
 from mlan.merge.streaming import default_out, merge_models, prepare
 
 log = logging.getLogger(__name__)
@@ -129,20 +135,25 @@ def sweep_merge(config: MergeConfig, overwrite: bool = False, evaluate: Evaluato
     if settings.max_vision_drop is not None and not any(a == 0 for a, _ in points):
         raise MlanError("sweep.max_vision_drop: needs an alpha-0 point to measure the drop against (add 0 to --alpha)")
     prepare(config)  # every input check before the first merge
+    procs = parallel.current(cuda=(settings.device or default_device()).startswith("cuda"))
     rows: list[SweepPoint] = []
-    with atomic_dir(out, overwrite=overwrite) as tmp:
+    with atomic_dir(out, overwrite=overwrite) if procs.main else nullcontext() as tmp:
+        # The main process's scratch folder, where every process reads the merged models.
+        tmp = Path(procs.broadcast(str(tmp) if procs.main else None))
         for i, (alpha, density) in enumerate(points):
             t0 = time.perf_counter()
             tag = f"a{alpha:g}-d{density:g}"
             model_dir = tmp / "models" / tag
             point_cfg = config.model_copy(update={"alpha": alpha, "density": density, "out": str(model_dir)})
-            merge_models(point_cfg)
+            if procs.main:
+                merge_models(point_cfg)
+            procs.barrier()  # the merged model is written before anyone loads it
             results = evaluate(model_dir, tmp / "eval")
             row = SweepPoint(alpha=alpha, density=density, scores=_scores(results))
             row.score = _criterion_value(row.scores, settings.criterion)
             if settings.keep_merged:
                 row.model_dir = str(out / "models" / tag)
-            else:
+            elif procs.main:
                 shutil.rmtree(model_dir)
             row.seconds = round(time.perf_counter() - t0, 1)
             rows.append(row)
@@ -162,11 +173,12 @@ def sweep_merge(config: MergeConfig, overwrite: bool = False, evaluate: Evaluato
                 raise MlanError("sweep.max_vision_drop: the suites have no vision tasks")
             for r in rows:
                 r.eligible = r.scores.get("vision", -math.inf) >= ref.scores["vision"] - settings.max_vision_drop
+        if not procs.main:
+            best = sorted(eligible_rows(rows, settings.criterion), key=lambda r: (-r.score, r.alpha, r.density))[0]
+            return SweepReport(out, config.method, settings.criterion, _columns(rows), rows, best)
         if not settings.keep_merged:
             shutil.rmtree(tmp / "models", ignore_errors=True)
-        eligible = [r for r in rows if r.eligible and not math.isnan(r.score)]
-        if not eligible:
-            raise MlanError(f"sweep: no point has a {settings.criterion!r} score within the constraints")
+        eligible = eligible_rows(rows, settings.criterion)
         best = sorted(eligible, key=lambda r: (-r.score, r.alpha, r.density))[0]
         columns = _columns(rows)
         report = SweepReport(
@@ -177,6 +189,13 @@ def sweep_merge(config: MergeConfig, overwrite: bool = False, evaluate: Evaluato
         report.files = {"json": str(out / "sweep.json"), "table": str(out / "sweep.md"), "plot": str(out / "sweep.png")}
         atomic_write_json(tmp / "sweep.json", _to_json(report, config))
     return report
+
+
+def eligible_rows(rows: list[SweepPoint], criterion: str) -> list[SweepPoint]:
+    eligible = [r for r in rows if r.eligible and not math.isnan(r.score)]
+    if not eligible:
+        raise MlanError(f"sweep: no point has a {criterion!r} score within the constraints")
+    return eligible
 
 
 def _columns(rows: list[SweepPoint]) -> list[str]:
