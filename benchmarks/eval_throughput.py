@@ -13,7 +13,7 @@
    are identical.
 
 3. Processes: `mlan eval` on the unseen-language suite's BoolQ and OpenBookQA (bundled rows) and the
-   eight-task ARC-Easy, as a command in one process (all the machine's threads) against the same
+   eight-task suite's ARC-Easy and OpenBookQA, as a command in one process (all the machine's threads) against the same
    command under `accelerate launch` with two CPU processes (half the threads each): wall time,
    questions per second, the ratio, and whether the scores and per-question records are identical.
 4. Engines (`--vllm-model PATH`, on a CUDA machine with the `vllm` extra): transformers' `generate`
@@ -262,8 +262,9 @@ def processes(llava: Path, work: Path, limit: int, batch_size: int) -> None:
             raise SystemExit(f"{n} process(es) failed:\n{(p.stdout + p.stderr)[-3000:]}")
         runs[n] = (wall, *_records(out))
     questions = sum(r["n"] for r in runs[1][1])
-    print(f"processes: `mlan eval` on unseen-language BoolQ + OpenBookQA and eight-task ARC-Easy, {questions} "
-          f"questions, batch {batch_size}, CPU, {cores} cores (end to end: start-up and model load included)")  # fmt: skip
+    tasks = ", ".join(f"{r['suite']}/{r['task']}" for r in runs[1][1])
+    print(f"processes: `mlan eval` on {tasks}: {questions} questions, batch {batch_size}, CPU, {cores} cores "
+          "(end to end: start-up and model load included)")  # fmt: skip
     for n in (1, 2):
         print(f"  {n} process(es), {max(1, cores // n)} thread(s) each  {runs[n][0]:7.1f} s   "
               f"{questions / runs[n][0]:6.1f} questions/s")  # fmt: skip
