@@ -4,6 +4,10 @@ facts every stage needs to open it (files, key names, the transformers class, de
 Kinds (`model_kind`):
 - `llava`: a Hugging Face `LlavaForConditionalGeneration` folder (llava-hf layout, LLaVA-1.5);
 - `llava_next`: `LlavaNextForConditionalGeneration` (LLaVA-1.6: anyres tiles and an `image_newline`);
+- `llava_onevision`: `LlavaOnevisionForConditionalGeneration` (a Qwen2 language model, a SigLIP tower, anyres
+  tiles up to 9 per image); weights in LLaVA's key layout;
+- `qwen2_5_vl`: `Qwen2_5_VLForConditionalGeneration` (a Qwen2 language model with M-RoPE, a windowed ViT at
+  dynamic resolution); weights as `model.*` (the language model, Qwen2's own names) and `visual.*` on disk;
 - `wings`: a `llava` folder with Wings' learners beside it (`wings_config.json`, see `mlan.wings.save`);
 - `original_llava`: the LLaVA project's own layout (`LlavaLlamaForCausalLM`: flat LLaMA fields and
   `mm_*` keys; its config also says `model_type "llava"`), which transformers cannot load: `mlan convert`;
@@ -24,12 +28,21 @@ from mlan.errors import MlanError, first_line
 
 LLAVA = "llava"
 LLAVA_NEXT = "llava_next"
+LLAVA_ONEVISION = "llava_onevision"
+QWEN2_5_VL = "qwen2_5_vl"
 WINGS = "wings"
 ORIGINAL_LLAVA = "original_llava"
 CAUSAL_LM = "causal_lm"
-# The kinds that are Hugging Face LLaVA-style models (a vision tower, a projector, a language model).
-MULTIMODAL_KINDS = (LLAVA, LLAVA_NEXT, WINGS)
-HF_LLAVA_MODEL_TYPES = (LLAVA, LLAVA_NEXT)
+# The kinds that are Hugging Face multimodal models (a vision tower, a projector, a language model).
+MULTIMODAL_KINDS = (LLAVA, LLAVA_NEXT, LLAVA_ONEVISION, QWEN2_5_VL, WINGS)
+HF_LLAVA_MODEL_TYPES = (LLAVA, LLAVA_NEXT, LLAVA_ONEVISION, QWEN2_5_VL)
+# Kinds whose language model is a Qwen2 (its causal LM built by mlan.families.causal_lm_config).
+QWEN2_LM_KINDS = (LLAVA_ONEVISION, QWEN2_5_VL)
+# Families that look alike but are not supported, with what to use instead.
+UNSUPPORTED_MODEL_TYPES = {
+    "qwen2_vl": "a Qwen2-VL model (model_type qwen2_vl); mlan takes Qwen2.5-VL (qwen2_5_vl), whose vision tower "
+    "and config differ",
+}
 WINGS_CONFIG = "wings_config.json"  # written by mlan.wings.save; named here so detection needs no torch
 
 # llava-hf checkpoints (and transformers' default `save_pretrained`) store the legacy names on the
@@ -114,17 +127,24 @@ def is_original_llava_config(config: dict) -> bool:
 
 
 def is_llava_config(config: dict) -> bool:
-    """A Hugging Face LLaVA or LLaVA-NeXT config. `model_type` decides, as it does for AutoConfig;
-    an original-layout config says "llava" too and is told apart by its `mm_*` fields."""
+    """A Hugging Face multimodal config mlan opens (LLaVA, LLaVA-NeXT, LLaVA-OneVision, Qwen2.5-VL).
+    `model_type` decides, as it does for AutoConfig; an original-layout config says "llava" too and is
+    told apart by its `mm_*` fields."""
     return config.get("model_type") in HF_LLAVA_MODEL_TYPES and not is_original_llava_config(config)
 
 
-def kind_of(config: dict, folder: Path | None = None) -> str:
-    """The kind of a model from its config (and its folder, where Wings' learners would sit)."""
+def kind_of(config: dict, folder: Path | None = None, ref: str | Path | None = None) -> str:
+    """The kind of a model from its config (and its folder, where Wings' learners would sit); a family
+    mlan does not take is one line naming `ref`."""
+    unsupported = UNSUPPORTED_MODEL_TYPES.get(config.get("model_type"))
+    if unsupported:
+        raise MlanError(f"model {ref if ref is not None else folder}: {unsupported}")
     if is_original_llava_config(config):
         return ORIGINAL_LLAVA
     if not is_llava_config(config):
         return CAUSAL_LM
+    if config.get("model_type") in (LLAVA_ONEVISION, QWEN2_5_VL):
+        return config["model_type"]
     if folder is not None and (folder / WINGS_CONFIG).is_file():
         return WINGS
     if config.get("model_type") == LLAVA_NEXT or any(
@@ -136,7 +156,7 @@ def kind_of(config: dict, folder: Path | None = None) -> str:
 
 def model_kind(ref: str | Path, *, revision: str | None = None) -> str:
     """The kind of the model a folder or hub id names."""
-    return kind_of(read_model_config(ref, revision=revision), local_folder(ref))
+    return kind_of(read_model_config(ref, revision=revision), local_folder(ref), ref)
 
 
 def original_layout_error(ref: str | Path, what: str = "model") -> MlanError:
@@ -158,6 +178,8 @@ def model_class(kind: str):
         LLAVA: transformers.LlavaForConditionalGeneration,
         WINGS: transformers.LlavaForConditionalGeneration,
         LLAVA_NEXT: transformers.LlavaNextForConditionalGeneration,
+        LLAVA_ONEVISION: transformers.LlavaOnevisionForConditionalGeneration,
+        QWEN2_5_VL: transformers.Qwen2_5_VLForConditionalGeneration,
         CAUSAL_LM: transformers.AutoModelForCausalLM,
     }[kind]
 

@@ -79,12 +79,14 @@ def load_model(
     `device` (a model larger than one GPU).
     """
     import torch
-    from transformers import AutoProcessor, AutoTokenizer
+    from transformers import AutoTokenizer
+
+    from mlan.families import load_processor
 
     device = device or kinds.default_device()
     folder = kinds.local_folder(name_or_path)
     kinds.check_model_dir(name_or_path)
-    kind = kinds.kind_of(kinds.read_model_config(name_or_path), folder)
+    kind = kinds.kind_of(kinds.read_model_config(name_or_path), folder, name_or_path)
     if kind == kinds.ORIGINAL_LLAVA:
         raise kinds.original_layout_error(name_or_path)
     src = str(folder) if folder is not None else str(name_or_path)
@@ -109,7 +111,7 @@ def load_model(
         tokenizer = processor.tokenizer
     elif multimodal:
         model = kinds.model_class(kind).from_pretrained(src, dtype=torch_dtype, device_map=device_map)
-        processor = AutoProcessor.from_pretrained(src)
+        processor = load_processor(src, kind)
         tokenizer = processor.tokenizer
     else:
         model = kinds.model_class(kind).from_pretrained(src, dtype=torch_dtype, device_map=device_map)
@@ -141,15 +143,18 @@ def load_model(
 
 
 def extract_language_model(llava) -> Any:
-    """The language model of a `LlavaForConditionalGeneration` as a causal LM (e.g. `LlamaForCausalLM`).
+    """The language model of a multimodal model (LLaVA, LLaVA-NeXT, LLaVA-OneVision, Qwen2.5-VL) as a causal
+    LM (e.g. `LlamaForCausalLM`, `Qwen2ForCausalLM`).
 
-    The returned model shares its tensors with `llava` (no copy): its decoder is the LLaVA's
-    `model.language_model` and its head the LLaVA's `lm_head`, so on text its logits equal
-    the LLaVA's exactly. Save it with `save_pretrained` to get an ordinary LLM folder.
+    The returned model shares its tensors with `llava` (no copy): its decoder is the multimodal model's
+    `model.language_model` and its head its `lm_head`, so on text its logits equal the multimodal
+    model's exactly. Save it with `save_pretrained` to get an ordinary LLM folder.
     """
     from transformers import AutoModelForCausalLM
 
-    text_config = llava.config.text_config
+    from mlan.families import causal_lm_config
+
+    text_config = causal_lm_config(llava.config.model_type, llava.config)
     # Building on the meta device avoids allocating (and randomly initialising) weights that
     # are replaced at once by the LLaVA's own modules.
     import torch

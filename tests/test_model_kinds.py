@@ -123,7 +123,7 @@ def test_sft_refuses_llava_next_and_original_layout(cli, one_line_error, llava_n
     original = tmp_path / "original"
     original.mkdir()
     (original / "config.json").write_text(json.dumps(ORIGINAL_CONFIG))
-    for model, message in [(llava_next_dir, "LLaVA-NeXT"), (original, "mlan convert")]:
+    for model, message in [(llava_next_dir, "a llava_next model; mlan sft trains"), (original, "mlan convert")]:
         r = cli("sft", "tiny", "-o", f"model.path={model}", "-o", f"output.dir={tmp_path / 'out'}")
         assert message in one_line_error(r)
         assert not (tmp_path / "out").exists()

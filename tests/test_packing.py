@@ -16,6 +16,7 @@ from mlan.train.packing import (
     STATS_KEY,
     InBatchPacking,
     attention_weight,
+    bin_lengths,
     first_fit_decreasing,
     pack,
     plan_bins,
@@ -393,3 +394,69 @@ def test_step_timer_parts_add_up():
     # The real clock by default; the collator still pickles for `spawn` dataloader workers.
     assert StepTimer().clock is time.perf_counter
     pickle.dumps(TimedCollator(list, StepTimer()))
+
+
+def test_packing_outcomes_by_hand():
+    """Every outcome of resolve_packing in full, the attention weight with an explicit head size, rows'
+    image counts, the bin plans at each candidate length, dtypes, and the run record and its summary line
+    (found by mutation testing, docs/mutation.md)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from mlan.train.packing import Packing, describe_packing, image_count, padding_saved
+
+    fa2 = "flash_attention_2 runs each batch as one row of variable-length rows"
+    bins = "block-diagonal over bins sized by cost per batch"
+    assert resolve_packing("auto", "flash_attention_2", wings=False) == Packing(
+        "auto", True, "flash_attention_2", "one_row", fa2
+    )
+    assert resolve_packing("in_batch", "eager", wings=False) == Packing(
+        "in_batch", True, "eager", "by_cost", f"eager, {bins}"
+    )
+    assert resolve_packing("auto", "sdpa", wings=True) == Packing(
+        "auto", False, "sdpa", None, "Wings' learners attend across the whole row"
+    )
+    assert resolve_packing("auto", "paged|sdpa", wings=False) == Packing(
+        "auto", False, "paged|sdpa", None, "paged|sdpa cannot keep packed rows apart"
+    )
+    # An explicit head size (Qwen3, Gemma: not hidden / heads) and no separate key/value heads.
+    cfg = SimpleNamespace(
+        hidden_size=64, num_attention_heads=4, head_dim=32, num_key_value_heads=None, intermediate_size=96
+    )
+    assert attention_weight(cfg) == 2 * 4 * 32 / (2 * 64 * 128 + 2 * 64 * 128 + 3 * 64 * 96)
+    odd = SimpleNamespace(hidden_size=60, num_attention_heads=8, intermediate_size=8)  # 60 / 8: whole head size 7
+    assert attention_weight(odd) == 2 * 8 * 7 / (2 * 60 * 56 + 2 * 60 * 56 + 3 * 60 * 8)
+    assert image_count({"images": ["a", "b"]}) == 2 and image_count({"image": "a.png"}) == 1
+    assert image_count({"images": [], "image": None}) == 0 and image_count({}) == 0
+    # Bin lengths 1-4 x the longest row and all in one; costs 210 + 6300w (30), 180 + 10800w (60), 180 +
+    # 16200w (90), 220 + 24200w (120), 150 + 22500w (150): 30 wins above w = 1/150, 60 down to w = 1/390.
+    lengths = [30, 20, 20, 20, 20, 20, 20]
+    assert bin_lengths(lengths) == [30, 60, 90, 120, 150] and bin_lengths([7, 3]) == [7, 10]
+    assert plan_bins(lengths, 1.0) == [[0], [1], [2], [3], [4], [5], [6]]
+    assert plan_bins(lengths, 0.004) == [[0, 1], [2, 3, 4], [5, 6]]
+    assert plan_bins(lengths, 0.002) == [[0, 1, 2, 3, 4, 5, 6]]
+    assert plan_bins([10, 10], 0.0) == [[0], [1]]  # 20 either way: the shorter bins
+    assert plan_bins([4, 2, 2], 1 / 6) == [[0], [1, 2]]  # bins of 4: 2 x 4 x (1 + 4/6) = 13.3 < 8 x (1 + 8/6) = 18.7
+    ids = torch.tensor([[5, 6, 7], [8, 9, 0]], dtype=torch.int32)
+    out = pack({"input_ids": ids, "attention_mask": (ids != 0).long(), "labels": ids.long()}, [0, 0], 0, weight=1.0)
+    assert out["input_ids"].dtype == torch.int32 and out["labels"].dtype == torch.long
+    assert out["position_ids"].dtype == torch.long
+    with pytest.raises(MlanError, match=r"which in-batch packing cannot place; set training.packing off$"):
+        pack({**out, "attention_mask": ids, "mm_token_type_ids": ids}, [0, 0], 0, weight=1.0)
+    # The run record: padding shares rounded to 4 places; None before any packed batch.
+    saved = padding_saved([1000, 600, 540, 8])
+    assert saved == {
+        "rows": 8,
+        "real_tokens": 540,
+        "padded_positions": 1000,
+        "packed_positions": 600,
+        "padding_padded": 0.46,
+        "padding_packed": 0.1,
+    }
+    assert padding_saved([0, 0, 0, 0]) is None and padding_saved(None) is None
+    on = {"on": True, "reason": "sdpa, x", "saved": saved}
+    assert describe_packing(on) == (
+        "on (sdpa, x): padding 46% of the padded batches' positions, 10% packed (0.60x positions)"
+    )
+    assert describe_packing({"on": False, "reason": "as set", "saved": None}) == "off (as set)"

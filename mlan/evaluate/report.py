@@ -32,6 +32,9 @@ class TaskResult:
     """How answers were read: `mlan` or `lenient` (generate engine), `lm_eval` (lm-eval's own filters)."""
     extra: dict[str, float] = field(default_factory=dict)
     """The task's `also_report` metrics, shown beside the headline one."""
+    prompt_style: str | None = None
+    """The generate engine's prompt style when it is not the suite's: `chat` for a family whose images
+    only its own chat template places (LLaVA-OneVision, Qwen2.5-VL on a vision suite)."""
 
 
 @dataclass

@@ -335,6 +335,8 @@ class _Runner:
         from mlan.evaluate.generate import HFGenerator, run_generate_task  # loads torch
 
         run = self.run
+        own = _own_prompt(suite, self.entry)
+        suite = own or suite
         if self.entry.scripted:
             self.generator = self.entry.model
         elif self.generator is None and run.engine == "vllm":
@@ -361,7 +363,7 @@ class _Runner:
             task=t.name, suite=suite.name, metric=t.metric, value=float(metrics[t.metric]),
             stderr=metrics.get(f"{t.metric}_stderr"), n=len(items), modality=suite.modality, seen=seen,
             engine="generate", source=data.source, metrics=metrics, extraction=suite.extraction_of(t),
-            extra={m: float(metrics[m]) for m in t.also_report},
+            extra={m: float(metrics[m]) for m in t.also_report}, prompt_style="chat" if own else None,
         )  # fmt: skip
 
 
@@ -409,6 +411,18 @@ def _evaluate_model(
     return ModelResults(
         label=entry.label, model=str(getattr(entry.model, "name", entry.model)), results=ordered, run=runner.info()
     )
+
+
+def _own_prompt(suite: EvalSuite, entry: _Entry) -> EvalSuite | None:
+    """The suite in the model's own chat template, for a vision suite written in another one (MLAN's is
+    Vicuna-v1 with `<image>` first) asked of LLaVA-OneVision or Qwen2.5-VL: they were tuned in their
+    own template, and Qwen2.5-VL's image sits in its own tokens. A documented deviation from MLAN's prompt
+    (docs/evaluation.md), recorded per task as `prompt_style`. None when the suite stays as it is."""
+    if entry.scripted or suite.modality != "vision" or suite.prompt.style == "chat":
+        return None
+    if kinds.model_kind(entry.model) not in (kinds.LLAVA_ONEVISION, kinds.QWEN2_5_VL):
+        return None
+    return suite.model_copy(update={"prompt": suite.prompt.model_copy(update={"style": "chat"})})
 
 
 def _rate(label: str, done: int, total: int, t0: float) -> str:

@@ -44,7 +44,10 @@ LAYOUTS: dict[str, tuple[tuple[str, str], ...]] = {
         if new.startswith(cur)
     ),
     "new": kinds.CURRENT_TO_CAUSAL_LM,
+    "qwen": (("model.", "model."), ("lm_head.", "lm_head.")),
 }
+# The text config's model_type of a multimodal family, as its original LLM's config names it.
+TEXT_MODEL_TYPES = {"qwen2_5_vl_text": "qwen2", "qwen2_5_vl": "qwen2"}
 # Tensors with one row per vocabulary entry: a multimodal model may have more rows (added `<image>`).
 VOCAB_SUFFIXES = ("embed_tokens.weight", "lm_head.weight", "lm_head.bias")
 ARCH_FIELDS = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads")
@@ -284,11 +287,13 @@ def open_checkpoint(path: Path, what: str) -> Checkpoint:
 
 
 def detect_layout(keys: set[str] | dict) -> str | None:
-    """ "old" or "new" by the language-model keys present, None when there are none."""
+    """ "old", "new" or "qwen" by the language-model keys present, None when there are none."""
     if any(k.startswith("model.language_model.") for k in keys):
         return "new"
     if any(k.startswith(("language_model.model.", "language_model.lm_head.")) for k in keys):
         return "old"
+    if any(k.startswith("visual.") for k in keys) and any(k.startswith("model.layers.") for k in keys):
+        return "qwen"
     return None
 
 
@@ -320,6 +325,8 @@ def check_architectures(mm: Checkpoint, llm: Checkpoint) -> None:
     text = mm.text_config
     for field in ARCH_FIELDS:
         a, b = text.get(field), llm.config.get(field)
+        if field == "model_type":
+            a = TEXT_MODEL_TYPES.get(a, a)
         if a is not None and b is not None and a != b:
             raise MlanError(
                 f"mismatched architectures: the multimodal model's text_config.{field} is {a!r} but the "

@@ -101,8 +101,8 @@ def plan_merge(mm: Checkpoint, llm: Checkpoint) -> tuple[str, list[_Plan], list[
     layout = detect_layout(mm.tensors)
     if layout is None:
         raise MlanError(
-            f"{mm.path}: no language-model tensors found (expected language_model.model.* or "
-            "model.language_model.* keys); is this a LLaVA checkpoint?"
+            f"{mm.path}: no language-model tensors found (expected language_model.model.*, "
+            "model.language_model.* or, for Qwen2.5-VL, model.layers.* beside visual.* keys); is this a multimodal checkpoint?"
         )
     names = causal_lm_names(llm.tensors)
     used: set[str] = set()
@@ -326,7 +326,7 @@ def prepare(config: MergeConfig) -> tuple[Checkpoint, Checkpoint, str, list[_Pla
     if not kinds.is_llava_config(mm.config):
         raise MlanError(
             f"multimodal model {mm_dir}: not a LLaVA model (model_type {mm.config.get('model_type')!r}); "
-            "merge needs a LLaVA checkpoint (llava or llava_next)"
+            "merge needs a LLaVA, LLaVA-NeXT, LLaVA-OneVision or Qwen2.5-VL checkpoint"
         )
     llm = open_checkpoint(llm_dir, "original LLM")
     if "vision_config" in llm.config or kinds.is_original_llava_config(llm.config):

@@ -60,7 +60,7 @@ def check_teacher(ref: str, *, vision: bool) -> str:
     """The teacher's kind, after checking that it is there and that it generates (one line if not)."""
     what = "rationales.vision_teacher" if vision else "rationales.teacher"
     config = kinds.read_model_config(ref, what=what)
-    kind = kinds.kind_of(config, kinds.local_folder(ref, what))
+    kind = kinds.kind_of(config, kinds.local_folder(ref, what), ref)
     if kind == kinds.ORIGINAL_LLAVA:
         raise kinds.original_layout_error(ref, what)
     arch = (config.get("architectures") or ["?"])[0]

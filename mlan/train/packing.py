@@ -141,12 +141,17 @@ def attention_weight(text_config) -> float:
     return 2 * heads * head_dim / linear
 
 
-def plan_bins(lengths: list[int], weight: float) -> list[list[int]]:
-    """Bins for one batch: first-fit decreasing at 1-4 times the longest row or one bin for all, the
-    cheapest by `bins x W x (1 + weight x W)` for bins of width W (ties: the shorter bins)."""
+def bin_lengths(lengths: list[int]) -> list[int]:
+    """The bin lengths `plan_bins` tries: 1-4 times the longest row, and all rows in one bin."""
     longest, total = max(lengths), sum(lengths)
+    return sorted({min(k * longest, total) for k in (1, 2, 3, 4)} | {total})
+
+
+def plan_bins(lengths: list[int], weight: float) -> list[list[int]]:
+    """Bins for one batch: first-fit decreasing at each of `bin_lengths`, the cheapest by
+    `bins x W x (1 + weight x W)` for bins of width W (ties: the shorter bins)."""
     best: tuple[float, list[list[int]]] | None = None
-    for capacity in sorted({min(k * longest, total) for k in (1, 2, 3, 4)} | {total}):
+    for capacity in bin_lengths(lengths):
         bins = first_fit_decreasing(lengths, capacity)
         width = max(sum(lengths[i] for i in b) for b in bins)
         cost = len(bins) * width * (1 + weight * width)

@@ -150,15 +150,15 @@ def inspect_model(recipe: SFTRecipe) -> ModelInfo:
     else:
         require_hub(path, "model.path", "set model.path to a local model folder (-o model.path=DIR)", model=True)
     raw = kinds.read_model_config(path, revision=recipe.model.revision, what="model.path")
-    kind = kinds.kind_of(raw, folder)
+    kind = kinds.kind_of(raw, folder, path)
     if kind == kinds.ORIGINAL_LLAVA:
         raise kinds.original_layout_error(path, "model.path")
-    if kind == kinds.LLAVA_NEXT:
-        # LLaVA-NeXT's anyres tiles change the image-token count per image, which the collator and
-        # preflight's token arithmetic here assume fixed; it is evaluated and merged, not trained.
+    if kind in (kinds.LLAVA_NEXT, kinds.LLAVA_ONEVISION, kinds.QWEN2_5_VL):
+        # Their image-token count varies with each image's size (anyres tiles, dynamic resolution), which
+        # the collator and preflight's token arithmetic here assume fixed; they are evaluated, not trained.
         raise MlanError(
-            f"model.path {path}: a LLaVA-NeXT (llava_next) model; mlan sft trains LLaVA-1.5-style (llava) "
-            "models only (LLaVA-NeXT folders can be evaluated and merged)"
+            f"model.path {path}: a {kind} model; mlan sft trains LLaVA-1.5-style (llava) models only "
+            f"({kind} folders can be evaluated)"
         )
     if kind == kinds.CAUSAL_LM:
         raise MlanError(
