@@ -123,3 +123,34 @@ def causal_lm_config(kind: str, config):
     # The outer config holds the tying (Qwen2.5-VL-3B ties its head, 7B does not).
     tie = bool(getattr(config, "tie_word_embeddings", False))
     return Qwen2Config(**kw, rope_parameters=rope, tie_word_embeddings=tie, architectures=["Qwen2ForCausalLM"])
+
+
+def image_token_counter(processor, kind: str):
+    """For a family whose image-token count varies with the image: a function from one row's image sizes,
+    [(height, width), ...], to the tokens its images expand into, as the processor expands them (its own
+    `_get_num_multimodal_tokens`, the count vLLM reads too). None for the fixed-count kinds."""
+    if kind not in kinds.QWEN2_LM_KINDS:
+        return None
+
+    def count(sizes: list[tuple[int, int]]) -> int:
+        if not sizes:
+            return 0
+        if kind == kinds.LLAVA_ONEVISION and len(sizes) > 1:
+            # Several images in one row get one tile each, plus a newline token
+            # (models/llava_onevision/processing_llava_onevision.py, replace_image_token).
+            per = processor.num_image_tokens + 1 - (processor.vision_feature_select_strategy == "default")
+            return per * len(sizes)
+        return sum(processor._get_num_multimodal_tokens(image_sizes=[list(s) for s in sizes]).num_image_tokens)
+
+    return count
+
+
+def training_template(processor) -> str | None:
+    """TRL's training variant (with `{% generation %}` markers) of a processor's chat template, when TRL
+    knows the template (Qwen2.5-VL's stock one: trl/chat_templates/qwen2_5_vl_training.jinja); else None."""
+    from trl.chat_template_utils import get_training_chat_template
+
+    try:
+        return get_training_chat_template(processor)
+    except ValueError:
+        return None

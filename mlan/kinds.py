@@ -60,11 +60,22 @@ LEGACY_PREFIXES = (
 CURRENT_TO_CAUSAL_LM = (("model.language_model.", "model."), ("lm_head.", "lm_head."))
 
 
+# Qwen2.5-VL saves its language model under Qwen2's names and its tower as `visual.*`; transformers 5
+# renames them on load (conversion_mapping.py, qwen2_5_vl: `^visual` and `^model` not followed by
+# `language_model` or `visual`).
+QWEN_PREFIXES = (("visual.", "model.visual."), ("model.", "model.language_model."))
+CURRENT_PREFIXES = ("model.language_model.", "model.visual.", "model.vision_tower.", "model.multi_modal_projector.")
+
+
 def current_name(key: str) -> str:
-    """A LLaVA tensor's name as transformers 5 holds it in memory, from either on-disk layout."""
+    """A multimodal model's tensor name as transformers 5 holds it in memory, from any on-disk layout."""
     for old, new in LEGACY_PREFIXES:
         if key.startswith(old):
             return new + key[len(old) :]
+    if not key.startswith(CURRENT_PREFIXES):
+        for old, new in QWEN_PREFIXES:
+            if key.startswith(old):
+                return new + key[len(old) :]
     return key
 
 

@@ -1,7 +1,8 @@
-"""LLaVA-OneVision and Qwen2.5-VL (tiny models built from config, offline): recognised as their kinds, opened
-without torchvision, their language model extracted with exactly the multimodal model's text logits, and
-evaluated through `mlan eval` on the eight-task suite, an unseen language task and a vision task; a
-Qwen2-VL folder and `mlan sft` on them are one line each."""
+"""LLaVA-OneVision and Qwen2.5-VL (tiny models built from config, offline) through every stage: recognised
+as their kinds, opened without torchvision, their language model extracted with exactly the multimodal
+model's text logits; `mlan sft` (exact row lengths, mixed batches, full/LoRA/QLoRA, resume bit for bit),
+`mlan eval` (eight-task, unseen language, a vision task in the family's own template) and `mlan merge`
+(alpha 0 and 1 exact); a Qwen2-VL folder and the options a family cannot take are one line each."""
 
 from __future__ import annotations
 
@@ -82,17 +83,37 @@ def test_eval_suites_on_the_family(cli, family_dirs, eval_data, tmp_path, kind):
     assert all(s["prompt"].startswith("<|im_start|>") and "USER:" not in s["prompt"] for s in samples)
 
 
-def test_unsupported_family_and_training_are_one_line(cli, one_line_error, family_dirs, tmp_path):
-    """A Qwen2-VL folder (given where a Qwen2.5-VL is expected) and `mlan sft` on the new kinds: one line each."""
+def test_unsupported_family_and_options_are_one_line(cli, one_line_error, family_dirs, shared_data, tmp_path):
+    """A Qwen2-VL folder (given where a Qwen2.5-VL is expected) and the options a family cannot take:
+    packing with Qwen2.5-VL's M-RoPE, LLaVA's stage-1 `plain` format, Wings; one line each, before training."""
+    from test_sft import _sft_args
+
     qwen2_vl = tmp_path / "qwen2-vl"
     shutil.copytree(family_dirs[kinds.QWEN2_5_VL], qwen2_vl)
     config = json.loads((qwen2_vl / "config.json").read_text())
     (qwen2_vl / "config.json").write_text(json.dumps({**config, "model_type": "qwen2_vl"}))
     line = one_line_error(cli("eval", qwen2_vl, "--suite", "quickstart"))
     assert "a Qwen2-VL model (model_type qwen2_vl); mlan takes Qwen2.5-VL (qwen2_5_vl)" in line
+    mixture = _family_mixture(tmp_path, shared_data, n_language=2)
+    qwen = family_dirs[kinds.QWEN2_5_VL]
+    line = one_line_error(cli(*_sft_args(qwen, mixture, tmp_path / "o", "-o", "training.packing=in_batch")))
+    assert "training.packing in_batch: not supported with Qwen2.5-VL (its M-RoPE places image tokens" in line
     for kind, folder in family_dirs.items():
-        line = one_line_error(cli("sft", "tiny", "-o", f"model.path={folder}", "-o", f"output.dir={tmp_path / kind}"))
-        assert f"model.path {folder}: a {kind} model; mlan sft trains LLaVA-1.5-style (llava) models" in line
+        line = one_line_error(cli(*_sft_args(folder, mixture, tmp_path / "o", "-o", "training.chat_template=plain")))
+        assert f"training.chat_template plain: LLaVA's stage-1 format is for llava models; a {kind} model" in line
+        wings = [
+            "sft",
+            "wings_tiny_stage1",
+            "-o",
+            f"model.path={folder}",
+            "-o",
+            "data.spec=",
+            "-o",
+            f"data.mixture={mixture}",
+        ]
+        line = one_line_error(cli(*wings, "-o", f"output.dir={tmp_path / 'w'}"), stdout_ok=True)
+        assert f"Wings' learners are built for LLaVA models (llava), not a {kind} model" in line
+    assert not (tmp_path / "o").exists() and not (tmp_path / "w").exists()
 
 
 @pytest.mark.parametrize("kind", list(BUILDERS))
@@ -145,3 +166,113 @@ def test_merge_the_original_qwen2_back(cli, family_dirs, tmp_path, kind):
             assert all(torch.equal(w[prefix + k], v) for k, v in llm_w.items())
     assert kinds.model_kind(tmp_path / "m1") == kind
     kinds.model_class(kind).from_pretrained(tmp_path / "m1")
+
+
+def _family_mixture(out, shared_data, n_language=8):
+    """Letter-answer text rows and image rows of several sizes (so the image-token counts differ)."""
+    from datasets import Dataset, DatasetDict
+    from PIL import Image
+    from test_sft import _image_rows, _mc_rows
+
+    from mlan.data.mixture import features
+
+    text = _mc_rows(shared_data / "arc_easy" / "train.jsonl", "arc_easy", n_language)
+    images = _image_rows(6)
+    (out / "img").mkdir(parents=True)
+    sizes = [(56, 56), (40, 90), (120, 30), (33, 47), (200, 120), (64, 64)]
+    for i, (row, size) in enumerate(zip(images, sizes, strict=True)):
+        path = out / "img" / f"{i}.png"
+        Image.new("RGB", size, (40 * i, 90, 200 - 30 * i)).save(path)
+        row["images"] = [str(path)]
+    rows = text + images
+    DatasetDict({"train": Dataset.from_list(rows, features=features())}).save_to_disk(str(out / "mix"))
+    return out / "mix"
+
+
+@pytest.mark.parametrize("kind", list(BUILDERS))
+@pytest.mark.parametrize("ratio", ["original", "pad"])
+def test_row_lengths_are_the_collators(family_dirs, shared_data, tmp_path, kind, ratio):
+    """Every row's length as mlan measures it (from the image files' headers, through the processor's own
+    token count) equals the length TRL's collator gives it, for images of six sizes, padded to squares or not."""
+    from datasets import load_from_disk
+    from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
+
+    from mlan.config.recipe import SFTRecipe
+    from mlan.images import PadImages, mean_colour
+    from mlan.train.data import prepare_split
+    from mlan.train.preflight import inspect_model
+
+    mixture = _family_mixture(tmp_path, shared_data, n_language=3)
+    recipe = SFTRecipe.model_validate(
+        {"model": {"path": str(family_dirs[kind])}, "data": {"mixture": str(mixture), "image_aspect_ratio": ratio}}
+    )
+    info = inspect_model(recipe)
+    assert info.kind == kind and info.image_seq_length is None
+    rows = load_from_disk(str(mixture))["train"]
+    split = prepare_split(rows, info.processor, info.chat_template, info.image_tokens, 4096, "train", ratio == "pad")
+    info.processor.chat_template = info.chat_template
+    collator = DataCollatorForVisionLanguageModeling(info.processor, assistant_only_loss=True)
+    if ratio == "pad":
+        collator = PadImages(collator, mean_colour(info.processor))
+    actual = [int(collator([dict(rows[i])])["attention_mask"].sum()) for i in range(len(rows))]
+    assert split.lengths == actual
+    assert len(set(actual[3:])) > 3  # the image rows' lengths do differ
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", list(BUILDERS))
+def test_sft_trains_resumes_and_evaluates(cli, family_dirs, shared_data, eval_data, tmp_path, kind):
+    """`mlan sft` on mixed text and image batches: full fine-tuning trains the language model and projector
+    (tower frozen); a run stopped after its checkpoint and resumed ends with the uninterrupted run's weights,
+    bit for bit; LoRA and QLoRA train; the output is its kind and `mlan eval` scores it."""
+    import torch
+    from safetensors.torch import load_file
+    from test_sft import _sft_args
+
+    mixture = _family_mixture(tmp_path, shared_data)
+    model = family_dirs[kind]
+    common = [
+        "-o",
+        "training.max_steps=4",
+        "-o",
+        "training.per_device_train_batch_size=4",
+        "-o",
+        "training.save_steps=2",
+    ]
+    r = cli(*_sft_args(model, mixture, tmp_path / "full", *common))
+    assert r.exit_code == 0, r.output
+    full = load_file(str(tmp_path / "full" / "model.safetensors"))
+    before = load_file(str(model / "model.safetensors"))
+    changed = {k for k in full if not torch.equal(full[k], before[k])}
+    tower = [k for k in full if "vision_tower" in k or (k.startswith("visual.") and ".merger." not in k)]
+    assert tower and not changed & set(tower)  # the tower stays frozen
+    assert any("projector" in k or "merger" in k for k in changed) and any("layers" in k for k in changed)
+    results = json.loads((tmp_path / "full" / "train_results.json").read_text())
+    assert results["packing"]["on"] is (kind == kinds.LLAVA_ONEVISION)  # M-RoPE: Qwen2.5-VL trains padded
+
+    # Stopped after its step-2 checkpoint, then resumed: the same weights as the uninterrupted run.
+    keep = ["-o", "output.keep_checkpoints=true"]
+    r = cli(*_sft_args(model, mixture, tmp_path / "run", *common, *keep))
+    assert r.exit_code == 0, r.output
+    ckpts = tmp_path / "run.checkpoints"  # as a run killed after its checkpoint leaves it: record + checkpoint-2
+    assert (ckpts / "run_record.json").is_file()
+    shutil.move(tmp_path / "run" / "checkpoints" / "checkpoint-2", ckpts / "checkpoint-2")
+    shutil.rmtree(tmp_path / "run")
+    r = cli(*_sft_args(model, mixture, tmp_path / "run", *common, *keep))
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "run" / "train_results.json").read_text())["resumed_from"].endswith("checkpoint-2")
+    resumed = load_file(str(tmp_path / "run" / "model.safetensors"))
+    assert resumed.keys() == full.keys() and all(torch.equal(resumed[k], full[k]) for k in full)
+
+    for method in ("lora", "qlora"):
+        args = _sft_args(
+            model, mixture, tmp_path / method, "-o", "training.max_steps=2", "-o", f"train.language_model={method}"
+        )
+        r = cli(*args, "-o", "training.per_device_train_batch_size=4", "-o", "output.merge_lora=true")
+        assert r.exit_code == 0, r.output
+        assert kinds.model_kind(tmp_path / method / "merged") == kind
+
+    assert kinds.model_kind(tmp_path / "full") == kind
+    r = cli("eval", tmp_path / "full", "--suite", "unseen_vision", "--tasks", "pope", "--limit", "2",
+            "--data-dir", eval_data, "--image-dir", eval_data / "images", "--out", tmp_path / "ev")  # fmt: skip
+    assert r.exit_code == 0, r.output

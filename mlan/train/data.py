@@ -8,6 +8,7 @@ out and counted instead. Wings stage 1 trains on the image rows only.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 from dataclasses import dataclass, replace
@@ -76,18 +77,44 @@ def image_counts(ds) -> list[int]:
     return pc.list_value_length(table.column("images")).fill_null(0).to_pylist()
 
 
+def image_sizes(ds, square: bool = False) -> list[list[tuple[int, int]]]:
+    """Each row's images as (height, width), read from the image files' headers (nothing is decoded);
+    `square`: as `image_aspect_ratio: pad` makes them (the longer side both ways)."""
+    from datasets import Image, Sequence
+    from PIL import Image as PILImage
+
+    raw = ds.select_columns(["images"]).cast_column("images", Sequence(Image(decode=False)))
+    out = []
+    for row in raw:
+        sizes = []
+        for im in row["images"] or []:
+            with PILImage.open(io.BytesIO(im["bytes"]) if im.get("bytes") else im["path"]) as f:
+                w, h = f.size
+            sizes.append((max(h, w), max(h, w)) if square else (h, w))
+        out.append(sizes)
+    return out
+
+
 def row_lengths(
-    ds, processor, chat_template: str, image_seq_length: int, batch_size: int = 1000
+    ds, processor, chat_template: str, image_tokens, batch_size: int = 1000, square: bool = False
 ) -> tuple[list[int], list[int]]:
     """(tokens per row as the collator will produce them, images per row).
 
-    The collator renders the chat template, expands each `<image>` into `image_seq_length`
-    tokens and tokenizes without special tokens; here the same text is rendered with one
-    `<image>` per image and the expansion is added arithmetically, which avoids loading images.
+    The collator renders the chat template, expands each image placeholder into the image's tokens and
+    tokenizes without special tokens; here the same text is rendered with one placeholder per image and
+    the expansion is added arithmetically, which avoids decoding images. `image_tokens`: the tokens of
+    one image when the model's count is fixed (LLaVA-1.5), else a function from a row's image sizes to
+    its image tokens (mlan.families.image_token_counter; the sizes come from the files' headers, squared
+    when `square`).
     """
     from trl.data_utils import prepare_multimodal_messages
 
     counts = image_counts(ds)
+    if callable(image_tokens):
+        # A row's image tokens, less the one placeholder per image the rendered text already holds.
+        extra = [image_tokens(sizes) - len(sizes) for sizes in image_sizes(ds, square)]
+    else:
+        extra = [n * (image_tokens - 1) for n in counts]
     lengths: list[int] = []
     tokenizer = processor.tokenizer
     messages_only = ds.select_columns(["messages"])
@@ -97,17 +124,18 @@ def row_lengths(
         texts = processor.apply_chat_template(convs, chat_template=chat_template, tokenize=False)
         # verbose=False: rows longer than the tokenizer's model_max_length are expected here (they are dropped).
         ids = tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
-        lengths.extend(len(x) + counts[start + i] * (image_seq_length - 1) for i, x in enumerate(ids))
+        lengths.extend(len(x) + extra[start + i] for i, x in enumerate(ids))
         if len(ds) > 20 * batch_size and (start // batch_size) % 20 == 0:
             log.info("measured %d / %d rows", start + len(rows), len(ds))
     return lengths, counts
 
 
 def prepare_split(
-    ds, processor, chat_template: str, image_seq_length: int, max_length: int, name: str
+    ds, processor, chat_template: str, image_tokens, max_length: int, name: str, square: bool = False
 ) -> PreparedSplit:
-    """Measure every row and drop those longer than `max_length` (counted by modality)."""
-    lengths, counts = row_lengths(ds, processor, chat_template, image_seq_length)
+    """Measure every row and drop those longer than `max_length` (counted by modality); `image_tokens`
+    and `square` as `row_lengths` takes them."""
+    lengths, counts = row_lengths(ds, processor, chat_template, image_tokens, square=square)
     keep = [i for i, n in enumerate(lengths) if n <= max_length]
     dropped = {"language": 0, "vision": 0}
     for i, n in enumerate(lengths):
@@ -133,15 +161,14 @@ def training_rows(
     """The train rows and, when the recipe evaluates at the end, the validation rows: measured exactly,
     over-long ones dropped and counted; for Wings stage 1, image rows only."""
     max_length = recipe.training.max_length
-    train = prepare_split(
-        mixture["train"], info.processor, info.chat_template, info.image_seq_length, max_length, "train"
-    )
+    tokens, square = info.image_tokens, recipe.data.image_aspect_ratio == "pad"
+    train = prepare_split(mixture["train"], info.processor, info.chat_template, tokens, max_length, "train", square)
     if len(train.dataset) == 0:
         raise MlanError(f"data.mixture {mixture_dir}: every train row is longer than max_length {max_length}")
     val = None
     if recipe.data.eval_at_end and "validation" in mixture and len(mixture["validation"]):
         val = prepare_split(
-            mixture["validation"], info.processor, info.chat_template, info.image_seq_length, max_length, "validation"
+            mixture["validation"], info.processor, info.chat_template, tokens, max_length, "validation", square
         )
         if len(val.dataset) == 0:
             val = None

@@ -1,8 +1,10 @@
 """What is trained in a LLaVA model: freezing by component, LoRA targets, the parameter report.
 
 transformers 5 names a LlavaForConditionalGeneration's parameters `model.vision_tower.*`,
-`model.multi_modal_projector.*`, `model.language_model.*` and `lm_head.*`; a PEFT wrapper adds a
-`base_model.model.` prefix. Components are recognised by those name parts.
+`model.multi_modal_projector.*`, `model.language_model.*` and `lm_head.*` (LLaVA-NeXT and -OneVision
+too, plus `model.image_newline`, which trains with the projector as in LLaVA-NeXT); Qwen2.5-VL's are
+`model.visual.*` (its projector: `model.visual.merger.*`), `model.language_model.*` and `lm_head.*`; a PEFT
+wrapper adds a `base_model.model.` prefix. Components are recognised by those name parts.
 """
 
 from __future__ import annotations
@@ -22,10 +24,10 @@ def component_of(name: str) -> str:
         return "lora"
     if ".wings." in name:  # Wings learners and routers sit inside the decoder layers, but are their own part
         return "wings"
-    if "vision_tower" in name:
-        return "vision_tower"
-    if "multi_modal_projector" in name:
+    if "multi_modal_projector" in name or "visual.merger." in name or "image_newline" in name:
         return "projector"
+    if "vision_tower" in name or name.startswith("visual.") or ".visual." in name:
+        return "vision_tower"
     if "lm_head" in name:
         return "lm_head"
     return "language_model"

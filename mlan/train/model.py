@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mlan import kinds
 from mlan.config.recipe import SFTRecipe
 from mlan.train.freeze import apply_freeze, lora_target_regex
 from mlan.train.model_info import ModelInfo
@@ -42,15 +43,15 @@ def model_to_train(recipe: SFTRecipe, info: ModelInfo, cuda: bool, device_index:
     if recipe.train.language_model in ("lora", "qlora"):
         for p in model.parameters():
             p.requires_grad_(False)
-        return ModelToTrain(model, peft_config=lora_config(recipe))
+        return ModelToTrain(model, peft_config=lora_config(recipe, qwen=info.kind == kinds.QWEN2_5_VL))
     apply_freeze(model, recipe.train)
     return ModelToTrain(model)
 
 
 def load_model(recipe: SFTRecipe, info: ModelInfo, cuda: bool, device_index: int):
-    """The LLaVA model from `info.path`; for QLoRA its language model in 4 bits on this process's device."""
+    """The multimodal model from `info.path` (its kind's class); for QLoRA its language model in 4 bits on
+    this process's device."""
     import torch
-    from transformers import LlavaForConditionalGeneration
 
     kwargs: dict[str, Any] = {}
     if recipe.model.revision:
@@ -70,23 +71,29 @@ def load_model(recipe: SFTRecipe, info: ModelInfo, cuda: bool, device_index: int
             # Only the LLM's linear layers are quantized; vision tower, projector and head stay exact.
             # transformers 5 matches these from the start of the full module name (or as a suffix),
             # so a bare "vision_tower" would not match "model.vision_tower.*".
-            llm_int8_skip_modules=[r".*vision_tower", r".*multi_modal_projector", "lm_head"],
+            # Qwen2.5-VL's tower and merger are `model.visual.*`.
+            llm_int8_skip_modules=[r".*vision_tower", r".*multi_modal_projector", r".*visual", "lm_head"],
         )
         kwargs["device_map"] = {"": device_index} if cuda else "cpu"
-    return LlavaForConditionalGeneration.from_pretrained(info.path, **kwargs)
+    return info.model_class.from_pretrained(info.path, **kwargs)
 
 
-def lora_config(recipe: SFTRecipe):
+def lora_config(recipe: SFTRecipe, qwen: bool = False):
     """The PEFT LoRA config: adapters on the language model's target layers; the projector and vision
     tower, when the recipe trains them, trained in full beside the adapters."""
     from peft import LoraConfig
 
     tr = recipe.train
     modules_to_save = []
-    if tr.projector:
-        modules_to_save.append("multi_modal_projector")
-    if tr.vision_tower:
-        modules_to_save.append("vision_tower")
+    if tr.vision_tower and qwen:
+        modules_to_save.append("visual")  # Qwen2.5-VL's tower holds its projector (`visual.merger`)
+    elif tr.projector and qwen:
+        modules_to_save.append("merger")
+    else:
+        if tr.projector:
+            modules_to_save.append("multi_modal_projector")
+        if tr.vision_tower:
+            modules_to_save.append("vision_tower")
     return LoraConfig(
         r=tr.lora.r,
         lora_alpha=tr.lora.alpha,

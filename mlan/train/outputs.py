@@ -284,11 +284,10 @@ def merge_lora(recipe: SFTRecipe, info: ModelInfo, adapter_dir: Path, dest: Path
     """Fold the adapter into an unquantized copy of the base model and save a full LLaVA folder."""
     import torch
     from peft import PeftModel
-    from transformers import LlavaForConditionalGeneration
 
     dtype = "auto" if recipe.model.dtype == "auto" else getattr(torch, recipe.model.dtype)
     kwargs = {"revision": recipe.model.revision} if recipe.model.revision else {}
-    base = LlavaForConditionalGeneration.from_pretrained(info.path, dtype=dtype, **kwargs)
+    base = info.model_class.from_pretrained(info.path, dtype=dtype, **kwargs)
     merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
     merged.config.image_aspect_ratio = recipe.data.image_aspect_ratio  # as run_sft records it
     dest.mkdir(parents=True)

@@ -41,10 +41,12 @@ from mlan.errors import MlanError
 VARLEN_KERNELS = ("flash_attention_2", "flash_attention_3", "flash_attention_4")
 # Kernels with which transformers keeps packed rows apart through a block-diagonal mask.
 PACKED_MASK_KERNELS = ("sdpa", "eager", "flex_attention")
-# Per-image keys the packing reorders with their rows (LLaVA: pixel_values; LLaVA-NeXT: also image_sizes).
+# Per-image keys the packing reorders with their rows (LLaVA: pixel_values; LLaVA-NeXT, -OneVision: also image_sizes).
 IMAGE_KEYS = ("pixel_values", "image_sizes")
+# LLaVA-OneVision's images per row that has any (it tiles a row's image only when it is alone).
+ROW_IMAGES_KEY = "batch_num_images"
 # The collator's keys packing knows; any other stops the run with one line instead of being dropped.
-KNOWN_KEYS = {"input_ids", "attention_mask", "labels", *IMAGE_KEYS}
+KNOWN_KEYS = {"input_ids", "attention_mask", "labels", ROW_IMAGES_KEY, *IMAGE_KEYS}
 # Where a packed batch carries its counts to the trainer (MlanSFTTrainer.compute_loss takes it out before the
 # forward): [padded positions, packed positions, real tokens, rows]. In the batch, not in the collator, so that
 # the counts reach the main process when dataloader workers collate.
@@ -67,11 +69,19 @@ class Packing:
         return asdict(self)
 
 
-def resolve_packing(setting: str, kernel: str | None, *, wings: bool) -> Packing:
+def resolve_packing(setting: str, kernel: str | None, *, wings: bool, mrope: bool = False) -> Packing:
     """`training.packing` (auto | in_batch | off) for this run; `kernel` is the language model's attention
-    implementation (needed unless the answer is off before it matters)."""
+    implementation (needed unless the answer is off before it matters); `mrope`: the model places tokens
+    with 3-D positions (Qwen2.5-VL's M-RoPE), which position ids restarting per row cannot express."""
     if setting == "off":
         return Packing(setting, False, kernel, None, "as set")
+    if mrope:
+        if setting == "in_batch":
+            raise MlanError(
+                "training.packing in_batch: not supported with Qwen2.5-VL (its M-RoPE places image tokens with "
+                "3-D positions, which packed rows' position ids cannot carry); set auto or off"
+            )
+        return Packing(setting, False, kernel, None, "M-RoPE's 3-D positions cannot be packed")
     if wings:
         # Wings' textual learner attends over every text token of a row from its own mask: rows packed
         # into one would see each other.
@@ -94,14 +104,14 @@ def resolve_packing(setting: str, kernel: str | None, *, wings: bool) -> Packing
     return Packing(setting, False, kernel, None, f"{kernel} cannot keep packed rows apart")
 
 
-def default_kernel(config) -> str:
-    """The attention kernel transformers chooses for this LLaVA config when the recipe names none, read
-    from a weightless copy (its choice depends on the installed torch and kernels)."""
+def default_kernel(config, model_class=None) -> str:
+    """The attention kernel transformers chooses for this multimodal config (a LLaVA's by default) when the
+    recipe names none, read from a weightless copy (its choice depends on the installed torch and kernels)."""
     from accelerate import init_empty_weights
     from transformers import LlavaForConditionalGeneration
 
     with init_empty_weights():
-        meta = LlavaForConditionalGeneration._from_config(config)
+        meta = (model_class or LlavaForConditionalGeneration)._from_config(config)
     return meta.config.get_text_config()._attn_implementation
 
 
@@ -219,6 +229,10 @@ def pack(
         for k in IMAGE_KEYS:
             if k in batch:
                 packed[k] = batch[k][image_order]
+        if ROW_IMAGES_KEY in batch:
+            if batch[ROW_IMAGES_KEY].tolist() != [n for n in images_per_row if n]:
+                raise ValueError(f"packing: {ROW_IMAGES_KEY} does not match the rows' images")
+            packed[ROW_IMAGES_KEY] = torch.tensor([images_per_row[i] for i in order if images_per_row[i]])
     packed[STATS_KEY] = torch.tensor([batch["input_ids"].numel(), out_ids.numel(), sum(lengths), len(lengths)])
     return packed
 

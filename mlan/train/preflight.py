@@ -26,6 +26,7 @@ from mlan.config.recipe import WINGS_ARCHITECTURE_FIELDS, SFTRecipe
 from mlan.data.manifest import config_hash
 from mlan.data.mixture import build_mixture
 from mlan.errors import MlanError, first_line
+from mlan.families import image_token_counter, load_processor, training_template
 from mlan.hub import require_hub
 from mlan.paths import resolve_config
 from mlan.runs import mixture_dir as default_mixture_dir
@@ -74,7 +75,7 @@ def preflight(recipe: SFTRecipe, *, out: Path, ckpt_dir: Path, resume: bool | No
     mixture, manifest = load_mixture(mix_dir)
     check_image_row_length(recipe, info, mixture, manifest)
     if recipe.train.language_model in ("lora", "qlora"):
-        n = check_lora_targets_on_meta(recipe, info.config)
+        n = check_lora_targets_on_meta(recipe, info)
         log.info("LoRA targets match %d linear layers of the language model", n)
     check_report_to(recipe.training.report_to)
     if recipe.wings is not None:
@@ -99,9 +100,10 @@ def check_packing(recipe: SFTRecipe, info: ModelInfo) -> Packing:
     else transformers' default, read from a weightless copy only when the answer depends on it."""
     setting = recipe.training.packing
     kernel = recipe.model.attn_implementation
-    if kernel is None and recipe.wings is None and setting != "off":
-        kernel = default_kernel(info.config)
-    return resolve_packing(setting, kernel, wings=recipe.wings is not None)
+    mrope = info.kind == kinds.QWEN2_5_VL
+    if kernel is None and recipe.wings is None and setting != "off" and not mrope:
+        kernel = default_kernel(info.config, info.model_class)
+    return resolve_packing(setting, kernel, wings=recipe.wings is not None, mrope=mrope)
 
 
 def resolve_mixture(recipe: SFTRecipe) -> Path:
@@ -136,7 +138,7 @@ def resolve_mixture(recipe: SFTRecipe) -> Path:
 
 def inspect_model(recipe: SFTRecipe) -> ModelInfo:
     """Load config and processor (no weights) and check they form a LLaVA model we can train."""
-    from transformers import AutoConfig, AutoProcessor
+    from transformers import AutoConfig
 
     path = recipe.model.path
     kwargs = {"revision": recipe.model.revision} if recipe.model.revision else {}
@@ -153,12 +155,12 @@ def inspect_model(recipe: SFTRecipe) -> ModelInfo:
     kind = kinds.kind_of(raw, folder, path)
     if kind == kinds.ORIGINAL_LLAVA:
         raise kinds.original_layout_error(path, "model.path")
-    if kind in (kinds.LLAVA_NEXT, kinds.LLAVA_ONEVISION, kinds.QWEN2_5_VL):
-        # Their image-token count varies with each image's size (anyres tiles, dynamic resolution), which
-        # the collator and preflight's token arithmetic here assume fixed; they are evaluated, not trained.
+    if kind == kinds.LLAVA_NEXT:
+        # LLaVA-NeXT's anyres tiles change the image-token count per image, and its processor's count is
+        # not wired here as LLaVA-OneVision's and Qwen2.5-VL's are; it is evaluated and merged, not trained.
         raise MlanError(
-            f"model.path {path}: a {kind} model; mlan sft trains LLaVA-1.5-style (llava) models only "
-            f"({kind} folders can be evaluated)"
+            f"model.path {path}: a llava_next model; mlan sft trains llava, llava_onevision and qwen2_5_vl "
+            "models (LLaVA-NeXT folders can be evaluated and merged)"
         )
     if kind == kinds.CAUSAL_LM:
         raise MlanError(
@@ -171,7 +173,7 @@ def inspect_model(recipe: SFTRecipe) -> ModelInfo:
     except (OSError, ValueError) as e:
         raise MlanError(f"model.path {path}: cannot load the model config ({first_line(e)})") from None
     try:
-        processor = AutoProcessor.from_pretrained(path, **kwargs)
+        processor = load_processor(path, kind, **kwargs)
     except (OSError, ValueError, TypeError) as e:
         raise MlanError(f"model.path {path}: cannot load the processor ({first_line(e)})") from None
     if not hasattr(processor, "image_processor") or not getattr(processor, "image_token", None):
@@ -186,8 +188,10 @@ def inspect_model(recipe: SFTRecipe) -> ModelInfo:
             f"model.path {path}: the processor's image token {processor.image_token!r} has id {token_id}, "
             f"but the model expects image token id {model_token_id}"
         )
-    image_seq_length = _processor_image_tokens(processor, config, token_id)
-    expected = _model_image_features(config)
+    counter = image_token_counter(processor, kind)
+    # Fixed-count kinds (LLaVA-1.5): the processor's expansion, checked against the tower's features.
+    image_seq_length = None if counter is not None else _processor_image_tokens(processor, config, token_id)
+    expected = _model_image_features(config) if counter is None else None
     if expected is not None and image_seq_length != expected:
         raise MlanError(
             f"model.path {path}: the processor expands {processor.image_token!r} into {image_seq_length} tokens, "
@@ -200,13 +204,21 @@ def inspect_model(recipe: SFTRecipe) -> ModelInfo:
             f"training.max_length {recipe.training.max_length}: longer than the language model's "
             f"{positions} positions (max_position_embeddings)"
         )
-    template, source = _training_template(recipe, processor, path)
+    template, source = _training_template(recipe, processor, path, kind)
     saved = template
     if recipe.training.chat_template == "plain":
+        if counter is not None:
+            raise MlanError(
+                f"training.chat_template plain: LLaVA's stage-1 format is for llava models; a {kind} model "
+                "trains in its own chat template (set chat_template: auto)"
+            )
         template, source = PLAIN_TEMPLATE, "plain"
-    min_row = _min_image_row(processor, template, image_seq_length)
+    smallest = counter([(1, 1)]) if counter is not None else image_seq_length
+    min_row = _min_image_row(processor, template, smallest)
     # Whether max_length fits an image row is checked once the mixture is known (check_image_row_length).
-    return ModelInfo(path, processor, config, token_id, image_seq_length, template, source, min_row, saved)
+    return ModelInfo(
+        path, processor, config, token_id, image_seq_length, template, source, min_row, saved, kind, counter
+    )
 
 
 def check_image_row_length(recipe: SFTRecipe, info: ModelInfo, mixture, manifest: dict[str, Any] | None) -> None:
@@ -216,7 +228,7 @@ def check_image_row_length(recipe: SFTRecipe, info: ModelInfo, mixture, manifest
         return
     raise MlanError(
         f"training.max_length {recipe.training.max_length}: shorter than one image row "
-        f"({info.min_image_row} tokens, {info.image_seq_length} of them image tokens)"
+        f"({info.min_image_row} tokens, {info.min_image_row - _text_tokens(info)} of them image tokens)"
     )
 
 
@@ -277,14 +289,25 @@ PLAIN_TEMPLATE = (
 )
 
 
-def _training_template(recipe: SFTRecipe, processor, path: str) -> tuple[str, str]:
-    """The chat template to train with: the model's own when it marks assistant turns for the loss,
-    otherwise mlan's Vicuna-v1 template (the format MLAN trains in), which is then saved with the model."""
+def _training_template(recipe: SFTRecipe, processor, path: str, kind: str = kinds.LLAVA) -> tuple[str, str]:
+    """The chat template to train with: the model's own when it marks assistant turns for the loss, or
+    TRL's marked variant of it (Qwen2.5-VL's); otherwise, for a LLaVA, mlan's Vicuna-v1 template (the
+    format MLAN trains in), which is then saved with the model. LLaVA-OneVision and Qwen2.5-VL keep their
+    own template: their image placeholders and turns are their own."""
     own = processor.chat_template
     if isinstance(own, dict):
         own = own.get("default")
     if own and (not recipe.training.assistant_only_loss or GENERATION_MARKER.search(own)):
         return own, "model"
+    marked = training_template(processor) if own else None
+    if marked is not None:
+        return marked, "model (TRL's training variant)"
+    if kind in kinds.QWEN2_LM_KINDS:
+        raise MlanError(
+            f"model.path {path}: its chat template has no {{% generation %}} markers for assistant-only loss, "
+            "and TRL knows no training variant of it; set training.assistant_only_loss false or give the "
+            "processor a marked template"
+        )
     # Real Llama checkpoints expect <s> first; TRL's collator tokenizes without special tokens.
     log.warning(
         "%s: chat template %s; training with mlan's Vicuna-v1 template (USER: ... ASSISTANT: ...)",
@@ -292,6 +315,12 @@ def _training_template(recipe: SFTRecipe, processor, path: str) -> tuple[str, st
         "missing" if not own else "has no {% generation %} markers for assistant-only loss",
     )
     return "{{- bos_token -}}" + CHAT_TEMPLATE, "vicuna_v1"
+
+
+def _text_tokens(info: ModelInfo) -> int:
+    """Tokens of the shortest image row's text (its one image placeholder included)."""
+    smallest = info.image_counter([(1, 1)]) if info.image_counter is not None else info.image_seq_length
+    return info.min_image_row - smallest + 1
 
 
 def _min_image_row(processor, template: str, image_seq_length: int) -> int:
@@ -304,13 +333,12 @@ def _min_image_row(processor, template: str, image_seq_length: int) -> int:
     return len(processor.tokenizer(text, add_special_tokens=False)["input_ids"]) + image_seq_length - 1
 
 
-def check_lora_targets_on_meta(recipe: SFTRecipe, config) -> int:
+def check_lora_targets_on_meta(recipe: SFTRecipe, info: ModelInfo) -> int:
     """Match the LoRA targets on a weightless copy of the model, before anything is loaded."""
     from accelerate import init_empty_weights
-    from transformers import LlavaForConditionalGeneration
 
     with init_empty_weights():
-        meta = LlavaForConditionalGeneration(config)
+        meta = info.model_class(info.config)
     return len(check_lora_targets(meta, recipe.train.lora.target_modules))
 
 
@@ -337,6 +365,8 @@ def check_wings(recipe: SFTRecipe, info: ModelInfo) -> None:
     from accelerate import init_empty_weights
     from transformers import LlavaForConditionalGeneration
 
+    if info.kind not in (kinds.LLAVA, kinds.WINGS):
+        raise MlanError(f"wings: Wings' learners are built for LLaVA models (llava), not a {info.kind} model")
     # mlan.wings imports torch: not at the top of this light module.
     from mlan.wings import add_wings, is_wings_dir
     from mlan.wings.io import WINGS_WEIGHTS, read_wings_config
