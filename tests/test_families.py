@@ -168,8 +168,9 @@ def test_merge_the_original_qwen2_back(cli, family_dirs, tmp_path, kind):
     kinds.model_class(kind).from_pretrained(tmp_path / "m1")
 
 
-def _family_mixture(out, shared_data, n_language=8):
-    """Letter-answer text rows and image rows of several sizes (so the image-token counts differ)."""
+def _family_mixture(out, shared_data, n_language=8, longer=0):
+    """Letter-answer text rows and image rows of several sizes (so the image-token counts differ); the
+    first two text rows lengthened by `longer` repeats of a short sentence."""
     from datasets import Dataset, DatasetDict
     from PIL import Image
     from test_sft import _image_rows, _mc_rows
@@ -177,6 +178,8 @@ def _family_mixture(out, shared_data, n_language=8):
     from mlan.data.mixture import features
 
     text = _mc_rows(shared_data / "arc_easy" / "train.jsonl", "arc_easy", n_language)
+    for row in text[:2]:
+        row["messages"][0]["content"] += " Think it through." * longer
     images = _image_rows(6)
     (out / "img").mkdir(parents=True)
     sizes = [(56, 56), (40, 90), (120, 30), (33, 47), (200, 120), (64, 64)]
@@ -276,3 +279,46 @@ def test_sft_trains_resumes_and_evaluates(cli, family_dirs, shared_data, eval_da
     r = cli("eval", tmp_path / "full", "--suite", "unseen_vision", "--tasks", "pope", "--limit", "2",
             "--data-dir", eval_data, "--image-dir", eval_data / "images", "--out", tmp_path / "ev")  # fmt: skip
     assert r.exit_code == 0, r.output
+
+
+def test_onevision_packed_step_gives_the_padded_loss(family_dirs, shared_data, tmp_path):
+    """LLaVA-OneVision packs (1-D RoPE): an optimizer step of two mixed micro-batches, packed (images of
+    several sizes, so several tiles each, moved with their rows; the per-row image counts too) gives the
+    padded step's loss and gradients within float32 tolerance."""
+    from datasets import load_from_disk
+    from test_packing import _step
+    from trl import SFTConfig
+
+    from mlan.config.recipe import SFTRecipe
+    from mlan.train.model import load_model
+    from mlan.train.packing import STATS_KEY, InBatchPacking, attention_weight
+    from mlan.train.preflight import inspect_model
+    from mlan.train.trainer import MlanSFTTrainer, image_token_masking
+
+    mixture = _family_mixture(tmp_path, shared_data, n_language=4, longer=80)
+    recipe = SFTRecipe.model_validate(
+        {"model": {"path": str(family_dirs[kinds.LLAVA_ONEVISION])}, "data": {"mixture": str(mixture)}}
+    )
+    info = inspect_model(recipe)
+    info.processor.chat_template = info.chat_template
+    model = load_model(recipe, info, cuda=False, device_index=0).float().train()
+    rows = load_from_disk(str(mixture))["train"]
+    args = SFTConfig(
+        output_dir=str(tmp_path / "t"), max_length=None, assistant_only_loss=True, report_to="none", use_cpu=True
+    )
+    trainer = MlanSFTTrainer(model=model, args=args, train_dataset=rows, processing_class=info.processor)
+    collator = image_token_masking(trainer.data_collator, info.image_token_id)
+    packer = InBatchPacking(
+        collator, info.processor.tokenizer.pad_token_id, attention_weight(info.config.get_text_config())
+    )
+    batches = ([0, 4, 8, 1], [9, 2, 5, 6])  # text rows 0-3, image rows 4-9
+    padded = [collator([dict(rows[i]) for i in b]) for b in batches]
+    packed = [packer([dict(rows[i]) for i in b]) for b in batches]
+    assert all("batch_num_images" in p for p in packed) and any(
+        q[STATS_KEY][1] < q[STATS_KEY][0] for q in packed
+    )  # something was packed
+    loss_a, n_a, grads_a = _step(trainer, padded)
+    loss_b, n_b, grads_b = _step(trainer, packed)
+    assert n_a == n_b and grads_a.keys() == grads_b.keys()
+    assert abs(loss_a - loss_b) < 1e-5
+    assert max(float((grads_a[k] - grads_b[k]).abs().max()) for k in grads_a) < 1e-5
