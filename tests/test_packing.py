@@ -455,6 +455,8 @@ def test_packing_outcomes_by_hand():
         "padding_packed": 0.1,
     }
     assert padding_saved([0, 0, 0, 0]) is None and padding_saved(None) is None
+    thirds = padding_saved([3, 3, 1, 1])
+    assert thirds["padding_padded"] == thirds["padding_packed"] == 0.6667  # shares to 4 places
     on = {"on": True, "reason": "sdpa, x", "saved": saved}
     assert describe_packing(on) == (
         "on (sdpa, x): padding 46% of the padded batches' positions, 10% packed (0.60x positions)"
