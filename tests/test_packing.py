@@ -462,3 +462,48 @@ def test_packing_outcomes_by_hand():
         "on (sdpa, x): padding 46% of the padded batches' positions, 10% packed (0.60x positions)"
     )
     assert describe_packing({"on": False, "reason": "as set", "saved": None}) == "off (as set)"
+
+
+def test_mrope_and_per_row_image_counts_by_hand():
+    """Qwen2.5-VL's M-RoPE: auto is off with its reason, in_batch refused in one line, off as set;
+    LLaVA-OneVision's per-row image counts (`batch_num_images`, rows with images only) follow the rows
+    into the bins, and counts that disagree with the rows stop the run; the default kernel is read from the
+    model's own class (found by mutation testing, docs/mutation.md)."""
+    import torch
+    from transformers import (
+        LlavaOnevisionConfig,
+        LlavaOnevisionForConditionalGeneration,
+        Qwen2Config,
+        SiglipVisionConfig,
+    )
+
+    from mlan.train.packing import Packing, default_kernel
+
+    assert resolve_packing("auto", "sdpa", wings=False, mrope=True) == Packing(
+        "auto", False, "sdpa", None, "M-RoPE's 3-D positions cannot be packed"
+    )
+    assert resolve_packing("off", "sdpa", wings=False, mrope=True) == Packing("off", False, "sdpa", None, "as set")
+    with pytest.raises(MlanError) as e:
+        resolve_packing("in_batch", "sdpa", wings=False, mrope=True)
+    assert str(e.value) == (
+        "training.packing in_batch: not supported with Qwen2.5-VL (its M-RoPE places image tokens with 3-D "
+        "positions, which packed rows' position ids cannot carry); set auto or off"
+    )
+    # Rows: 3 tokens with 1 image, 5 with none, 2 with 2 images: bins [1], [0, 2] -> counts in order [1, 2].
+    ids = torch.tensor([[11, 12, 13, 0, 0], [21, 22, 23, 24, 25], [31, 32, 0, 0, 0]])
+    batch = {"input_ids": ids, "attention_mask": (ids != 0).long(), "labels": ids, "pixel_values": torch.arange(3.0)}
+    out = pack({**batch, "batch_num_images": torch.tensor([1, 2])}, [1, 0, 2], 0, weight=1.0)
+    assert out["batch_num_images"].tolist() == [1, 2] and out["pixel_values"].tolist() == [0.0, 1.0, 2.0]
+    out = pack({**batch, "batch_num_images": torch.tensor([2, 1])}, [2, 0, 1], 0, weight=1.0)
+    assert out["batch_num_images"].tolist() == [2, 1] and out["pixel_values"].tolist() == [0.0, 1.0, 2.0]
+    ids2 = torch.tensor([[11, 12, 0, 0, 0], [21, 22, 23, 24, 25], [31, 32, 33, 0, 0]])
+    b2 = {"input_ids": ids2, "attention_mask": (ids2 != 0).long(), "labels": ids2, "pixel_values": torch.arange(3.0)}
+    out = pack({**b2, "batch_num_images": torch.tensor([1, 2])}, [1, 0, 2], 0, weight=1.0)
+    assert out["input_ids"].tolist() == [[21, 22, 23, 24, 25], [31, 32, 33, 11, 12]]  # row 2 before row 0
+    assert out["batch_num_images"].tolist() == [2, 1] and out["pixel_values"].tolist() == [1.0, 2.0, 0.0]
+    with pytest.raises(ValueError, match="batch_num_images does not match the rows' images"):
+        pack({**batch, "batch_num_images": torch.tensor([1, 1])}, [1, 0, 2], 0, weight=1.0)
+    text = Qwen2Config(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, vocab_size=64)
+    vision = SiglipVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
+    ov = LlavaOnevisionConfig(text_config=text, vision_config=vision)
+    assert default_kernel(ov, LlavaOnevisionForConditionalGeneration) == "sdpa"
