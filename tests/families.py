@@ -22,6 +22,15 @@ from pathlib import Path
 
 # llava-hf/llava-onevision-qwen2-0.5b-ov-hf's image_grid_pinpoints, in units of its 384-pixel tower:
 # every (h, w) with h, w in {384, 768, ..., 2304} (36 grids).
+# Both families' language model at test size: a 2 x 64 Qwen2 (head_dim 16).
+TINY_QWEN2 = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=2048,
+)
 REAL_IMAGE_SIZE = 384
 REAL_GRID_PINPOINTS = [[h, w] for h in range(384, 2305, 384) for w in range(384, 2305, 384)]
 VISION_ASPECT_RATIO = "anyres_max_9"
@@ -107,12 +116,7 @@ def build_tiny_llava_onevision(seed: int = 0):
     pinpoints = [[h * image_size // REAL_IMAGE_SIZE, w * image_size // REAL_IMAGE_SIZE] for h, w in REAL_GRID_PINPOINTS]
     text_config = Qwen2Config(
         vocab_size=len(tok),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
+        **TINY_QWEN2,
         rope_theta=1000000.0,  # Qwen2-0.5B-Instruct
         rms_norm_eps=1e-6,
         bos_token_id=None,
@@ -272,12 +276,7 @@ def build_tiny_qwen2_5_vl(seed: int = 0):
     config = Qwen2_5_VLConfig(
         text_config=dict(
             vocab_size=len(tok),
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=2048,
+            **TINY_QWEN2,
             rms_norm_eps=1e-6,
             # M-RoPE: (t, h, w) split of the head_dim/2 = 8 rotary frequencies (real 7B: [16, 24, 24] of 64)
             rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [2, 3, 3]},
