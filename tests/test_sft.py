@@ -418,7 +418,10 @@ BAD_SFT = {
     "not llava": (lambda m, x, t: (_copy_model(m, t / "m", model_type="llama"), x, []), "is not LLaVA-style"),
     "image token": (lambda m, x, t: (_copy_model(m, t / "m", image_token_id=5), x, []), "image token"),
     "image features": (lambda m, x, t: (_more_image_tokens(m, t), x, []), "image features per image"),
-    "short max length": (lambda m, x, t: (m, x, ["-o", "training.max_length=20"]), "shorter than one image row"),
+    "short max length": (
+        lambda m, x, t: (m, x, ["-o", "training.max_length=20"]),
+        "shorter than one image row (",  # and its image tokens, the tiny model's 16 (checked in the test)
+    ),
     "long max length": (
         lambda m, x, t: (m, x, ["-o", "training.max_length=4096"]),
         "longer than the language model's 2048 positions",
@@ -449,7 +452,10 @@ def test_sft_bad_input(cli, one_line_error, tiny_llava_dir, mixture_dir, tmp_pat
     make, message = BAD_SFT[case]
     model, mixture, extra = make(tiny_llava_dir, mixture_dir, tmp_path)
     out = tmp_path / "out"
-    assert message in one_line_error(cli(*_sft_args(model, mixture, out, *extra)))
+    line = one_line_error(cli(*_sft_args(model, mixture, out, *extra)))
+    assert message in line
+    if case == "short max length":
+        assert line.endswith(" tokens, 16 of them image tokens)")
     assert not out.exists() and not (tmp_path / "out.checkpoints").exists()
 
 
