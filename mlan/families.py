@@ -115,7 +115,27 @@ def causal_lm_config(kind: str, config):
     if rope.get("rope_type", "default") == "mrope":
         rope["rope_type"] = "default"
     rope.setdefault("rope_type", "default")
-    fields = ["vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "hidden_act", "max_position_embeddings", "initializer_range", "rms_norm_eps", "use_cache", "use_sliding_window", "sliding_window", "max_window_layers", "layer_types", "attention_dropout", "bos_token_id", "eos_token_id", "pad_token_id"]
+    fields = [
+        "vocab_size",
+        "hidden_size",
+        "intermediate_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "hidden_act",
+        "max_position_embeddings",
+        "initializer_range",
+        "rms_norm_eps",
+        "use_cache",
+        "use_sliding_window",
+        "sliding_window",
+        "max_window_layers",
+        "layer_types",
+        "attention_dropout",
+        "bos_token_id",
+        "eos_token_id",
+        "pad_token_id",
+    ]
     kw = {f: getattr(tc, f) for f in fields if hasattr(tc, f)}
     kw["use_sliding_window"] = bool(kw.get("use_sliding_window"))
     if kw.get("sliding_window") is None:
