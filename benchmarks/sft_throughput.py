@@ -24,7 +24,7 @@ their ratio and the padding fraction (padded positions / all positions of the ba
 was given, counted by a forward pre-hook; a packed batch has no attention_mask to count from, so for
 it mlan's own count of real tokens and positions, from train_results.json).
 
-    python benchmarks/sft_throughput.py                 # ~10 min on 2 CPU cores
+    python benchmarks/sft_throughput.py                 # about 3 min on 2 idle CPU cores (three runs)
     python benchmarks/sft_throughput.py --vision-share 0.125 --rows 512
 """
 

@@ -47,7 +47,7 @@ against plain TRL (mean and [range] over seeds), of training wall time to target
 target with set-up, and whether the goal held: mlan packed (d) reaches the target in at most 0.7x
 plain TRL's training wall time with a final score no worse (within `--tolerance` points).
 
-    python benchmarks/sft_time_to_quality.py          # 8-11 min on 2 shared CPU cores (3-4 of them: the start model)
+    python benchmarks/sft_time_to_quality.py          # about 6 min on 2 idle CPU cores (2 of them: the start model)
     python benchmarks/sft_time_to_quality.py --from-lab runs/lab/seed0 --seeds 0,1,2
 """
 
