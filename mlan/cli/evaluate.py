@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated
 
@@ -139,12 +138,12 @@ def evaluate(
         "fresh": fresh,
     }
     run = build_run(models, flags, overrides)
-    from mlan.evaluate.parallel import launched_processes
+    from mlan.evaluate.parallel import main_process
 
-    main = int(os.environ.get("RANK", "0") or 0) == 0
+    main = main_process()
     with task_progress("evaluating", enabled=main) as progress:
         report = run_evaluation(run, progress=progress)
-    if launched_processes() > 1 and not main:
+    if not main:
         return  # the main process prints the results
     con = console()
     con.print(report.table(), markup=False)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated
 
@@ -73,7 +72,9 @@ def merge(
     options |= {"out": str(out) if out is not None else None, "suites": list(suite) if suite else None}
     options |= {"criterion": criterion, "keep_merged": True if keep_merged else None}
     result = run_merge(merge_config(config, options, overrides), overwrite=overwrite)
-    if int(os.environ.get("RANK", "0") or 0) != 0:
+    from mlan.evaluate.parallel import main_process
+
+    if not main_process():
         return  # one of several processes of a sweep: the main one prints
     if isinstance(result, SweepReport):
         _print_sweep(result)

@@ -73,6 +73,12 @@ def launched_processes() -> int:
     return int(os.environ.get("WORLD_SIZE", "1") or 1)
 
 
+def main_process() -> bool:
+    """Whether this is the main process (rank 0, or the only one), from the launcher's environment; for the
+    CLI, which decides what to draw and print before the process group exists."""
+    return int(os.environ.get("RANK", "0") or 0) == 0
+
+
 def current(cuda: bool) -> Processes:
     """This process's place; starts the process group when launched as several (gloo without `cuda`)."""
     if launched_processes() <= 1:

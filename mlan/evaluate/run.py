@@ -104,6 +104,7 @@ class _Entry:
     scripted: bool
     multimodal: bool
     manifest: dict
+    kind: str | None = None  # mlan.kinds' kind of a folder or hub id; None for a scripted model
 
     @property
     def covered(self) -> set[str]:
@@ -209,6 +210,7 @@ def _entries(models: list[Any], plan: list[tuple[EvalSuite, list[SuiteTask]]]) -
     entries = []
     for m in models:
         scripted = hasattr(m, "generate") and not isinstance(m, (str, Path))
+        kind = None
         if scripted:
             multimodal, manifest = bool(getattr(m, "multimodal", False)), getattr(m, "manifest", {}) or {}
         else:
@@ -221,7 +223,7 @@ def _entries(models: list[Any], plan: list[tuple[EvalSuite, list[SuiteTask]]]) -
                 raise kinds.original_layout_error(m)
             multimodal = kind in kinds.MULTIMODAL_KINDS
             manifest = read_mixture_manifest(m) if folder is not None else {}
-        entry = _Entry(m, _label(m, taken), scripted, multimodal, manifest)
+        entry = _Entry(m, _label(m, taken), scripted, multimodal, manifest, kind)
         for suite, _ in plan:
             if suite.engine == "lm_eval" and scripted:
                 raise MlanError(f"{entry.label}: a scripted model can only run generate suites, not {suite.name!r}")
@@ -418,9 +420,9 @@ def _own_prompt(suite: EvalSuite, entry: _Entry) -> EvalSuite | None:
     Vicuna-v1 with `<image>` first) asked of LLaVA-OneVision or Qwen2.5-VL: they were tuned in their
     own template, and Qwen2.5-VL's image sits in its own tokens. A documented deviation from MLAN's prompt
     (docs/evaluation.md), recorded per task as `prompt_style`. None when the suite stays as it is."""
-    if entry.scripted or suite.modality != "vision" or suite.prompt.style == "chat":
+    if entry.kind not in (kinds.LLAVA_ONEVISION, kinds.QWEN2_5_VL):
         return None
-    if kinds.model_kind(entry.model) not in (kinds.LLAVA_ONEVISION, kinds.QWEN2_5_VL):
+    if suite.modality != "vision" or suite.prompt.style == "chat":
         return None
     return suite.model_copy(update={"prompt": suite.prompt.model_copy(update={"style": "chat"})})
 

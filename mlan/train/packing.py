@@ -33,6 +33,7 @@ Light to import (torch inside the functions): the pre-flight checks resolve the 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from itertools import accumulate
 from typing import Any
 
 from mlan.errors import MlanError
@@ -221,7 +222,7 @@ def pack(
     packed = {"input_ids": out_ids, "labels": out_labels, "position_ids": positions}
     order = [i for rows in bins for i in rows]
     if any(k in batch for k in IMAGE_KEYS):
-        starts = [sum(images_per_row[:i]) for i in range(len(images_per_row))]
+        starts = list(accumulate(images_per_row, initial=0))  # each row's first image
         n_images = sum(images_per_row)
         if any(len(batch[k]) != n_images for k in IMAGE_KEYS if k in batch):
             raise ValueError(f"packing: {n_images} images in the rows, but the collator's image tensors differ")

@@ -213,8 +213,7 @@ def inspect_model(recipe: SFTRecipe) -> ModelInfo:
                 "trains in its own chat template (set chat_template: auto)"
             )
         template, source = PLAIN_TEMPLATE, "plain"
-    smallest = counter([(1, 1)]) if counter is not None else image_seq_length  # as _smallest_image
-    min_row = _min_image_row(processor, template, smallest)
+    min_row = _min_image_row(processor, template, _smallest_image(counter, image_seq_length))
     # Whether max_length fits an image row is checked once the mixture is known (check_image_row_length).
     return ModelInfo(
         path, processor, config, token_id, image_seq_length, template, source, min_row, saved, kind, counter
@@ -228,7 +227,7 @@ def check_image_row_length(recipe: SFTRecipe, info: ModelInfo, mixture, manifest
         return
     raise MlanError(
         f"training.max_length {recipe.training.max_length}: shorter than one image row "
-        f"({info.min_image_row} tokens, {_smallest_image(info)} of them image tokens)"
+        f"({info.min_image_row} tokens, {_smallest_image(info.image_counter, info.image_seq_length)} of them image tokens)"
     )
 
 
@@ -317,9 +316,9 @@ def _training_template(recipe: SFTRecipe, processor, path: str, kind: str = kind
     return "{{- bos_token -}}" + CHAT_TEMPLATE, "vicuna_v1"
 
 
-def _smallest_image(info: ModelInfo) -> int:
+def _smallest_image(counter, image_seq_length: int | None) -> int:
     """Tokens of the smallest image: the fixed count, or the counter's for a 1 x 1 image."""
-    return info.image_counter([(1, 1)]) if info.image_counter is not None else info.image_seq_length
+    return counter([(1, 1)]) if counter is not None else image_seq_length
 
 
 def _min_image_row(processor, template: str, image_seq_length: int) -> int:
