@@ -382,7 +382,51 @@ def bad_image_file(tmp_path: Path, shared_data: Path) -> Path:
     return write_jsonl(tmp_path / "vqa.jsonl", rows)
 
 
+def broken_line_file(tmp_path: Path, shared_data: Path, name: str = "broken.jsonl") -> Path:
+    """SQuAD rows, the seventh (line 7) missing the closing quote of its id, as a hand edit leaves it."""
+    lines = (shared_data / "squad/validation.jsonl").read_text().splitlines()[:20]
+    assert lines[6].startswith('{"id": "'), lines[6][:20]
+    end = lines[6].index('", ')
+    lines[6] = lines[6][:end] + lines[6][end + 1 :]
+    (tmp_path / name).write_text("\n".join(lines) + "\n")
+    return tmp_path / name
+
+
+def broken_document_file(tmp_path: Path, shared_data: Path) -> Path:
+    """SQuAD rows as one pretty-printed JSON list whose fourth line lacks its comma (the parser finds
+    that out at the next value, on line 5, and says so)."""
+    rows = read_jsonl(shared_data / "squad/validation.jsonl")[:3]
+    lines = json.dumps(rows, indent=1).splitlines()
+    assert lines[3].endswith(","), lines[3]
+    lines[3] = lines[3][:-1]
+    (tmp_path / "broken.json").write_text("\n".join(lines))
+    return tmp_path / "broken.json"
+
+
+def csv_file(tmp_path: Path) -> Path:
+    (tmp_path / "rows.csv").write_text("id,question\n1,q\n")
+    return tmp_path / "rows.csv"
+
+
 BAD_CASES = {
+    # A local file that does not parse: the file, the first bad line and the parser's reason, and no
+    # log record of the datasets library above it (its JSON loader logs an ERROR of its own).
+    "broken JSON line": (
+        lambda t, d: {"dataset": str(broken_line_file(t, d)), "adapter": "squad", "count": 5},
+        "broken.jsonl: line 7: invalid JSON (Expecting ',' delimiter, column ",
+    ),
+    "broken JSON line in a .json file": (
+        lambda t, d: {"dataset": str(broken_line_file(t, d, "lines.json")), "adapter": "squad", "count": 5},
+        "lines.json: line 7: invalid JSON (Expecting ',' delimiter, column ",
+    ),
+    "broken JSON document": (
+        lambda t, d: {"dataset": str(broken_document_file(t, d)), "adapter": "squad", "count": 2},
+        "broken.json: line 5: invalid JSON (Expecting ',' delimiter, column 3)",
+    ),
+    "not a data file": (
+        lambda t, d: {"dataset": str(csv_file(t)), "adapter": "squad", "count": 2},
+        "rows.csv: expected a .jsonl, .json or .parquet file or a save_to_disk folder",
+    ),
     "missing file": (lambda t, d: {"dataset": str(t / "nope.jsonl"), "adapter": "arc", "count": 5}, "file not found"),
     "unknown adapter": (
         lambda t, d: {"dataset": str(d / "squad/validation.jsonl"), "adapter": "sqaud", "count": 5},
@@ -431,6 +475,38 @@ def test_bad_input_one_line_exit_2_nothing_written(cli, one_line_error, shared_d
     out = tmp_path / "out"
     assert message in one_line_error(cli("build-mixture", spec, "--out", out))
     assert not out.exists() and not list(tmp_path.glob(".out*"))
+
+
+def test_broken_json_line_in_a_real_console(shared_data, tmp_path):
+    """The same broken line as a user's terminal shows it: `mlan` in its own process, so whatever the
+    libraries print by any route (their own handlers, stderr) is seen, not only what CliRunner catches.
+    One line naming the file, the line and the reason; the library's own record only with -v."""
+    import os
+    import subprocess
+    import sys
+
+    broken = broken_line_file(tmp_path, shared_data)
+    spec = write_spec(
+        tmp_path / "bad.yaml", sources=[{"name": "src", "dataset": str(broken), "adapter": "squad", "count": 5}]
+    )
+
+    def run(*flags: str) -> subprocess.CompletedProcess:
+        args = [sys.executable, "-m", "mlan", *flags, "build-mixture", str(spec), "--out", str(tmp_path / "out")]
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "COLUMNS": "200"}
+        return subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
+
+    quiet = run()
+    assert quiet.returncode == 2, quiet.stderr
+    lines = [x for x in quiet.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1, quiet.stderr
+    assert re.fullmatch(
+        rf"error: source 'src' \(.*\): cannot read {re.escape(str(broken))}: line 7: invalid JSON "
+        r"\(Expecting ',' delimiter, column \d+\)",
+        lines[0],
+    ), lines[0]
+    assert not quiet.stdout.strip(), quiet.stdout
+    verbose = run("-v")
+    assert verbose.returncode == 2 and "Failed to load JSON from file" in verbose.stderr, verbose.stderr
 
 
 @pytest.mark.parametrize("case", ["row missing field", "unreadable image"])

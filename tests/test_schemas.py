@@ -138,7 +138,9 @@ def test_local_reader_formats(tmp_path):
     (tmp_path / "bad.jsonl").write_text('{"a": 1}\n{oops\n')
     with pytest.raises(MlanError, match=r"bad.jsonl: line 2: invalid JSON"):
         read_rows(tmp_path / "bad.jsonl")
-    with pytest.raises(MlanError, match=r"^src: cannot read .*bad.jsonl"):
+    with pytest.raises(
+        MlanError, match=r"^src: cannot read .*bad.jsonl: line 2: invalid JSON \(Expecting property name"
+    ):
         open_local(tmp_path / "bad.jsonl", split=None, what="src")
     with pytest.raises(MlanError, match=r"^src: file not found: "):
         open_local(tmp_path / "none.jsonl", split=None, what="src")

@@ -8,8 +8,10 @@ sources far larger than memory through it), `read_rows` a list of rows as writte
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
+from mlan.console import quiet_logger
 from mlan.errors import MlanError, first_line
 
 LOCAL_SUFFIXES = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
@@ -39,14 +41,59 @@ def open_local(path: Path, *, split: str | None, what: str):
                 ds = ds[split]
         elif path.suffix in LOCAL_SUFFIXES:
             kwargs = {"field": "data"} if _rows_under_data(path) else {}
-            ds = datasets.load_dataset(LOCAL_SUFFIXES[path.suffix], data_files=str(path), split="train", **kwargs)
+            # The JSON loader logs its own ERROR (several wrapped lines) before raising; the MlanError
+            # below says the same in one line, so the library's record is held back (-v shows it).
+            with quiet_logger("datasets", logging.CRITICAL + 1):
+                ds = datasets.load_dataset(LOCAL_SUFFIXES[path.suffix], data_files=str(path), split="train", **kwargs)
         else:
             raise MlanError(f"{what}: {path}: expected a .jsonl, .json or .parquet file or a save_to_disk folder")
     except MlanError:
         raise
     except Exception as e:  # pyarrow/json parse errors of a user's file: name the file, keep it one line
-        raise MlanError(f"{what}: cannot read {path}: {first_line(e)}") from None
+        raise MlanError(f"{what}: cannot read {path}: {_why_unreadable(path, e)}") from None
     return ds
+
+
+def _why_unreadable(path: Path, e: BaseException) -> str:
+    """What is wrong with a local file the loader refused: for JSON, the first line that does not
+    parse and the parser's reason, found by reading the file again here (pyarrow counts rows within
+    a block, not lines of the file); otherwise the root cause's first line, not the wrapper's
+    "An error occurred while generating the dataset"."""
+    if path.suffix in (".jsonl", ".json") and path.is_file():
+        found = _first_bad_json(path)
+        if found:
+            return found
+    while e.__cause__ is not None or (e.__context__ is not None and not e.__suppress_context__):
+        e = e.__cause__ or e.__context__
+    return first_line(e)
+
+
+def _first_bad_json(path: Path) -> str | None:
+    """ "line N: invalid JSON (reason, column C)" for the first line of JSON lines that does not
+    parse, or the place a one-document .json file breaks; None when the file parses."""
+    if path.suffix == ".json":
+        try:
+            json.loads(path.read_text(encoding="utf-8"))
+            return None
+        except UnicodeDecodeError as e:
+            return f"not UTF-8 text (byte {e.start})"
+        except json.JSONDecodeError as e:
+            if e.msg != "Extra data":  # one document (a list, {"data": [...]}) broken at this place
+                return f"line {e.lineno}: invalid JSON ({e.msg}, column {e.colno})"
+            # "Extra data": a first value, then more: JSON lines in a .json file, read line by line
+    with path.open("rb") as f:  # a line at a time: the file may be far larger than memory
+        for i, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                return f"line {i}: not UTF-8 text (byte {e.start} of the line)"
+            if not line.strip():
+                continue
+            try:
+                json.loads(line)
+            except json.JSONDecodeError as e:
+                return f"line {i}: invalid JSON ({e.msg}, column {e.colno})"
+    return None
 
 
 def is_json_lines(path: Path) -> bool:
