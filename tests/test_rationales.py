@@ -361,8 +361,11 @@ def test_killed_run_resumes_to_the_uninterrupted_store(teachers, tmp_path):
     victim.wait()
     partial = records.read_text().count("\n")
     assert 3 <= partial < 21, "the run finished before it could be killed"
+    left = list((tmp_path / "run" / "store").glob(".rationales-*"))
+    assert len(left) == 1 and any(left[0].iterdir()), left  # the killed run's scratch, with its drawn images
     again = subprocess.run(command(spec), env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
+    assert not list((tmp_path / "run" / "store").glob(".*rationales-*"))  # removed by the run that resumed
 
     def comparable(store: Path) -> dict:
         return {k: {f: v for f, v in r.items() if f != "seconds"} for k, r in _records(store).items()}
@@ -472,3 +475,103 @@ def test_shards_join_into_the_whole_store(cli, monkeypatch, teachers, tmp_path):
     assert summary["rows"] == sum(n for *_, n, _ in SOURCES)
     r = _run(cli, sharded, teachers, "--shard", "0/3")
     assert r.exit_code == 2 and "holds shards of 2" in r.stderr
+
+
+def test_a_run_that_failed_before_its_first_record_pins_nothing(cli, one_line_error, monkeypatch, teachers, tmp_path):
+    """A bad row stops the draw with the advice `bad_rows: skip`; following it (another draw) is accepted,
+    since the failed run recorded nothing under the store.json it left. A store with records still pins."""
+    from mlan.rationales import run
+
+    monkeypatch.setattr(run, "open_teacher", lambda ref, vision, settings: ScriptedTeacher(ref, vision))
+    rows = [json.loads(x) for x in (DATA / "arc_easy/train.jsonl").read_text().splitlines()[:10]]
+    del rows[1]["question"]
+    bad = tmp_path / "arc_bad.jsonl"
+    bad.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    spec = write_spec(tmp_path)
+    arc = [s for s, *_ in SOURCES].index("arc_easy")
+    args = ["-o", f"sources.{arc}.dataset={bad}", "-o", f"sources.{arc}.count=9", "--limit", "1"]
+    msg = one_line_error(_run(cli, spec, teachers, *args), stdout_ok=True)
+    assert "row 1 (line 2): missing field 'question'" in msg and "bad_rows: skip" in msg, msg
+    store = tmp_path / "store"
+    assert not list(store.glob(".*rationales-*")), list(store.iterdir())  # its scratch went with it
+    r = _run(cli, spec, teachers, *args, "-o", f"sources.{arc}.bad_rows=skip")
+    assert r.exit_code == 0, r.output
+    assert json.loads((store / "store.json").read_text())["draw_hash"] != ""
+    assert any(k.startswith("arc_easy:") for k in _records(store))
+    # Now the store holds records: the draw without `skip` is another spec, refused.
+    msg = one_line_error(_run(cli, spec, teachers, *args[:-2], "-o", "seed=8"), stdout_ok=True)
+    assert "another spec or teacher (draw_hash differ" in msg, msg
+
+
+def test_a_resumed_run_removes_the_scratch_that_killed_runs_left(monkeypatch, teachers, tmp_path):
+    """Scratch folders as `kill -9` leaves them (drawn images, the draw's own scratch; the lock file no
+    process holds any more) and as a version without locks left them are removed when a run starts on the
+    store; one whose lock a running shard holds is kept (removing it would pull the images from under it)."""
+    import fcntl
+
+    from mlan.config import load_config
+    from mlan.config.mixture import MixtureSpec
+    from mlan.rationales import run
+
+    monkeypatch.setattr(run, "open_teacher", lambda ref, vision, settings: ScriptedTeacher(ref, vision))
+    lm, vlm = teachers
+    spec = load_config(write_spec(tmp_path), MixtureSpec)
+    spec.rationales.teacher, spec.rationales.vision_teacher = str(lm), str(vlm)
+    run.generate_rationales(spec, limit=1)
+    store = tmp_path / "store"
+    killed, legacy, running = store / ".rationales-killed", store / ".rationales-legacy", store / ".rationales-live"
+    for folder in (killed, legacy, running):
+        (folder / ".rationales-draw-x" / ".mixture.tmp-y").mkdir(parents=True)
+        (folder / "0").write_bytes(b"an image")
+    (killed / ".lock").touch()
+    with (running / ".lock").open("w") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)  # as the shard running beside this one holds it
+        result = run.generate_rationales(spec, limit=2)
+        assert running.is_dir() and (running / "0").read_bytes() == b"an image"
+    assert result.generated > 0
+    assert sorted(p.name for p in store.glob(".*rationales-*")) == [".rationales-live"]
+
+
+class AgreeingTeacher(ScriptedTeacher):
+    """Explains every row, finished: every row is kept."""
+
+    def generate(self, prompts, images, sampling, seed):
+        from mlan.rationales.teacher import Generation
+
+        return [Generation("The context names it.", 4, True) for _ in prompts]
+
+
+def test_squad_gold_joined_as_the_dataset_holds_it(cli, monkeypatch, teachers, tmp_path):
+    """MLAN joined SQuAD's `answers.text[0]` as is; SQuAD's train split has answers with a space at an end
+    (the bundled slice has none, so the rows here get one). The join keeps it, as MLAN's did; the teacher's
+    prompt showed it too. Direct-answer rows keep the stripped answer."""
+    from datasets import load_from_disk
+
+    from mlan.rationales import run
+
+    monkeypatch.setattr(run, "open_teacher", lambda ref, vision, settings: AgreeingTeacher(ref, vision))
+    rows = [json.loads(x) for x in (DATA / "squad/validation.jsonl").read_text().splitlines()]
+    for r in rows:
+        r["answers"]["text"][0] = f" {r['answers']['text'][0]} "
+    padded = tmp_path / "squad.jsonl"
+    padded.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    by_id = {f"squad:{r['id']}": r for r in rows}
+    spec = write_spec(tmp_path)
+    squad = ["-o", f"sources.0.dataset={padded}"]
+    assert _run(cli, spec, teachers, *squad, "--limit", "2").exit_code == 0
+    teach = ["-o", f"rationales.teacher={teachers[0]}", "-o", f"rationales.vision_teacher={teachers[1]}"]
+    for targets in ("rationale", "answer"):
+        out = tmp_path / targets
+        r = cli("build-mixture", spec, *squad, *teach, "-o", f"targets={targets}", "--out", out)
+        assert r.exit_code == 0, r.output
+        joined = [row for row in load_from_disk(str(out))["train"] if row["id"].startswith("squad:")]
+        assert len(joined) == (2 if targets == "rationale" else 4), [row["id"] for row in joined]
+        for row in joined:
+            gold = by_id[row["id"]]["answers"]["text"][0]
+            answer = row["messages"][-1]["content"]
+            if targets == "answer":
+                assert answer == gold.strip(), answer
+                continue
+            phrase = next(p for p in mlan_join.fa_prompt if f"\n{p} " in answer)
+            assert answer == mlan_join.cot_answer("The context names it.", phrase, gold), answer
+            assert answer.endswith(f" {gold}."), answer  # "... is:  Denver Broncos ." as MLAN's

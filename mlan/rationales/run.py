@@ -32,6 +32,7 @@ from mlan.rationales.store import (
     identity,
     open_store,
     read_records,
+    scratch_folder,
     store_dir,
     summarize,
     write_summary,
@@ -197,8 +198,8 @@ def generate_rationales(
     open_store(folder, identity(spec, {k: f"{e.origin} sha256:{e.sha256}" for k, e in exemplars.items()}))
     check_shard(folder, shard)
 
-    with tempfile.TemporaryDirectory(prefix=".rationales-", dir=folder) as scratch:
-        drawn = draw_rows(spec, Path(scratch))
+    with scratch_folder(folder) as scratch:
+        drawn = draw_rows(spec, scratch)
         rows = select(drawn, limit=limit, shard=shard)
         done = read_records(folder, repair=True)
         todo = [r for r in rows if r.id not in done]

@@ -3,20 +3,27 @@
     <store>/store.json                 what made it: the spec's draw, the teachers, the settings, the exemplars
     <store>/records-<i>-of-<N>.jsonl   one JSON record per row, appended and flushed batch by batch (shard i of N)
     <store>/summary.json, summary.md   rows per status per source, rationale length, teacher tokens, time
+    <store>/.rationales-*/             a running run's scratch (the drawn images), removed when it ends
 
 A kill can leave at most a last line without its newline: it is dropped (and its rows generated again) on
-the next start. Any other unreadable line is corruption and stops with the file and line. The same row id
-never appears twice: a run skips the ids already recorded.
+the next start, and its scratch folder, which the next start removes. Any other unreadable line is
+corruption and stops with the file and line. The same row id never appears twice: a run skips the ids
+already recorded. A store without a record pins nothing: the next run takes it over (a run that failed or
+was killed before its first batch leaves its store.json behind).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import os
 import re
+import shutil
+import tempfile
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +32,12 @@ from mlan.errors import MlanError
 from mlan.io import atomic_write_json, diff_paths
 from mlan.rationales.clean import STATUSES
 
+log = logging.getLogger(__name__)
+
 META = "store.json"
+SCRATCH = ".rationales-"  # a run's scratch folder in the store: .rationales-<random>/
+_STARTING = ".starting-rationales-"  # the same before its lock is held (a name the sweep passes over)
+_LOCK = ".lock"
 _RECORDS = re.compile(r"records-(\d+)-of-(\d+)\.jsonl")
 RECORD_FIELDS = (
     "id", "source", "modality", "teacher", "settings", "exemplar", "prompt", "gold",
@@ -121,14 +133,97 @@ def _shown(d: dict[str, Any], path: str) -> str:
 
 
 def open_store(folder: Path, identity: dict[str, Any]) -> None:
-    """Start a store, or check that an existing one was made with the same spec, teachers and settings."""
+    """Start a store, or check that an existing one was made with the same spec, teachers and settings.
+
+    A store.json with no record beside it is replaced: a run that failed (say, on a bad row, whose message
+    advises `bad_rows: skip`) or was killed before its first batch wrote it, and nothing in the store was
+    made under it, so the spec or teachers may change; its empty records files go too (their shard count
+    would otherwise bind the next run)."""
     if (folder / META).is_file():
-        check_identity(folder, identity)
-        return
-    if folder.exists() and any(folder.iterdir()):
+        if _has_records(folder):
+            check_identity(folder, identity)
+            return
+        for path, _ in shard_files(folder):
+            path.unlink()
+    elif folder.exists() and any(folder.iterdir()):
         raise MlanError(f"{folder}: exists and is not a rationale store (no {META}); use another --out")
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_json(folder / META, identity)
+
+
+def _has_records(folder: Path) -> bool:
+    """Whether any records file holds a complete line (a record; a killed write's partial line is none),
+    read only as far as the first newline: a store of 80k records is not read twice for this."""
+    for path, _ in shard_files(folder):
+        with path.open("rb") as f:
+            while chunk := f.read(1 << 16):
+                if b"\n" in chunk:
+                    return True
+    return False
+
+
+@contextlib.contextmanager
+def scratch_folder(folder: Path) -> Iterator[Path]:
+    """A folder in the store for one run's drawn images (the store's disk, which has room for them; the
+    system's /tmp may not), removed when the run ends. Folders that killed runs left are removed first.
+
+    The folder holds `.lock`, locked (flock) for the run's life: a kill releases the lock, so a later run
+    tells a killed run's folder (lock free) from that of a shard running beside it on the same store
+    (locked). The lock is taken under another name and the folder renamed after, so no run ever sees a
+    scratch folder whose lock is not yet held."""
+    remove_stale_scratch(folder)
+    starting = Path(tempfile.mkdtemp(prefix=_STARTING, dir=folder))
+    lock = (starting / _LOCK).open("w")
+    try:
+        _flock(lock, blocking=True)
+        path = folder / (SCRATCH + starting.name.removeprefix(_STARTING))
+        starting.rename(path)
+        try:
+            yield path
+        finally:
+            shutil.rmtree(path, ignore_errors=True)  # before the lock goes, so no sweep races this removal
+    finally:
+        lock.close()
+        shutil.rmtree(starting, ignore_errors=True)  # only there when the rename did not happen
+
+
+def remove_stale_scratch(folder: Path) -> list[Path]:
+    """Remove the scratch folders of runs that are no longer running (killed: their lock is free; or
+    made before scratch folders had a lock), keep those of runs still going. Returns what was removed."""
+    removed = []
+    for path in sorted(folder.glob(SCRATCH + "*")):
+        if not path.is_dir():
+            continue
+        lock_file = path / _LOCK
+        try:
+            lock = lock_file.open("r+") if lock_file.is_file() else None
+        except OSError:
+            continue  # vanished meanwhile (its run just ended) or unreadable: not ours to judge
+        try:
+            if lock is not None and not _flock(lock, blocking=False):
+                continue  # a run holds it
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+        finally:
+            if lock is not None:
+                lock.close()
+    if removed:
+        log.info("removed %d scratch folder(s) that killed runs left in %s", len(removed), folder)
+    return removed
+
+
+def _flock(f, *, blocking: bool) -> bool:
+    """An exclusive flock on `f`; False where another process holds it. Without fcntl (not POSIX) every
+    folder reads as held: a folder of a running run is never removed, a killed run's stays."""
+    try:
+        import fcntl
+    except ImportError:
+        return blocking
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+    except BlockingIOError:
+        return False
+    return True
 
 
 def shard_files(folder: Path) -> list[tuple[Path, tuple[int, int]]]:
