@@ -9,6 +9,7 @@ stats for the manifest.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -145,7 +146,12 @@ class SourceFill:
         cot_share = src.chain_of_thought
         if self.rationales is not None:
             # MLAN's join: every row ends in its teacher rationale, the phrase and the answer.
-            item.rationale, cot_share = self.rationales.get(row_id), 1.0
+            item = dataclasses.replace(item, rationale=self.rationales.get(row_id))
+            cot_share = 1.0
+            if src.adapter == "squad":
+                # MLAN joined SQuAD's first answer as the dataset holds it (`answers.text[0]`, surrounding
+                # spaces and all: evaluate_util.py, class SQuAD); the adapter's stripped gold is mlan's.
+                item.answer = str(row["answers"]["text"][0])
         messages, template_ids = render(item, self.rng, cot_share)
         out = {
             "messages": messages,
