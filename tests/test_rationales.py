@@ -575,3 +575,43 @@ def test_squad_gold_joined_as_the_dataset_holds_it(cli, monkeypatch, teachers, t
             phrase = next(p for p in mlan_join.fa_prompt if f"\n{p} " in answer)
             assert answer == mlan_join.cot_answer("The context names it.", phrase, gold), answer
             assert answer.endswith(f" {gold}."), answer  # "... is:  Denver Broncos ." as MLAN's
+
+
+@pytest.mark.parametrize(
+    "field",
+    ["teacher", "vision_teacher", "settings.temperature", "settings.max_new_tokens_by_adapter.squad", "draw_hash"],
+)
+def test_each_identity_field_alone_is_refused(cli, one_line_error, monkeypatch, teachers, tmp_path, field):
+    """A store holds one teacher's, one vision teacher's, one sampling's rationales of one draw: a later run
+    that changes any one of them alone is refused naming that field (had the language teacher been left out
+    of the identity, a store made by another teacher would be added to here)."""
+    import shutil
+
+    from mlan.rationales import run
+
+    monkeypatch.setattr(run, "open_teacher", lambda ref, vision, settings: ScriptedTeacher(ref, vision))
+    lm, vlm = teachers
+    spec = write_spec(tmp_path)
+    assert _run(cli, spec, teachers, "--limit", "1").exit_code == 0
+    store = tmp_path / "store"
+    before = sorted(p.name for p in store.iterdir())
+    args = ["rationales", str(spec), "--teacher", str(lm), "--vision-teacher", str(vlm), "--limit", "1"]
+    if field == "teacher":
+        args[3] = str(shutil.copytree(lm, tmp_path / "another-lm"))
+    elif field == "vision_teacher":
+        args[5] = str(shutil.copytree(vlm, tmp_path / "another-vlm"))
+    elif field == "settings.temperature":
+        args += ["-o", "rationales.temperature=0.3"]
+    elif field == "settings.max_new_tokens_by_adapter.squad":
+        args += ["-o", "rationales.max_new_tokens_by_adapter.squad=9"]
+    else:  # the spec's draw: another seed, nothing else
+        args += ["-o", "seed=8"]
+    msg = one_line_error(cli(*args), stdout_ok=True)
+    assert f"a rationale store made with another spec or teacher ({field} differ:" in msg, msg
+    assert sorted(p.name for p in store.iterdir()) == before  # nothing added to the store
+    # The join (`targets: rationale`) pins the draw and both teachers too (the settings are recorded in it).
+    if field in ("teacher", "vision_teacher", "draw_hash"):
+        join = ["build-mixture", str(spec), "-o", "targets=rationale", "--out", str(tmp_path / "mix")]
+        teach = ["-o", f"rationales.teacher={args[3]}", "-o", f"rationales.vision_teacher={args[5]}"]
+        msg = one_line_error(cli(*join, *teach, *args[8:]), stdout_ok=True)  # args[8:]: the -o seed=8
+        assert f"a rationale store made with another spec or teacher ({field} differ:" in msg, msg
