@@ -222,6 +222,70 @@ def test_row_lengths_are_the_collators(family_dirs, shared_data, tmp_path, kind,
     assert len(set(actual[3:])) > 3  # the image rows' lengths do differ
 
 
+@pytest.mark.parametrize("kind", list(BUILDERS))
+def test_rows_of_several_images_count_as_the_processor_expands_them(family_dirs, tmp_path, kind):
+    """Rows with two and three images of different sizes: the image tokens mlan counts for a row (from its
+    images' sizes) are those the processor expands the row's placeholders into, and the lengths mlan
+    measures are the collator's. LLaVA-OneVision gives each image of a several-image row one base tile plus
+    its newline token, whatever its size (a one-image row takes the any-resolution count); Qwen2.5-VL counts
+    each image by its own grid. The model's forward checks the placeholders against its image features."""
+    import torch
+    from datasets import Dataset
+    from PIL import Image
+    from trl.data_utils import prepare_multimodal_messages
+    from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
+
+    from mlan.config.recipe import SFTRecipe
+    from mlan.data.mixture import features
+    from mlan.families import image_token_counter
+    from mlan.train.data import row_lengths
+    from mlan.train.preflight import inspect_model
+
+    sizes = [[(56, 56), (40, 90)], [(120, 30), (33, 47), (200, 120)], [(64, 64)]]
+    rows = []
+    for r, row_sizes in enumerate(sizes):
+        paths = []
+        for i, (h, w) in enumerate(row_sizes):
+            paths.append(str(tmp_path / f"{r}-{i}.png"))
+            Image.new("RGB", (w, h), (40 * i, 90, 30 * r)).save(paths[-1])
+        rows.append(
+            {
+                "messages": [
+                    {"role": "user", "content": "What do these pictures have in common?"},
+                    {"role": "assistant", "content": "Colour."},
+                ],
+                "images": paths,
+                "modality": "vision",
+                "source": "several",
+                "id": f"row-{r}",
+            }
+        )
+    ds = Dataset.from_list(rows, features=features())
+    recipe = SFTRecipe.model_validate({"model": {"path": str(family_dirs[kind])}, "data": {"mixture": "unused"}})
+    info = inspect_model(recipe)
+    processor = info.processor
+    count = image_token_counter(processor, kind)
+    image_id = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
+    model = kinds.model_class(kind).from_pretrained(family_dirs[kind]).eval()
+    for row in rows:
+        images = [Image.open(p).convert("RGB") for p in row["images"]]
+        conv = prepare_multimodal_messages(row["messages"], images=images)
+        text = processor.apply_chat_template([conv], chat_template=info.chat_template, tokenize=False)
+        expanded = processor(text=text, images=[images], return_tensors="pt")
+        n = int((expanded["input_ids"] == image_id).sum())
+        assert count([(im.height, im.width) for im in images]) == n, row["id"]
+        if kind == kinds.LLAVA_ONEVISION and len(images) > 1:
+            assert n == (processor.num_image_tokens + 1) * len(images)  # a tile and a newline each
+        with torch.no_grad():  # raises where the placeholders and the image features disagree in number
+            model(**expanded)
+    # Through training's own measure: each row's length is the collator's.
+    processor.chat_template = info.chat_template
+    lengths, counts = row_lengths(ds, processor, info.chat_template, info.image_tokens)
+    assert counts == [2, 3, 1]
+    collator = DataCollatorForVisionLanguageModeling(processor, assistant_only_loss=True)
+    assert lengths == [int(collator([dict(ds[i])])["attention_mask"].sum()) for i in range(len(ds))]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", list(BUILDERS))
 def test_sft_trains_resumes_and_evaluates(cli, family_dirs, shared_data, eval_data, tmp_path, kind):
