@@ -21,8 +21,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Modules mutated only in some functions: the rest of the module is not under test here.
-FUNCTIONS = {"mlan/data/mixture.py": ["apportion", "plan_counts"], "mlan/io.py": ["diff_paths"]}
+# Modules mutated only in some functions: the rest of the module is not under test here. (`apportion` moved to
+# mlan/config/mixture.py, which is not in only_mutate; tests/test_architecture.py keeps this, pyproject and
+# docs/mutation.md in step.)
+FUNCTIONS = {"mlan/data/mixture.py": ["plan_counts"], "mlan/io.py": ["diff_paths"]}
 
 # mutmut's exit codes (mutmut.stats.status_by_exit_code) by verdict.
 STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped", 37: "type check"}
@@ -42,7 +44,7 @@ def modules() -> list[str]:
 
 
 def patterns(path: str) -> list[str]:
-    """mutmut's names of the mutants of one module: `mlan.data.mixture.x_apportion__mutmut_3`,
+    """mutmut's names of the mutants of one module: `mlan.data.mixture.x_plan_counts__mutmut_3`,
     `mlan.train.sampler.xǁClassǁmethod__mutmut_1` for methods."""
     dotted = path.removesuffix(".py").replace("/", ".")
     functions = FUNCTIONS.get(path)
