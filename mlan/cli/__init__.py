@@ -103,7 +103,7 @@ def _main(
 
 
 def _register() -> None:
-    from mlan.cli import checkpoints, evaluate, lab, merge, mixture, quickstart, rationales, sft, tiny, validate
+    from mlan.cli import chat, checkpoints, evaluate, lab, merge, mixture, quickstart, rationales, sft, tiny, validate
 
     # validate reads YAML only: no library to set up.
     for name, fn, cls in (
@@ -114,6 +114,7 @@ def _register() -> None:
         ("sft", sft.sft, _Command),
         ("eval", evaluate.evaluate, _Command),
         ("merge", merge.merge, _Command),
+        ("chat", chat.chat, _Command),
         ("quickstart", quickstart.quickstart, _Command),
         ("lab", lab.lab, _Command),
         ("tiny-model", tiny.tiny_model, _Command),
