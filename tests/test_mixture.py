@@ -403,6 +403,15 @@ def broken_document_file(tmp_path: Path, shared_data: Path) -> Path:
     return tmp_path / "broken.json"
 
 
+def folder_without_train(tmp_path: Path, shared_data: Path) -> Path:
+    """A save_to_disk folder holding only a `test` split (a source reads `train` unless told)."""
+    from datasets import Dataset, DatasetDict
+
+    rows = read_jsonl(shared_data / "squad/validation.jsonl")[:5]
+    DatasetDict({"test": Dataset.from_list(rows)}).save_to_disk(str(tmp_path / "disk"))
+    return tmp_path / "disk"
+
+
 def csv_file(tmp_path: Path) -> Path:
     (tmp_path / "rows.csv").write_text("id,question\n1,q\n")
     return tmp_path / "rows.csv"
@@ -426,6 +435,10 @@ BAD_CASES = {
     "not a data file": (
         lambda t, d: {"dataset": str(csv_file(t)), "adapter": "squad", "count": 2},
         "rows.csv: expected a .jsonl, .json or .parquet file or a save_to_disk folder",
+    ),
+    "folder without the split": (
+        lambda t, d: {"dataset": str(folder_without_train(t, d)), "adapter": "squad", "count": 2},
+        "disk has no split 'train' (splits: test)",
     ),
     "missing file": (lambda t, d: {"dataset": str(t / "nope.jsonl"), "adapter": "arc", "count": 5}, "file not found"),
     "unknown adapter": (
@@ -517,6 +530,15 @@ def test_bad_rows_skip_policy_counts_them(cli, shared_data, tmp_path, case):
     assert m["sources"]["src"]["bad_rows"] == 1 and m["hygiene"]["bad_rows"] == 1
     assert m["sources"]["src"]["bad_row_examples"][0].startswith(("row 2 (line 3)", "row 4 (line 5)"))
     assert m["splits"]["train"] == 19
+
+
+def test_size_the_fractions_cannot_meet_is_one_line(cli, one_line_error, shared_data, tmp_path):
+    """--size with sources given as fractions of their files: the size must be what the fractions give."""
+    src = {"name": "src", "dataset": str(shared_data / "squad/validation.jsonl"), "adapter": "squad", "fraction": 0.5}
+    spec = write_spec(tmp_path / "s.yaml", sources=[src])
+    msg = one_line_error(cli("build-mixture", spec, "--out", tmp_path / "out", "--size", "41"))
+    assert "size: 41 differs from the 100 training rows" in msg, msg
+    assert not (tmp_path / "out").exists()
 
 
 def test_existing_output_needs_overwrite(cli, one_line_error, quickstart):
