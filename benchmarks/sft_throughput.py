@@ -315,7 +315,7 @@ def main() -> None:
 
     import torch
 
-    from mlan.train.preflight import resolve_precision
+    from mlan.train.precision import resolve_precision
 
     logging.basicConfig(level=logging.WARNING)
     with tempfile.TemporaryDirectory() as tmp:

@@ -360,7 +360,7 @@ def run_plain_trl(recipe, run: Run, callback) -> None:
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
     from trl import SFTConfig, SFTTrainer
 
-    from mlan.train.preflight import resolve_precision
+    from mlan.train.precision import resolve_precision
 
     t, tr = recipe.training, recipe.train
     if (tr.language_model, tr.projector, tr.vision_tower) != ("full", True, False):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
 import warnings
 
@@ -44,6 +45,9 @@ EXPECTED_WARNINGS: tuple[tuple[type[Warning], str, str], ...] = (
     # peft 0.21 reads transformers 5's deprecated `is_gradient_checkpointing` alias on every LoRA/QLoRA
     # model it wraps or loads (training, and merging an adapter into its base).
     (FutureWarning, r"`is_gradient_checkpointing` is deprecated", r"transformers\.modeling_utils"),
+    # DeepSpeed 0.19 gathers and reduces ZeRO's shards through torch.distributed calls that torch 2.13
+    # renamed: once per collective, thousands of times a run.
+    (FutureWarning, r"`torch\.distributed\.\w+` is deprecated", r"torch\.distributed"),
 )
 
 _verbosity = NORMAL
@@ -98,6 +102,10 @@ def setup(verbosity: int = NORMAL) -> None:
         force=True,
     )
     mlan_level = {QUIET: logging.WARNING, NORMAL: logging.INFO}.get(verbosity, logging.DEBUG)
+    if int(os.environ.get("RANK", "0") or 0) > 0 and verbosity < VERBOSE:
+        # Under a launcher every process runs the same command: the main process (rank 0) says what they
+        # all do; the others say only what stops them (with -v, everything, each process).
+        mlan_level = logging.ERROR
     logging.getLogger("mlan").setLevel(mlan_level)
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.NOTSET if verbosity >= VERBOSE else logging.ERROR)
@@ -118,6 +126,12 @@ def quiet_libraries() -> None:
     """Route transformers' and datasets' logging through mlan's handler at the level `setup` chose,
     and turn off their per-file progress bars (loading weights, writing shards, generating splits)
     unless -v: mlan shows one bar per training or evaluation stage. Hub download bars stay."""
+    import torch
+
+    if not torch.cuda.is_available():
+        # DeepSpeed looks for an accelerator when imported (transformers imports it wherever it is
+        # installed) and, finding no GPU, says so on stdout in its own format; naming the CPU is the same.
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     import datasets
     import transformers
 

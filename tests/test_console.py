@@ -275,7 +275,7 @@ def test_report_to_needs_the_tracker_installed(monkeypatch):
     from transformers.integrations import integration_utils
 
     from mlan.errors import MlanError
-    from mlan.train.preflight import check_report_to
+    from mlan.train.arguments import check_report_to
 
     monkeypatch.setattr(integration_utils, "is_wandb_available", lambda: False)
     with pytest.raises(MlanError, match=r"training.report_to wandb: not installed .*pip install wandb"):

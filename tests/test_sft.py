@@ -165,9 +165,12 @@ def test_sft_config_gets_exactly_the_managed_fields(tmp_path):
     )
     batch = batch_shape(recipe.training, processes=2)
     assert (batch.accumulation, batch.global_size) == (2, 16)
-    with pytest.raises(MlanError, match="not a multiple of 4 per device x 3 processes"):
+    with pytest.raises(MlanError, match="global_batch_size 16: not a multiple of the 3 processes"):
         batch_shape(recipe.training, processes=3)
-    managed = managed_args(recipe, checkpoints=tmp_path / "ck", precision="fp32", cuda=False, accumulation=2)
+    # More GPUs than 16 rows / 4 per device: fewer rows per device keep the global batch, never more.
+    assert batch_shape(recipe.training, processes=8) == type(batch)(2, 1, 8)
+    assert batch_shape(recipe.training, processes=16) == type(batch)(1, 1, 16)
+    managed = managed_args(recipe, checkpoints=tmp_path / "ck", precision="fp32", cuda=False, batch=batch)
     kwargs = sft_config_kwargs(recipe, managed, run_name="r")
     assert set(managed) <= {f.name for f in dataclasses.fields(SFTConfig)}
     assert set(kwargs) == set(managed) | set(mlan_defaults(recipe, "r")) | {"optim"}
@@ -224,7 +227,7 @@ def test_every_recipe_field_reaches_its_sftconfig_field(tmp_path):
     }
     recipe = SFTRecipe.model_validate({"model": {"path": "m"}, "data": {"mixture": "mix"}, "training": training})
     batch = batch_shape(recipe.training, processes=1)
-    managed = managed_args(recipe, checkpoints=tmp_path / "ck", precision="fp32", cuda=False, accumulation=5)
+    managed = managed_args(recipe, checkpoints=tmp_path / "ck", precision="fp32", cuda=False, batch=batch)
     c = SFTConfig(**sft_config_kwargs(recipe, managed, run_name="the-run"))
     assert c.output_dir == str(tmp_path / "ck")
     assert c.learning_rate == 0.000123
@@ -259,9 +262,10 @@ def test_every_recipe_field_reaches_its_sftconfig_field(tmp_path):
             "training": {**training, "gradient_accumulation_steps": None, "global_batch_size": 24},
         }
     )
-    assert batch_shape(recipe.training, processes=2).accumulation == 4
+    batch = batch_shape(recipe.training, processes=2)
+    assert batch.accumulation == 4
     for precision, flags in {"bf16": (True, False), "fp16": (False, True)}.items():
-        m = managed_args(recipe, checkpoints=tmp_path, precision=precision, cuda=True, accumulation=4)
+        m = managed_args(recipe, checkpoints=tmp_path, precision=precision, cuda=True, batch=batch)
         assert (m["bf16"].value, m["fp16"].value, m["use_cpu"].value) == (*flags, False)
         assert m["gradient_accumulation_steps"].value == 4
 
@@ -523,7 +527,7 @@ def test_recipe_mapping_edges_by_hand(tmp_path):
     assert batch_shape(plain.training, processes=2) == BatchShape(3, 1, 2)  # no accumulation asked: 1
     shape = batch_shape(recipe({"per_device_train_batch_size": 3, "global_batch_size": 24}).training, processes=2)
     assert shape.accumulation == 4 and isinstance(shape.accumulation, int)  # a whole number of passes
-    managed = managed_args(plain, checkpoints=tmp_path, precision="bf16", cuda=True, accumulation=1)
+    managed = managed_args(plain, checkpoints=tmp_path, precision="bf16", cuda=True, batch=BatchShape(3, 1, 2))
     assert managed["max_steps"].value == -1  # no max_steps: TRL's "no limit"
     sources = managed_sources(managed)
     for field in sources.values():

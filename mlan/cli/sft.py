@@ -21,12 +21,18 @@ def sft(
         ),
     ] = None,
     overwrite: Overwrite = False,
+    local_rank: Annotated[
+        int | None,
+        typer.Option(
+            "--local_rank", "--local-rank", hidden=True, help="Set by the deepspeed launcher (also LOCAL_RANK)."
+        ),
+    ] = None,
 ) -> None:
     """Fine-tune a LLaVA-style model on a built mixture with TRL's SFTTrainer.
 
     Output: runs/<recipe name>/ unless output.dir is set. Checkpoints go to OUTPUT.checkpoints/ beside it; a killed run continues from the last one.
 
-    Several GPUs: the same command under `accelerate launch --config_file recipes/accelerate/<ddp|fsdp|deepspeed_zero3>.yaml -m mlan sft ...`.
+    Several GPUs: the same command under `accelerate launch --config_file recipes/accelerate/<ddp|fsdp|deepspeed_zero3>.yaml -m mlan sft ...`, `torchrun --nproc-per-node N -m mlan sft ...` or `deepspeed --num_gpus N --module mlan sft ...` (`training.engine` names DeepSpeed ZeRO-2/3 or FSDP2 for the last two).
 
     Wings (a `wings:` section, stage 1 then 2): mlan sft wings_tiny_stage1 && mlan sft wings_tiny
 
@@ -61,6 +67,16 @@ def sft(
         f"{r['language']:,} / {r['vision']:,}  (dropped as too long: {r['dropped_language']} / {r['dropped_vision']})",
     )
     table.add_row("steps", f"{res.steps} (global batch {res.global_batch_size}, {res.world_size} process(es))")
+    table.add_row("engine", res.engine["label"])
+    table.add_row("master weights", res.precision_plan["description"])
+    from mlan.train.precision import human_bytes
+
+    mem = res.memory_estimate["bytes_per_device"]
+    table.add_row(
+        "memory per device",
+        f"{human_bytes(mem['total'])} for weights {human_bytes(mem['weights'])}, gradients {human_bytes(mem['gradients'])}, optimizer "
+        f"{human_bytes(mem['optimizer'])} (estimated, activations not included)",
+    )
     table.add_row("train loss first / last", f"{f(res.first_loss)} / {f(res.last_loss)}")
     table.add_row("validation loss", f(res.eval_loss))
     table.add_row(

@@ -128,7 +128,26 @@ class TrainingSection(StrictModel):
     seed: int = 42
     """Seed for initialisation, batch order and dropout."""
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
-    """Mixed precision; auto: bf16 on a GPU that supports it, fp32 otherwise (CPU)."""
+    """Compute precision; auto: the launcher's `mixed_precision` when it names one, else bf16 on a GPU that
+    supports it, fp32 otherwise (CPU). Where the weights are updated is `master_weights`."""
+    master_weights: Literal["auto", "fp32", "kahan", "pure_bf16"] = "auto"
+    """Where the optimizer applies its updates when the model is loaded in 16 bits. auto/fp32: in fp32 (under
+    DeepSpeed or FSDP the engine's fp32 master copy; on one process or DDP the trainable parameters are
+    upcast to fp32 and the forward runs under bf16/fp16 autocast, frozen ones stay in the load dtype).
+    kahan: trainable parameters stay 16-bit and torch-optimi's AdamW keeps each update with Kahan
+    summation (about 10 instead of 16 bytes per trainable parameter; `pip install 'mlan[optimi]'`; one
+    process or DDP only). pure_bf16: 16-bit weights and AdamW states with nothing to keep small updates:
+    at lr 2e-5 most of them round away (said in one warning line)."""
+    engine: Literal["auto", "ddp", "zero2", "zero3", "zero3_offload", "fsdp2"] = "auto"
+    """How the model is spread over processes. auto: what the launcher says (an accelerate config with
+    `distributed_type: DEEPSPEED` or `FSDP`), else DDP (one process: no engine). zero2 / zero3 /
+    zero3_offload: DeepSpeed ZeRO with mlan's configs (`recipes/deepspeed/*.json`, LLaVA's and MLAN's
+    zero2/zero3 settings), under `torchrun`, the `deepspeed` launcher or `accelerate launch`
+    (`pip install 'mlan[deepspeed]'`). fsdp2: PyTorch FSDP2, each model kind's decoder and vision-encoder
+    layers wrapped (GPUs only: accelerate does not shard on a CPU)."""
+    deepspeed_config: str | None = None
+    """A DeepSpeed JSON of your own, used instead of mlan's for the zero* engines (batch, accumulation,
+    clipping and precision should be "auto": the recipe sets them)."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass to save memory."""
     assistant_only_loss: bool = True

@@ -9,6 +9,7 @@ pre-flight checks use the mapping before anything heavy is loaded.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -16,6 +17,8 @@ from typing import Any, NamedTuple
 
 from mlan.config.recipe import SFTRecipe, TrainingSection
 from mlan.errors import MlanError
+
+log = logging.getLogger(__name__)
 
 
 class Managed(NamedTuple):
@@ -35,6 +38,8 @@ RENAMED = {"gradient_checkpointing": "activation_checkpointing", "warmup_ratio":
 # source of a field in `managed_args`.
 MLAN_ONLY = {
     "global_batch_size": "folded into gradient_accumulation_steps with the process count",
+    "master_weights": "where updates are applied (mlan.train.precision): the model's dtype, mlan's optimizer",
+    "deepspeed_config": "the DeepSpeed JSON handed over as `deepspeed` (mlan.train.engine)",
     "extra": "further SFTConfig fields, passed unchanged",
     "chat_template": "chooses the template the processor renders rows with (mlan.train.preflight)",
 }
@@ -54,25 +59,49 @@ class BatchShape:
 
 
 def batch_shape(t: TrainingSection, processes: int) -> BatchShape:
-    """The accumulation for this many processes: from `global_batch_size` when set, else
-    `gradient_accumulation_steps` (default 1)."""
+    """Rows per device and accumulation for this many processes: from `global_batch_size` when set, else
+    `gradient_accumulation_steps` (default 1) at `per_device_train_batch_size`.
+
+    A global batch that `per_device_train_batch_size` x processes does not divide is kept by taking fewer
+    rows per device (the most that divide it), said in one line: a recipe's 64 rows per step with 4 per
+    device then hold on 32 GPUs (2 per device) as on 8. A global batch smaller than the process count is
+    one line."""
     accumulation = t.gradient_accumulation_steps or 1
-    if t.global_batch_size is not None:
-        per_step = t.per_device_train_batch_size * processes
-        if t.global_batch_size % per_step:
-            raise MlanError(
-                f"training.global_batch_size {t.global_batch_size}: not a multiple of "
-                f"{t.per_device_train_batch_size} per device x {processes} processes"
-            )
-        accumulation = t.global_batch_size // per_step
-    return BatchShape(t.per_device_train_batch_size, accumulation, processes)
+    per_device = t.per_device_train_batch_size
+    if t.global_batch_size is None:
+        return BatchShape(per_device, accumulation, processes)
+    if t.global_batch_size % processes:
+        raise MlanError(
+            f"training.global_batch_size {t.global_batch_size}: not a multiple of the {processes} processes "
+            "(every process takes the same number of rows per step)"
+        )
+    fitted = max(d for d in range(1, per_device + 1) if (t.global_batch_size // processes) % d == 0)
+    if fitted != per_device:
+        log.info(
+            "training.global_batch_size %d on %d processes: %d rows per device (per_device_train_batch_size %d "
+            "does not divide %d rows per process)",
+            t.global_batch_size,
+            processes,
+            fitted,
+            per_device,
+            t.global_batch_size // processes,
+        )
+    return BatchShape(fitted, t.global_batch_size // (fitted * processes), processes)
 
 
 def managed_args(
-    recipe: SFTRecipe, *, checkpoints: Path, precision: str, cuda: bool, accumulation: int
+    recipe: SFTRecipe,
+    *,
+    checkpoints: Path,
+    precision: str,
+    cuda: bool,
+    batch: BatchShape,
+    engine_args: dict[str, Any] | None = None,
 ) -> dict[str, Managed]:
-    """Every SFTConfig field the recipe sets, with the recipe field it comes from."""
+    """Every SFTConfig field the recipe sets, with the recipe field it comes from. engine_args: the
+    DeepSpeed or FSDP fields of the run's engine (mlan.train.engine.engine_args)."""
     t = recipe.training
+    engine_args = engine_args or {}
     return {
         # The Trainer writes its checkpoints beside the output folder; the output folder is assembled at the end.
         "output_dir": Managed("output.dir", str(checkpoints)),
@@ -82,9 +111,9 @@ def managed_args(
         "learning_rate": Managed("training.learning_rate", t.learning_rate),
         "num_train_epochs": Managed("training.num_train_epochs", t.num_train_epochs),
         "max_steps": Managed("training.max_steps", t.max_steps or -1),
-        "per_device_train_batch_size": Managed("training.per_device_train_batch_size", t.per_device_train_batch_size),
-        "per_device_eval_batch_size": Managed("training.per_device_train_batch_size", t.per_device_train_batch_size),
-        "gradient_accumulation_steps": Managed("training.gradient_accumulation_steps", accumulation),
+        "per_device_train_batch_size": Managed("training.per_device_train_batch_size", batch.per_device),
+        "per_device_eval_batch_size": Managed("training.per_device_train_batch_size", batch.per_device),
+        "gradient_accumulation_steps": Managed("training.gradient_accumulation_steps", batch.accumulation),
         "lr_scheduler_type": Managed("training.lr_scheduler_type", t.lr_scheduler_type),
         "warmup_steps": Managed("training.warmup_ratio", t.warmup_ratio),
         "weight_decay": Managed("training.weight_decay", t.weight_decay),
@@ -93,7 +122,12 @@ def managed_args(
         "data_seed": Managed("training.seed", t.seed),
         "bf16": Managed("training.precision", precision == "bf16"),
         "fp16": Managed("training.precision", precision == "fp16"),
-        "use_cpu": Managed("training.precision", not cuda),
+        # FSDP must not be told to use the CPU: accelerate then trains plain DDP (mlan.train.engine).
+        "use_cpu": Managed("training.precision", not cuda and "fsdp" not in engine_args),
+        # The engine: a DeepSpeed JSON, or FSDP2 with the model's layer classes; None for one process / DDP.
+        "deepspeed": Managed("training.engine", engine_args.get("deepspeed")),
+        "fsdp": Managed("training.engine", engine_args.get("fsdp")),
+        "fsdp_config": Managed("training.engine", engine_args.get("fsdp_config")),
         "activation_checkpointing": Managed("training.gradient_checkpointing", t.gradient_checkpointing),
         "report_to": Managed("training.report_to", t.report_to),
         "logging_steps": Managed("training.logging_steps", t.logging_steps),
@@ -141,7 +175,22 @@ def sft_config_kwargs(recipe: SFTRecipe, managed: dict[str, Managed], run_name: 
     }
 
 
-def process_state(extra: dict[str, Any]):
+def check_report_to(report_to: str | list[str]) -> None:
+    """Each tracker in `training.report_to` is installed (the Trainer would fail only once the model is loaded)."""
+    from transformers.integrations import integration_utils
+
+    # transformers' availability check and pip package per tracker, where the names differ from the tracker's.
+    checks = {"azure_ml": "azureml", "comet_ml": "comet", "flyte": "flytekit"}
+    packages = {"azure_ml": "azureml-core", "flyte": "flytekit"}
+    for name in [report_to] if isinstance(report_to, str) else report_to:
+        available = getattr(integration_utils, f"is_{checks.get(name, name)}_available", None)
+        if name not in ("none", "all") and available is not None and not available():
+            raise MlanError(
+                f"training.report_to {name}: not installed in this environment (pip install {packages.get(name, name)})"
+            )
+
+
+def process_state(extra: dict[str, Any], *, fsdp: bool = False):
     """accelerate's state of this process (index, count, main or not), started as SFTConfig would start it.
 
     The process count is needed before SFTConfig exists (it decides the gradient accumulation, one of
@@ -157,8 +206,8 @@ def process_state(extra: dict[str, Any]):
 
     default = {f.name: f.default for f in dataclasses.fields(SFTConfig)}
     backend = extra.get("ddp_backend", default["ddp_backend"])
-    # use_cpu is `not cuda` (managed_args); TrainingArguments also honours accelerate's CPU flag.
-    if not torch.cuda.is_available() or parse_flag_from_env("ACCELERATE_USE_CPU"):
+    # use_cpu is `not cuda` (managed_args) but for FSDP; TrainingArguments also honours accelerate's CPU flag.
+    if (not torch.cuda.is_available() and not fsdp) or parse_flag_from_env("ACCELERATE_USE_CPU"):
         return PartialState(cpu=True, backend=backend)
     timeout = timedelta(seconds=extra.get("ddp_timeout", default["ddp_timeout"]))
     return PartialState(backend=backend, timeout=timeout)

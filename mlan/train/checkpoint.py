@@ -177,7 +177,12 @@ def decide_resume(record: dict[str, Any], ckpt_dir: Path, resume: bool | None) -
 
 def start_checkpoints(record: dict[str, Any], ckpt_dir: Path, resume_from: Path | None, state) -> None:
     """The main process clears old checkpoints (unless resuming) and writes the run record; the others
-    wait for it."""
+    wait for it, then every process checks that it sees that record and made the same resume decision.
+
+    Checkpoints are written by the main process (DeepSpeed and FSDP add each rank's shard beside them) and
+    read back by every process on resume: the checkpoint folder must be on a filesystem every node shares.
+    A node that cannot see it would decide alone to start over while the others resume; every process
+    stops instead, in one line naming the node."""
     if state.is_main_process:
         if resume_from is None and ckpt_dir.exists():
             log.info("starting over: removing old checkpoints in %s", ckpt_dir)
@@ -185,6 +190,23 @@ def start_checkpoints(record: dict[str, Any], ckpt_dir: Path, resume_from: Path 
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(ckpt_dir / RUN_RECORD, record)
     state.wait_for_everyone()
+    if state.num_processes == 1:
+        return
+    import socket
+
+    from accelerate.utils import gather_object
+
+    sees = (ckpt_dir / RUN_RECORD).is_file()
+    views = gather_object([(state.process_index, socket.gethostname(), sees, str(resume_from))])
+    blind = [(rank, host) for rank, host, ok, _ in views if not ok]
+    if blind:
+        rank, host = blind[0]
+        raise MlanError(
+            f"{ckpt_dir}: process {rank} on {host} cannot see the run record the main process wrote there; "
+            "the output folder must be on a filesystem every node shares (set output.dir to one)"
+        )
+    if len({r for *_, r in views}) > 1:
+        raise MlanError(f"{ckpt_dir}: the processes found different checkpoints to resume from: {sorted(views)}")
 
 
 _WRAPPER_SEGMENTS = re.compile(r"(?:^|(?<=\.))(?:_fsdp_wrapped_module|_checkpoint_wrapped_module|module|_orig_mod)\.")

@@ -55,7 +55,9 @@ def parameter_report(model) -> dict[str, dict[str, int]]:
     """Total and trainable parameter counts per component, plus an `all` row."""
     report = {c: {"total": 0, "trainable": 0} for c in (*COMPONENTS, "all")}
     for name, p in model.named_parameters():
-        n = p.numel()
+        # Under DeepSpeed ZeRO-3 a parameter holds nothing outside a gather (numel() is 0): its full size
+        # is `ds_numel`.
+        n = getattr(p, "ds_numel", None) or p.numel()
         # A 4-bit weight stores two values per byte: count the values, not the storage.
         if p.__class__.__name__ == "Params4bit":
             n = int(p.quant_state.shape.numel()) if getattr(p, "quant_state", None) is not None else n * 2

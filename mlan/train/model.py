@@ -31,13 +31,17 @@ class ModelToTrain:
     wings_groups: list[dict] | None = None
 
 
-def model_to_train(recipe: SFTRecipe, info: ModelInfo, cuda: bool, device_index: int) -> ModelToTrain:
-    """The model, made trainable as the recipe says; seeded first, so that every process and every run
-    starts from the same state (LoRA init, dropout)."""
+def model_to_train(recipe: SFTRecipe, info: ModelInfo, cuda: bool, device_index: int, dtype: str) -> ModelToTrain:
+    """The model in `dtype` (the precision plan's load dtype), made trainable as the recipe says; seeded
+    first, so that every process and every run starts from the same state (LoRA init, dropout).
+
+    Under DeepSpeed ZeRO-3 the Trainer's arguments, made before this, switch `from_pretrained` to
+    DeepSpeed's `zero.Init`: every parameter is created partitioned over the processes, never whole on
+    one of them."""
     from transformers import set_seed
 
     set_seed(recipe.training.seed)
-    model = load_model(recipe, info, cuda, device_index)
+    model = load_model(recipe, info, cuda, device_index, dtype)
     if recipe.wings is not None:
         return ModelToTrain(model, wings_groups=add_recipe_wings(model, recipe, info))
     if recipe.train.language_model in ("lora", "qlora"):
@@ -48,7 +52,7 @@ def model_to_train(recipe: SFTRecipe, info: ModelInfo, cuda: bool, device_index:
     return ModelToTrain(model)
 
 
-def load_model(recipe: SFTRecipe, info: ModelInfo, cuda: bool, device_index: int):
+def load_model(recipe: SFTRecipe, info: ModelInfo, cuda: bool, device_index: int, dtype: str):
     """The multimodal model from `info.path` (its kind's class); for QLoRA its language model in 4 bits on
     this process's device."""
     import torch
@@ -58,7 +62,7 @@ def load_model(recipe: SFTRecipe, info: ModelInfo, cuda: bool, device_index: int
         kwargs["revision"] = recipe.model.revision
     if recipe.model.attn_implementation:
         kwargs["attn_implementation"] = recipe.model.attn_implementation
-    kwargs["dtype"] = "auto" if recipe.model.dtype == "auto" else getattr(torch, recipe.model.dtype)
+    kwargs["dtype"] = getattr(torch, dtype)
     if recipe.train.language_model == "qlora":
         from transformers import BitsAndBytesConfig
 
@@ -118,3 +122,18 @@ def add_recipe_wings(model, recipe: SFTRecipe, info: ModelInfo) -> list[dict]:
         load_wings_weights(model, path)
         log.info("Wings: learners restored from %s", path)
     return wings_parameter_groups(model, recipe.wings.stage, config)
+
+
+def upcast_trainable(model) -> int:
+    """Cast every trainable 16-bit parameter to fp32 in place (the precision plan's fp32 masters on one
+    process or DDP; the forward runs under the Trainer's bf16/fp16 autocast); the number cast. Done once
+    the Trainer has added LoRA adapters (PEFT's `modules_to_save` copies load 16-bit) and before it makes
+    the optimizer, whose states then follow the parameters' fp32."""
+    import torch
+
+    n = 0
+    for p in model.parameters():
+        if p.requires_grad and p.dtype in (torch.bfloat16, torch.float16):
+            p.data = p.data.float()
+            n += p.numel()
+    return n

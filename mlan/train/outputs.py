@@ -181,6 +181,8 @@ def model_card(
         f"- Global batch {results.get('global_batch_size')} ({t.per_device_train_batch_size} per device x "
         f"{results.get('gradient_accumulation_steps')} accumulation x {results.get('world_size')} processes), "
         f"max length {t.max_length}, seed {t.seed}, precision {results.get('precision')}",
+        f"- Engine: {(results.get('engine') or {}).get('label', 'n/a')}; master weights: "
+        f"{(results.get('precision_plan') or {}).get('description', 'n/a')}",
         f"- Batch order: {t.batch_order}; loss on assistant tokens only: {'yes' if t.assistant_only_loss else 'no'}",
         _packing_line(results.get("packing")),
         f"- Images: `image_aspect_ratio: {recipe.data.image_aspect_ratio}` ("

@@ -34,6 +34,7 @@ from mlan.tiny import CHAT_TEMPLATE
 from mlan.train.arguments import (
     BatchShape,
     batch_shape,
+    check_report_to,
     managed_args,
     managed_sources,
     process_state,
@@ -41,9 +42,27 @@ from mlan.train.arguments import (
 )
 from mlan.train.checkpoint import decide_resume, run_record
 from mlan.train.data import load_mixture
+from mlan.train.engine import (
+    Engine,
+    check_engine,
+    check_processes,
+    engine_args,
+    launched_processes,
+    resolve_engine,
+)
 from mlan.train.freeze import check_lora_targets
 from mlan.train.model_info import ModelInfo
 from mlan.train.packing import Packing, default_kernel, resolve_packing
+from mlan.train.precision import (
+    PrecisionPlan,
+    check_fits,
+    count_parameters,
+    device_memory,
+    estimate_memory,
+    load_dtype,
+    plan_precision,
+    resolve_precision,
+)
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +84,9 @@ class Checked:
     resume_from: Path | None
     record: dict[str, Any]  # what the run is made of (mlan.train.checkpoint.run_record), kept with its checkpoints
     packing: Packing  # `training.packing` as resolved for this model
+    engine: Engine  # how the model is spread over the processes (mlan.train.engine)
+    plan: PrecisionPlan  # where the master weights live (mlan.train.precision)
+    memory: dict[str, Any]  # parameter counts and the estimated bytes per device of the plan
 
 
 def preflight(recipe: SFTRecipe, *, out: Path, ckpt_dir: Path, resume: bool | None) -> Checked:
@@ -80,19 +102,51 @@ def preflight(recipe: SFTRecipe, *, out: Path, ckpt_dir: Path, resume: bool | No
     check_report_to(recipe.training.report_to)
     if recipe.wings is not None:
         check_wings(recipe, info)
-    # The fields the recipe sets in SFTConfig, which `training.extra` may not set, carry the precision and
-    # the accumulation for this many processes: they are worked out first.
+    # The fields the recipe sets in SFTConfig, which `training.extra` may not set, carry the engine, the
+    # precision and the accumulation for this many processes: they are worked out first.
     precision, cuda = resolve_precision(recipe.training.precision)
-    batch = batch_shape(recipe.training, process_state(recipe.training.extra).num_processes)
+    engine = resolve_engine(recipe.training, launched_processes() or 1)
+    state = process_state(recipe.training.extra, fsdp=engine.fsdp)
+    check_processes(state)
+    check_engine(engine, state, cuda, qlora=recipe.train.language_model == "qlora")
+    plan = plan_precision(
+        recipe.training.master_weights, precision, load_dtype(recipe.model.dtype, info.config), engine
+    )
+    batch = batch_shape(recipe.training, state.num_processes)
+    counts = count_parameters(recipe, info)
+    check_fits(counts, plan, engine, state.num_processes, device_memory(state.local_process_index))
+    memory = estimate_memory(counts, plan, engine, state.num_processes)
     managed = managed_args(
-        recipe, checkpoints=ckpt_dir, precision=precision, cuda=cuda, accumulation=batch.accumulation
+        recipe,
+        checkpoints=ckpt_dir,
+        precision=precision,
+        cuda=cuda,
+        batch=batch,
+        engine_args=engine_args(engine, info.model_class, info.config),
     )
     check_extra(recipe.training.extra, managed_sources(managed))
+    if plan.optimizer and "optim" in recipe.training.extra:
+        raise MlanError("training.extra.optim: master_weights kahan brings its own optimizer (torch-optimi's AdamW)")
     sft_args = sft_config_kwargs(recipe, managed, run_name=recipe.name or out.name)
     packing = check_packing(recipe, info)
     record = run_record(recipe, mixture_dir=mix_dir, manifest=manifest, model_path=info.path)
     resume_from = decide_resume(record, ckpt_dir, resume)
-    return Checked(mix_dir, mixture, manifest, info, precision, cuda, batch, sft_args, resume_from, record, packing)
+    return Checked(
+        mix_dir,
+        mixture,
+        manifest,
+        info,
+        precision,
+        cuda,
+        batch,
+        sft_args,
+        resume_from,
+        record,
+        packing,
+        engine,
+        plan,
+        {"counts": dataclasses.asdict(counts), "bytes_per_device": memory, "processes": state.num_processes},
+    )
 
 
 def check_packing(recipe: SFTRecipe, info: ModelInfo) -> Packing:
@@ -126,7 +180,7 @@ def resolve_mixture(recipe: SFTRecipe) -> Path:
             )
         log.info("using the mixture already built at %s", build_dir)
         return build_dir
-    if process_state(recipe.training.extra).num_processes > 1:
+    if (launched_processes() or 1) > 1:
         raise MlanError(
             f"data.spec {data.spec}: build the mixture once before a multi-process run "
             f"(mlan build-mixture {spec_path} --out {build_dir})"
@@ -387,30 +441,3 @@ def check_wings(recipe: SFTRecipe, info: ModelInfo) -> None:
     with init_empty_weights():
         meta = LlavaForConditionalGeneration._from_config(info.config, **kwargs)
     add_wings(meta, config)
-
-
-def check_report_to(report_to: str | list[str]) -> None:
-    """Each tracker in `training.report_to` is installed (the Trainer would fail only once the model is loaded)."""
-    from transformers.integrations import integration_utils
-
-    # transformers' availability check and pip package per tracker, where the names differ from the tracker's.
-    checks = {"azure_ml": "azureml", "comet_ml": "comet", "flyte": "flytekit"}
-    packages = {"azure_ml": "azureml-core", "flyte": "flytekit"}
-    for name in [report_to] if isinstance(report_to, str) else report_to:
-        available = getattr(integration_utils, f"is_{checks.get(name, name)}_available", None)
-        if name not in ("none", "all") and available is not None and not available():
-            raise MlanError(
-                f"training.report_to {name}: not installed in this environment (pip install {packages.get(name, name)})"
-            )
-
-
-def resolve_precision(precision: str) -> tuple[str, bool]:
-    """(precision actually used, whether a GPU is used)."""
-    import torch
-
-    cuda = torch.cuda.is_available()
-    if precision == "auto":
-        precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
-    if precision == "fp16" and not cuda:
-        raise MlanError("training.precision fp16: needs a GPU (use bf16 or fp32 on a CPU)")
-    return precision, cuda

@@ -31,6 +31,7 @@ from mlan.io import check_output_dir
 from mlan.runs import run_dir
 from mlan.train.checkpoint import checkpoint_dir, rank_checksums, start_checkpoints
 from mlan.train.data import training_rows
+from mlan.train.engine import check_engaged, start_deepspeed_comm
 from mlan.train.freeze import parameter_report
 from mlan.train.model import model_to_train
 from mlan.train.outputs import loss_log, write_output
@@ -57,6 +58,11 @@ class SFTResult:
     global_batch_size: int
     gradient_accumulation_steps: int
     precision: str
+    # The engine that ran ({name, label, zero_stage, offload, source, config_file}: mlan.train.engine), where the
+    # master weights lived (mlan.train.precision) and the estimated bytes per device of that plan.
+    engine: dict[str, Any] = field(default_factory=dict)
+    precision_plan: dict[str, Any] = field(default_factory=dict)
+    memory_estimate: dict[str, Any] = field(default_factory=dict)
     resumed_from: str | None = None
     merged_dir: Path | None = None
     rank_checksums: list[str] = field(default_factory=list)
@@ -111,16 +117,20 @@ def run_sft(
     sft_args = SFTConfig(**checked.sft_args)
     state = PartialState()  # this process's place in the run, as SFTConfig set it up
     start_checkpoints(checked.record, ckpt_dir, checked.resume_from, state)
-    to_train = model_to_train(recipe, info, checked.cuda, state.local_process_index)
+    start_deepspeed_comm(checked.engine, state)
+    to_train = model_to_train(recipe, info, checked.cuda, state.local_process_index, checked.plan.load_dtype)
     trainer = build_trainer(recipe, checked, sft_args, to_train, train, ckpt_dir)
+    check_engaged(trainer, checked.engine)  # no silent fallback to DDP (mlan.train.engine)
     for callback in callbacks:
         trainer.add_callback(callback)
     params = parameter_report(trainer.model)
+    plan_line = checked.plan.describe(checked.engine)
     if state.is_main_process:
         for comp, c in params.items():
             log.info("parameters %-15s %14s trainable of %14s", comp, f"{c['trainable']:,}", f"{c['total']:,}")
+        log.info("engine: %s, %d process(es); %s", checked.engine.label(), state.num_processes, plan_line)
     resume_from = checked.resume_from
-    if resume_from is not None:
+    if resume_from is not None and state.is_main_process:
         log.info("resuming from %s", resume_from)
 
     # ---- train, evaluate, save
@@ -133,6 +143,10 @@ def run_sft(
     final_dir = ckpt_dir / "final"
     # Recorded where LLaVA keeps it (llava/train/train.py:904), for evaluation's `image_aspect_ratio: model`.
     to_train.model.config.image_aspect_ratio = recipe.data.image_aspect_ratio
+    if trainer.is_fsdp_enabled:
+        # Checkpoints are sharded (resumable); the output is one full state dict a plain from_pretrained
+        # reads. With SHARDED_STATE_DICT the Trainer's save_model writes nothing at all.
+        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
     trainer.save_model(str(final_dir))  # collective under FSDP / DeepSpeed: every process calls it
     state.wait_for_everyone()
     info.processor.chat_template = info.saved_template  # a stage-1 `plain` run leaves the chat template as it was
@@ -154,6 +168,9 @@ def run_sft(
         global_batch_size=checked.batch.global_size,
         gradient_accumulation_steps=checked.batch.accumulation,
         precision=checked.precision,
+        engine=checked.engine.to_json(),
+        precision_plan=checked.plan.to_json(checked.engine),
+        memory_estimate=checked.memory,
         resumed_from=str(resume_from) if resume_from else None,
         rank_checksums=checksums,
         packing={**checked.packing.to_json(), "saved": padding_saved(trainer.packing_stats)},

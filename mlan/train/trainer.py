@@ -23,7 +23,8 @@ from mlan.errors import MlanError
 from mlan.images import PadImages, mean_colour
 from mlan.train.checkpoint import TENSORBOARD_DIR, checkpoint_weight_files, load_checkpoint, unwrapped_name
 from mlan.train.data import PreparedSplit
-from mlan.train.model import ModelToTrain
+from mlan.train.lockstep import install_lockstep
+from mlan.train.model import ModelToTrain, upcast_trainable
 from mlan.train.packing import STATS_KEY, InBatchPacking, attention_weight
 from mlan.train.preflight import Checked
 from mlan.train.progress import use_mlan_progress
@@ -66,12 +67,22 @@ class MlanSFTTrainer(SFTTrainer):
     check them when transformers is upgraded.
     """
 
-    def __init__(self, *args, row_lengths=None, row_has_image=None, batch_order="llava", wings_groups=None, **kwargs):
+    def __init__(
+        self,
+        *args,
+        row_lengths=None,
+        row_has_image=None,
+        batch_order="llava",
+        wings_groups=None,
+        kahan=False,
+        **kwargs,
+    ):
         self.step_timer: StepTimer | None = None  # set by `build_trainer`
         self._row_lengths = row_lengths
         self._batch_order = batch_order
         self._row_has_image = row_has_image
         self._wings_groups = None
+        self._kahan = kahan
         # Summed counts of the packed training batches (mlan.train.packing.STATS_KEY), this process's.
         self.packing_stats = [0, 0, 0, 0]
         self.eval_collator = None  # set by `build_trainer` when training batches are packed
@@ -84,13 +95,29 @@ class MlanSFTTrainer(SFTTrainer):
         super().__init__(*args, **kwargs)
 
     def create_optimizer(self, model=None):
-        # Wings trains each part at its own rate. The Trainer's optimizer and kwargs
-        # (`optim`, betas, eps...) are kept; only the groups are ours, split by weight decay as
-        # the Trainer splits them, so its scheduler scales every group's own rate.
-        if self._wings_groups is None or self.optimizer is not None:
+        # Wings trains each part at its own rate: only the groups are ours, split by weight decay as the
+        # Trainer splits them, so its scheduler scales every group's own rate; the Trainer's optimizer and
+        # kwargs (`optim`, betas, eps...) are kept. `master_weights: kahan` swaps in torch-optimi's AdamW with
+        # Kahan summation (no `optim` of the Trainer's names is one) with the Trainer's hyperparameters.
+        if (self._wings_groups is None and not self._kahan) or self.optimizer is not None:
             return super().create_optimizer(model)
         opt_model = self.model if model is None else model
-        groups = self._wings_param_groups(opt_model)
+        groups = (
+            self._wings_param_groups(opt_model) if self._wings_groups is not None else self._decay_groups(opt_model)
+        )
+        if self._kahan:
+            from optimi import AdamW
+
+            a = self.args
+            self.optimizer = AdamW(
+                groups,
+                lr=a.learning_rate,
+                betas=(a.adam_beta1, a.adam_beta2),
+                eps=a.adam_epsilon,
+                weight_decay=a.weight_decay,
+                kahan_sum=True,
+            )
+            return self.optimizer
         cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
         if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)) or {
             "params",
@@ -100,6 +127,15 @@ class MlanSFTTrainer(SFTTrainer):
             raise MlanError(f"training.extra.optim {self.args.optim}: not supported with Wings (use an AdamW variant)")
         self.optimizer = cls(groups, **kwargs)
         return self.optimizer
+
+    def _decay_groups(self, opt_model) -> list[dict[str, Any]]:
+        """The trainable parameters split by weight decay, as the Trainer splits them."""
+        decay = set(self.get_decay_parameter_names(opt_model))
+        named = [(n, p) for n, p in opt_model.named_parameters() if p.requires_grad]
+        return [
+            {"params": [p for n, p in named if n in decay], "weight_decay": self.args.weight_decay},
+            {"params": [p for n, p in named if n not in decay], "weight_decay": 0.0},
+        ]
 
     def _wings_param_groups(self, opt_model) -> list[dict[str, Any]]:
         """The Wings groups over the (possibly wrapped) model's parameters, each split by weight decay."""
@@ -205,6 +241,7 @@ def build_trainer(
         row_has_image=train.has_image,
         batch_order=recipe.training.batch_order,
         wings_groups=to_train.wings_groups,
+        kahan=checked.plan.optimizer == "optimi_kahan",
     )
     masked = image_token_masking(trainer.data_collator, info.image_token_id)
     trainer.step_timer = StepTimer()
@@ -225,13 +262,14 @@ def build_trainer(
         trainer.eval_collator = trainer.data_collator
         trainer.data_collator = outer(InBatchPacking(masked, info.processor.tokenizer.pad_token_id, weight))
     set_up_reporting(trainer, ckpt_dir)
-    if recipe.train.language_model == "qlora" and checked.precision == "fp32":
-        # TRL casts every trainable parameter of a quantized model to bf16 (the QLoRA paper's
-        # choice under bf16 autocast); without autocast (fp32 on a CPU) the bf16 projector copy
-        # then meets fp32 image features and the forward fails.
-        for p in trainer.model.parameters():
-            if p.requires_grad:
-                p.data = p.data.float()
+    if checked.engine.sharded:
+        # Every process gathers the same weights every step, images or not (mlan.train.lockstep).
+        install_lockstep(to_train.model, info.processor)
+    if checked.plan.master == "fp32":
+        # fp32 masters on one process or DDP: every trainable parameter in fp32 under 16-bit autocast
+        # (mlan.train.precision), LoRA's `modules_to_save` copies and Wings' learners included. TRL casts the
+        # trainable parameters of a quantized model to bf16 (the QLoRA paper's choice): they come back too.
+        upcast_trainable(trainer.model)
     return trainer
 
 

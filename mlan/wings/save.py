@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 from pathlib import Path
 
 from mlan import kinds
@@ -48,13 +49,31 @@ def _without_learners(model):
             layers[i]._modules["wings"] = module
 
 
-def write_wings_files(model, folder: str | Path) -> None:
-    """Write `wings.safetensors` and `wings_config.json` of `model` into an existing folder."""
+_LEARNER_KEY = re.compile(r"(?:^|.*\.)layers\.(\d+)\.wings\.(.+)")
+
+
+def learners_from_state_dict(state_dict: dict) -> dict:
+    """The learner and router tensors of a whole model's state dict, keyed as `wings_state_dict` keys them.
+
+    Under DeepSpeed ZeRO-3 and FSDP the module's own parameters hold only this process's shard; the
+    Trainer hands `save_pretrained` the gathered state dict, which is where the learners must come from."""
+    out = {}
+    for key, tensor in state_dict.items():
+        m = _LEARNER_KEY.fullmatch(key)
+        if m:
+            out[f"layers.{m.group(1)}.{m.group(2)}"] = tensor.detach().contiguous().cpu()
+    return out
+
+
+def write_wings_files(model, folder: str | Path, learners: dict | None = None) -> None:
+    """Write `wings.safetensors` and `wings_config.json` of `model` into an existing folder; `learners`:
+    the tensors to write (`learners_from_state_dict`), else read from the model itself."""
     from safetensors.torch import save_file
 
     runtime = require_runtime(model)
     folder = Path(folder)
-    save_file(wings_state_dict(model), str(folder / WINGS_WEIGHTS), metadata={"format": "pt"})
+    tensors = learners if learners is not None else wings_state_dict(model)
+    save_file(tensors, str(folder / WINGS_WEIGHTS), metadata={"format": "pt"})
     atomic_write_json(
         folder / WINGS_CONFIG,
         {
@@ -78,12 +97,14 @@ def wings_save_pretrained(self, save_directory, *args, state_dict=None, **kwargs
     weights as a standard LLaVA folder (learner tensors filtered out of a given `state_dict`),
     the learners beside it.
     """
+    learners = None
     if state_dict is not None:
+        learners = learners_from_state_dict(state_dict) or None
         state_dict = {k: v for k, v in state_dict.items() if ".wings." not in k}
     with _without_learners(self):
         type(self).save_pretrained(self, save_directory, *args, state_dict=state_dict, **kwargs)
     if kwargs.get("is_main_process", True):
-        write_wings_files(self, save_directory)
+        write_wings_files(self, save_directory, learners)
 
 
 def save_wings_model(model, out: str | Path, processor=None, *, overwrite: bool = False) -> Path:
