@@ -96,6 +96,9 @@ def _main(
         help="Show everything: debug logging of mlan and the libraries, their warnings and progress bars.",
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only warnings and errors, no progress bars."),
+    local_rank: int | None = typer.Option(
+        None, "--local_rank", "--local-rank", hidden=True, help="Set by the deepspeed launcher (also as LOCAL_RANK)."
+    ),
 ) -> None:
     from mlan.console import NORMAL, QUIET, VERBOSE, setup
 

@@ -21,12 +21,6 @@ def sft(
         ),
     ] = None,
     overwrite: Overwrite = False,
-    local_rank: Annotated[
-        int | None,
-        typer.Option(
-            "--local_rank", "--local-rank", hidden=True, help="Set by the deepspeed launcher (also LOCAL_RANK)."
-        ),
-    ] = None,
 ) -> None:
     """Fine-tune a LLaVA-style model on a built mixture with TRL's SFTTrainer.
 

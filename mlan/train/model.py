@@ -79,7 +79,15 @@ def load_model(recipe: SFTRecipe, info: ModelInfo, cuda: bool, device_index: int
             llm_int8_skip_modules=[r".*vision_tower", r".*multi_modal_projector", r".*visual", "lm_head"],
         )
         kwargs["device_map"] = {"": device_index} if cuda else "cpu"
-    return info.model_class.from_pretrained(info.path, **kwargs)
+    model = info.model_class.from_pretrained(info.path, **kwargs)
+    conversions = getattr(model, "_weight_conversions", None)
+    if conversions:
+        # transformers 5.24 keeps, for saving, the key renamings a load used (core_model_loading), except
+        # when DeepSpeed ZeRO-3 loads (integrations/deepspeed.py keeps all of them): reverting the unused ones
+        # too wrote `language_model.model.model.*` keys that no load finds. Kept as a normal load keeps them;
+        # tests/test_sft_engines.py reloads the saved model.
+        model._weight_conversions = [c for c in conversions if c.was_used()]
+    return model
 
 
 def lora_config(recipe: SFTRecipe, qwen: bool = False):
