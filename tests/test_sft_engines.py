@@ -208,3 +208,177 @@ def _saved_key(name: str, mode: str) -> str:
     if mode == "wings" and m:
         return f"wings:layers.{m.group(1)}.{m.group(2)}"
     return name
+
+
+def _changed_share(base: Path, out: Path) -> float:
+    """Share of the language model's weights that differ from the start model's, compared in bf16."""
+    import torch
+    from safetensors.torch import load_file
+
+    start, trained = load_file(str(base / "model.safetensors")), load_file(str(out / "model.safetensors"))
+    changed = total = 0
+    for key, value in start.items():
+        if "language_model" in key:
+            a, b = value.to(torch.bfloat16), trained[key].to(torch.bfloat16)
+            changed += int((a != b).sum())
+            total += a.numel()
+    return changed / total
+
+
+@pytest.mark.slow
+def test_default_precision_plan_keeps_the_small_updates_pure_bf16_loses(cli, tiny_llava_dir, engine_mixture, tmp_path):
+    """At lr 2e-5 with the model loaded in bf16 and bf16 compute, mlan's default plan (fp32 masters) changes as
+    many weights as the fp32 run; pure bf16, asked for by name, changes far fewer and says so; Kahan
+    summation keeps more than pure bf16 at bf16 memory."""
+    recipe = _write(tmp_path, _recipe(tmp_path, tiny_llava_dir, engine_mixture, "full", max_steps=6))
+    small = ["-o", "training.learning_rate=2e-5", "-o", "training.save_steps=100"]
+    bf16 = ["-o", "model.dtype=bfloat16", "-o", "training.precision=bf16"]
+    shares, plans = {}, {}
+    for name, extra in {
+        "fp32": [],
+        "auto": bf16,
+        "pure_bf16": [*bf16, "-o", "training.master_weights=pure_bf16"],
+        "kahan": [*bf16, "-o", "training.master_weights=kahan"],
+    }.items():
+        out = tmp_path / name
+        result = cli("sft", recipe, *small, *extra, "-o", f"output.dir={out}")
+        assert result.exit_code == 0, result.output
+        shares[name] = _changed_share(tiny_llava_dir, out)
+        plans[name] = json.loads((out / "train_results.json").read_text())["precision_plan"]
+        assert ("pure bfloat16" in result.stderr) == (name == "pure_bf16")  # the one warning line
+    assert plans["auto"]["master"] == "fp32" and plans["auto"]["upcast"] and plans["auto"]["load_dtype"] == "bfloat16"
+    assert plans["kahan"]["optimizer"] == "optimi_kahan" and plans["pure_bf16"]["master"] == "pure_bf16"
+    assert shares["fp32"] > 0.5
+    assert shares["auto"] == pytest.approx(shares["fp32"], abs=0.02)
+    assert shares["pure_bf16"] < 0.5 * shares["fp32"]
+    assert shares["pure_bf16"] < shares["kahan"] < shares["fp32"]
+
+
+def _tiny(tmp_path, tiny_llava_dir, engine_mixture, **training) -> Path:
+    return _write(tmp_path, _recipe(tmp_path, tiny_llava_dir, engine_mixture, "full", **training))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "env", "expected"),
+    [
+        (["training.engine=fsdp2"], {}, "training.engine fsdp2: FSDP2 needs GPUs"),
+        (["training.master_weights=kahan"], {}, "training.master_weights kahan: the weights load in float32"),
+        (
+            ["training.master_weights=kahan", "training.engine=zero3", "model.dtype=bfloat16"],
+            {},
+            "training.master_weights kahan: DeepSpeed ZeRO-3 keeps fp32 master weights itself",
+        ),
+        (
+            ["training.engine=zero2"],
+            {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"},
+            "training.engine zero2, but the launcher's accelerate config asks for zero3",
+        ),
+        (
+            [],
+            {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "1"},
+            "the accelerate config asks for FSDP version 1",
+        ),
+        (
+            [],
+            {"ACCELERATE_USE_CPU": "True", "MASTER_ADDR": "127.0.0.1"},
+            "accelerate launch --cpu with several processes starts only one",
+        ),
+        (["training.engine=zero3", "train.language_model=qlora"], {}, "train.language_model qlora: not with DeepSpeed"),
+    ],
+    ids=["fsdp-on-cpu", "kahan-fp32", "kahan-zero3", "recipe-vs-launcher", "fsdp1", "simple-launcher", "qlora-zero3"],
+)
+def test_engine_and_plan_refusals(
+    cli, one_line_error, tiny_llava_dir, engine_mixture, tmp_path, monkeypatch, overrides, env, expected
+):
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    recipe = _tiny(tmp_path, tiny_llava_dir, engine_mixture)
+    result = cli("sft", recipe, *[x for o in overrides for x in ("-o", o)])
+    assert expected in one_line_error(result, stdout_ok=True)
+    assert not (tmp_path / "out.checkpoints").exists()  # refused before anything was written
+
+
+def test_deepspeed_missing_and_bad_configs_are_one_line(
+    cli, one_line_error, tiny_llava_dir, engine_mixture, tmp_path, monkeypatch
+):
+    import importlib.util
+
+    recipe = _tiny(tmp_path, tiny_llava_dir, engine_mixture)
+    bad = tmp_path / "ds.json"
+    config = json.loads((REPO / "recipes" / "deepspeed" / "zero3.json").read_text())
+    del config["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"]
+    bad.write_text(json.dumps(config))
+    result = cli("sft", recipe, "-o", "training.engine=zero3", "-o", f"training.deepspeed_config={bad}")
+    assert "stage3_gather_16bit_weights_on_model_save must be true" in one_line_error(result, stdout_ok=True)
+    bad.write_text("{not json")
+    result = cli("sft", recipe, "-o", "training.engine=zero3", "-o", f"training.deepspeed_config={bad}")
+    assert f"training.deepspeed_config {bad}: not valid JSON" in one_line_error(result, stdout_ok=True)
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "deepspeed" else find_spec(name, *a)
+    )
+    result = cli("sft", recipe, "-o", "training.engine=zero3")
+    assert "DeepSpeed is not installed (pip install 'mlan[deepspeed]')" in one_line_error(result, stdout_ok=True)
+
+
+def test_a_plan_that_cannot_fit_names_what_would(
+    cli, one_line_error, tiny_llava_dir, engine_mixture, tmp_path, monkeypatch
+):
+    """On a 4 MiB GPU the tiny LLaVA's full fine-tune (5.3 MiB of weights, gradients and AdamW states with fp32
+    masters) is refused before any weights load, naming ZeRO-3 over 2 GPUs (3.3 MiB each)."""
+    import mlan.train.preflight as preflight
+
+    monkeypatch.setattr(preflight, "device_memory", lambda index: 4 << 20)
+    result = cli("sft", _tiny(tmp_path, tiny_llava_dir, engine_mixture))
+    line = one_line_error(result, stdout_ok=True)
+    assert "one process with fp32 weights, fp32 compute needs about 5.3 MiB per GPU" in line, line
+    assert "DeepSpeed ZeRO-3 over 2 GPU(s) would need 3.3 MiB each" in line
+    assert "--config_file recipes/accelerate/deepspeed_zero3.yaml --num_processes 2" in line
+
+
+def test_memory_estimate_by_hand():
+    """The bytes per device of each plan and engine, for 1e9 trainable and 2e8 frozen parameters in bf16."""
+    from mlan.train.engine import Engine
+    from mlan.train.precision import ParameterCounts, PrecisionPlan, estimate_memory
+
+    counts = ParameterCounts(1_000_000_000, 200_000_000)
+    fp32 = PrecisionPlan("bf16", "bfloat16", "fp32", upcast=True)
+    engine_plan = PrecisionPlan("bf16", "bfloat16", "fp32 (engine)")
+    ddp = Engine("ddp")
+    assert estimate_memory(counts, fp32, ddp, 8)["total"] == 16e9 + 0.4e9  # every process holds everything
+    kahan = estimate_memory(counts, PrecisionPlan("bf16", "bfloat16", "kahan"), ddp, 1)
+    assert (kahan["weights"], kahan["gradients"], kahan["optimizer"]) == (2.4e9, 2e9, 6e9)
+    assert estimate_memory(counts, PrecisionPlan("bf16", "bfloat16", "pure_bf16"), ddp, 1)["total"] == 8.4e9
+    zero3 = estimate_memory(counts, engine_plan, Engine("deepspeed", 3), 8)
+    assert zero3 == {"weights": 2.4e9 / 8, "gradients": 2e9 / 8, "optimizer": 12e9 / 8, "total": 16.4e9 / 8}
+    zero2 = estimate_memory(counts, engine_plan, Engine("deepspeed", 2), 8)
+    assert (zero2["weights"], zero2["gradients"], zero2["optimizer"]) == (2.4e9, 2e9 / 8, 12e9 / 8)
+    offload = estimate_memory(counts, engine_plan, Engine("deepspeed", 3, offload=True), 8)
+    assert (offload["weights"], offload["optimizer"]) == (0.0, 0.0)
+    fsdp = estimate_memory(counts, engine_plan, Engine("fsdp2"), 8)
+    assert (fsdp["weights"], fsdp["gradients"], fsdp["optimizer"]) == (4.4e9 / 8, 4e9 / 8, 8e9 / 8)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("launch", "expected"),
+    [
+        (["--config_file", "fsdp.yaml", "--num_processes", "2"], "training.engine fsdp2: FSDP2 needs GPUs"),
+        (["--cpu", "--num_processes", "2"], "accelerate launch --cpu with several processes starts only one"),
+    ],
+    ids=["fsdp-config", "cpu-flag"],
+)
+def test_launches_that_would_fall_back_silently_are_refused(launch, expected, tiny_llava_dir, engine_mixture, tmp_path):
+    """As a user types them on this CPU machine: the shipped FSDP config (accelerate would train plain DDP)
+    and `--cpu --num_processes 2` (accelerate starts one process) stop in one line each, before training."""
+    recipe = _tiny(tmp_path, tiny_llava_dir, engine_mixture)
+    launch = [str(REPO / "recipes" / "accelerate" / x) if x.endswith(".yaml") else x for x in launch]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1"}
+    cmd = [str(BIN / "accelerate"), "launch", *launch, "--main_process_port", str(_free_port())]
+    p = subprocess.run(
+        [*cmd, "-m", "mlan", "sft", str(recipe)], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert p.returncode != 0
+    errors = [line for line in p.stderr.splitlines() if line.startswith("error: ")]
+    assert errors and all(expected in line for line in errors), p.stderr[-3000:]
+    assert not (tmp_path / "out").exists()

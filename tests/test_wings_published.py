@@ -80,7 +80,9 @@ def test_textual_learner_keys_leave_out_the_system_prompt(tiny):
     inputs = processor(text=[_prompt(processor, "What is two plus two?")], return_tensors="pt")
     learner = model.model.language_model.layers[0].wings.textual
     seen = {}
-    hook = learner.register_forward_hook(lambda m, args, out: seen.update(keys=args[3], values=args[4]))
+    hook = learner.register_forward_hook(
+        lambda m, args, out: seen.update(keys=args[3], values=args[4]) if len(args) > 3 else None  # not keys_values
+    )
     with torch.no_grad():
         model(**inputs)
     hook.remove()
@@ -96,7 +98,7 @@ def test_textual_learner_keys_leave_out_the_system_prompt(tiny):
     # Not vacuous: without the system prompt set, the learner sees every token.
     set_system_prompt(model, None)
     with torch.no_grad():
-        hook = learner.register_forward_hook(lambda m, args, out: seen.update(keys=args[3]))
+        hook = learner.register_forward_hook(lambda m, args, out: seen.update(keys=args[3]) if len(args) > 3 else None)
         model(**inputs)
         hook.remove()
     assert seen["keys"].shape[2] == ids.shape[1]

@@ -122,8 +122,13 @@ def add_recipe_wings(model, recipe: SFTRecipe, info: ModelInfo) -> list[dict]:
     the template the rows are rendered with is left out of the textual learner's keys."""
     from mlan.wings import add_wings, is_wings_dir, load_wings_weights, wings_parameter_groups
 
+    from transformers import set_seed
+
     config = recipe.wings.learner_config()
     path = info.path
+    # Seeded again here: how much randomness loading the model drew differs by engine (DeepSpeed's ZeRO-3
+    # init draws none), and the learners' initial weights must not.
+    set_seed(recipe.training.seed)
     add_wings(model, config, processor=info.processor, chat_template=info.chat_template)
     if Path(path).is_dir() and is_wings_dir(path):
         # from_pretrained read the base only; the learners of the earlier stage live beside it.

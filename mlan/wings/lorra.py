@@ -57,7 +57,13 @@ class LoRRA(nn.Module):
         return t.view(b, n, self.heads, self.head_dim).transpose(1, 2)
 
     def keys_values(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Keys (rotated at the positions of the tokens they came from) and values, each (B, heads, N, d_head)."""
+        """Keys (rotated at the positions of the tokens they came from) and values, each (B, heads, N, d_head).
+
+        Through the module's own call (`forward` without keys): DeepSpeed ZeRO-3 and FSDP gather a module's
+        weights only around its calls, and a method reading `k_a` directly would see an empty shard."""
+        return self(x, cos, sin)
+
+    def _keys_values(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         k = x + (x @ self.k_a) @ self.k_b
         v = x + (x @ self.v_a) @ self.v_b
         return rotate(self._heads(k), cos, sin), self._heads(v)
@@ -67,16 +73,19 @@ class LoRRA(nn.Module):
         h: torch.Tensor,
         cos: torch.Tensor,
         sin: torch.Tensor,
-        keys: torch.Tensor,
-        values: torch.Tensor,
-        mask: torch.Tensor,
-        keep: torch.Tensor,
-    ) -> torch.Tensor:
-        """Learner output (B, L, hidden) for queries `h` at the positions of cos/sin.
+        keys: torch.Tensor | None = None,
+        values: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        keep: torch.Tensor | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Learner output (B, L, hidden) for queries `h` at the positions of cos/sin; without `keys`, the keys and
+        values of the tokens `h` instead (`keys_values`).
 
         `mask` (B, 1, L or 1, N) is additive (0 where a query may see a key, -inf elsewhere); every row sees at least one key
         (rows without any visible key are marked by `keep` = 0 and zeroed, which avoids NaNs).
         """
+        if keys is None:
+            return self._keys_values(h, cos, sin)
         b, n, _ = h.shape
         q = rotate(self._heads(h + (h @ self.q_a) @ self.q_b), cos, sin)
         o = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
