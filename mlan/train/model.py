@@ -120,9 +120,9 @@ def add_recipe_wings(model, recipe: SFTRecipe, info: ModelInfo) -> list[dict]:
     """Add the recipe's Wings learners (restored from `info.path` when it is a Wings folder); the stage's
     optimizer groups (this also sets what trains and whether the router is used). The system prompt of
     the template the rows are rendered with is left out of the textual learner's keys."""
-    from mlan.wings import add_wings, is_wings_dir, load_wings_weights, wings_parameter_groups
-
     from transformers import set_seed
+
+    from mlan.wings import add_wings, is_wings_dir, load_wings_weights, wings_parameter_groups
 
     config = recipe.wings.learner_config()
     path = info.path
