@@ -101,6 +101,10 @@ def load_model(
         raise MlanError(
             f"{name_or_path}: device_map {device_map} is not supported for a Wings model; load it on one device"
         )
+    if kind == kinds.WINGS:
+        from mlan.wings.io import read_wings_config
+
+        read_wings_config(src)  # a broken wings_config.json: its one line, before "loading" is said
     log.info("loading %s (%s) on %s", name_or_path, kind, device if device_map is None else f"device_map {device_map}")
     if kind == kinds.WINGS:
         # Imported here: mlan.wings loads torch, and this module is imported by light CLI paths.

@@ -160,3 +160,25 @@ def test_build_mixture_reports_a_script_repo_in_one_line(cli, one_line_error, fa
         "error: source 'cosmos_qa' (allenai/cosmos_qa): hub dataset 'allenai/cosmos_qa' is a loading-script repo"
     )
     assert "revision: refs/convert/parquet" in line and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("fail", "expected"),
+    [
+        ("script", "error: dataset of task 'x': hub dataset 'allenai/cosmos_qa' is a loading-script repo"),
+        (ValueError('Unknown split "dev".\nmore detail'), "error: dataset of task 'x': cannot load hub dataset"),
+    ],
+    ids=["script repo", "other failure"],
+)
+def test_eval_reports_a_hub_failure_in_one_line(cli, one_line_error, fake_hub, script_error, tiny_llava_dir, tmp_path, fail, expected):  # fmt: skip
+    """The suite side of the two tests above, through `mlan eval` as a user runs it."""
+    import yaml
+
+    fake_hub["fail"] = script_error if fail == "script" else fail
+    task = {"name": "x", "format": "qa", "metric": "acc", "hub": {"path": "allenai/cosmos_qa", "split": "dev"}}
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(yaml.safe_dump({"name": "s", "engine": "generate", "modality": "language", "tasks": [task]}))
+    r = cli("eval", tiny_llava_dir, "--suite", suite, "--out", tmp_path / "ev")
+    line = one_line_error(r, stdout_ok=True)
+    assert line.startswith(expected), line
+    assert len([x for x in r.stderr.splitlines() if x.strip()]) <= 2, r.stderr  # mlan's "loading ..." at most

@@ -386,6 +386,7 @@ def test_killed_run_resumes_to_the_uninterrupted_store(teachers, tmp_path):
         "shard",
         "no_exemplars",
         "exemplar_file",
+        "wings_teacher",
     ],
 )
 def test_bad_input_is_one_line(cli, one_line_error, teachers, tmp_path, case, monkeypatch):
@@ -424,6 +425,18 @@ def test_bad_input_is_one_line(cli, one_line_error, teachers, tmp_path, case, mo
         monkeypatch.setattr("urllib.request.urlopen", _offline)
         args += ["-o", "rationales.exemplars={}"]
         want = "cannot read MLAN's exemplars ToviTu/IT_MLLM@af440a6 GPT_rationale/GPT_squad_rationale.json"
+    elif case == "wings_teacher":  # a language teacher is loaded text-only, which a Wings model cannot be
+        from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+        from mlan.config.wings import WingsConfig
+        from mlan.wings import add_wings, save_wings_model
+
+        processor = AutoProcessor.from_pretrained(vlm)
+        wings = add_wings(
+            LlavaForConditionalGeneration.from_pretrained(vlm), WingsConfig(rank=8, layers=[1], router="modality")
+        )
+        args[3] = str(save_wings_model(wings, tmp_path / "wings", processor))
+        want = f"{tmp_path / 'wings'}: a Wings model has no text-only form"
     else:
         args += ["-o", f"rationales.exemplars.squad={tmp_path / 'none.json'}"]
         want = "rationales.exemplars.squad"

@@ -75,7 +75,12 @@ def read_wings_config(path: str | Path) -> tuple[WingsConfig, dict]:
         raise MlanError(
             f"{f}: format version {meta['format_version']} is newer than this mlan supports ({FORMAT_VERSION})"
         )
-    return validate_config(meta.get("config") or {}, WingsConfig, source=f"{f}: config"), meta
+    config = validate_config(meta.get("config") or {}, WingsConfig, source=f"{f}: config")
+    # Checked here, before any weights load or a line is logged about the model being built.
+    system = meta.get("system_prompt")
+    if system is not None and not (isinstance(system, dict) and isinstance(system.get("ids"), list)):
+        raise MlanError(f'{f}: system_prompt: expected null or {{"ids": [...], "bos_token_id": ...}}')
+    return config, meta
 
 
 def load_wings_model(path: str | Path, *, device: str | None = None, dtype: str | None = "auto"):
@@ -101,8 +106,6 @@ def load_wings_model(path: str | Path, *, device: str | None = None, dtype: str 
     # The system prompt the learners were trained without, as saved (a folder from before it was
     # recorded trained its textual learner on all text, and keeps doing so).
     system = meta.get("system_prompt")
-    if system is not None and not (isinstance(system, dict) and isinstance(system.get("ids"), list)):
-        raise MlanError(f'{p / WINGS_CONFIG}: system_prompt: expected null or {{"ids": [...], "bos_token_id": ...}}')
     if system:
         set_system_prompt(model, system.get("ids", []), system.get("bos_token_id"))
     load_wings_weights(model, p)
