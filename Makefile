@@ -24,11 +24,12 @@ format: setup
 quickstart: setup
 	.venv/bin/mlan quickstart --out runs/quickstart --overwrite
 
-# gpu_sft.py measures a GPU and refuses without one: skipped when torch sees none.
+# gpu_sft.py and gpu_engines.py measure a GPU and refuse without one: skipped when torch sees none.
 bench: setup
 	MLAN_EXTRAS=bench ./scripts/setup.sh
 	for b in benchmarks/*.py; do \
-	  if [ "$$b" = benchmarks/gpu_sft.py ] && ! .venv/bin/python -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then \
+	  case "$$b" in benchmarks/gpu_*) gpu=1;; *) gpu=0;; esac; \
+	  if [ "$$gpu" = 1 ] && ! .venv/bin/python -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then \
 	    echo "$$b: skipped (no CUDA GPU)"; continue; fi; \
 	  .venv/bin/python $$b || exit 1; done
 

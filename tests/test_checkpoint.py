@@ -144,9 +144,24 @@ class _State:
     def __init__(self, main: bool = True):
         self.is_main_process = main
         self.waited = 0
+        self.num_processes = 1
 
     def wait_for_everyone(self):
         self.waited += 1
+
+
+def test_a_process_that_cannot_see_the_checkpoints_stops_the_run(tmp_path):
+    """Several nodes must share the checkpoint folder: a process that does not see the run record the main
+    process wrote, or that would resume from another checkpoint, stops every process in one line."""
+    folder = tmp_path / "run.checkpoints"
+    same = [(0, "node-a", True, "None"), (1, "node-a", True, "None")]
+    ck.check_shared_view(folder, same)
+    with pytest.raises(
+        MlanError, match=r"process 2 on node-b cannot see the run record .* a filesystem every node shares"
+    ):
+        ck.check_shared_view(folder, [*same, (2, "node-b", False, "None")])
+    with pytest.raises(MlanError, match="the processes found different checkpoints to resume from"):
+        ck.check_shared_view(folder, [*same, (2, "node-b", True, str(folder / "checkpoint-4"))])
 
 
 def test_decide_and_start(tmp_path):

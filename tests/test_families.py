@@ -365,7 +365,7 @@ def test_onevision_packed_step_gives_the_padded_loss(family_dirs, shared_data, t
     )
     info = inspect_model(recipe)
     info.processor.chat_template = info.chat_template
-    model = load_model(recipe, info, cuda=False, device_index=0).float().train()
+    model = load_model(recipe, info, cuda=False, device_index=0, dtype="float32").float().train()
     rows = load_from_disk(str(mixture))["train"]
     args = SFTConfig(
         output_dir=str(tmp_path / "t"), max_length=None, assistant_only_loss=True, report_to="none", use_cpu=True

@@ -91,7 +91,16 @@ def test_build_trainer_installs_the_padding(tiny, tmp_path):
     )
     split = PreparedSplit(rows, [8], [False], {"language": 1, "vision": 0}, {"language": 0, "vision": 0})
     info = types.SimpleNamespace(processor=processor, image_token_id=model.config.image_token_id)
-    checked = types.SimpleNamespace(info=info, precision="fp32", packing=resolve_packing("off", None, wings=False))
+    from mlan.train.engine import Engine
+    from mlan.train.precision import PrecisionPlan
+
+    checked = types.SimpleNamespace(
+        info=info,
+        precision="fp32",
+        packing=resolve_packing("off", None, wings=False),
+        engine=Engine("single"),
+        plan=PrecisionPlan("fp32", "float32", "fp32"),
+    )
     args = SFTConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True, max_length=None)
     for ratio, wrapped in (("pad", True), ("original", False)):
         recipe = SFTRecipe.model_validate(

@@ -49,7 +49,7 @@ def test_two_cpu_processes_train_one_model(tiny_llava_dir, shared_data, tmp_path
     accelerate = Path(sys.executable).parent / "accelerate"
     cmd = [
         str(accelerate), "launch", "--config_file", str(REPO / "recipes" / "accelerate" / "cpu_ddp.yaml"),
-        "--main_process_port", str(_free_port()), "-m", "mlan", "-q", "sft", str(tmp_path / "r.yaml"),
+        "--main_process_port", str(_free_port()), "-m", "mlan", "sft", str(tmp_path / "r.yaml"),
     ]  # fmt: skip
     p = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=420)
     assert p.returncode == 0, (p.stdout + p.stderr)[-4000:]
@@ -64,4 +64,6 @@ def test_two_cpu_processes_train_one_model(tiny_llava_dir, shared_data, tmp_path
     assert any(not torch.equal(v, trained[k]) for k, v in base.items() if "language_model" in k)
     assert all(torch.equal(v, trained[k]) for k, v in base.items() if "vision_tower" in k)
     assert p.stdout.count("SFT: r") == 1  # one summary, from the main process
+    # mlan's lines before training too: once, from the main process (the other says only what stops it)
+    assert p.stderr.count("train rows:") == 1 and p.stderr.count("engine: DDP, 2 process(es)") == 1, p.stderr[-3000:]
     assert json.loads((tmp_path / "runs" / "latest.json").read_text())["path"] == str(out.resolve())

@@ -197,7 +197,12 @@ def start_checkpoints(record: dict[str, Any], ckpt_dir: Path, resume_from: Path 
     from accelerate.utils import gather_object
 
     sees = (ckpt_dir / RUN_RECORD).is_file()
-    views = gather_object([(state.process_index, socket.gethostname(), sees, str(resume_from))])
+    check_shared_view(ckpt_dir, gather_object([(state.process_index, socket.gethostname(), sees, str(resume_from))]))
+
+
+def check_shared_view(ckpt_dir: Path, views: list[tuple[int, str, bool, str]]) -> None:
+    """Every process's view of the checkpoint folder, (process, host, sees the run record, resumes from), must
+    be the main process's: one line naming the first process that differs."""
     blind = [(rank, host) for rank, host, ok, _ in views if not ok]
     if blind:
         rank, host = blind[0]

@@ -107,8 +107,9 @@ def preflight(recipe: SFTRecipe, *, out: Path, ckpt_dir: Path, resume: bool | No
     precision, cuda = resolve_precision(recipe.training.precision)
     engine = resolve_engine(recipe.training, launched_processes() or 1)
     state = process_state(recipe.training.extra, fsdp=engine.fsdp)
-    check_processes(state)
+    # The engine first: FSDP on a CPU also leaves the processes unjoined, which its own line explains better.
     check_engine(engine, state, cuda, qlora=recipe.train.language_model == "qlora")
+    check_processes(state)
     plan = plan_precision(
         recipe.training.master_weights, precision, load_dtype(recipe.model.dtype, info.config), engine
     )

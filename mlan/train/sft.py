@@ -119,6 +119,8 @@ def run_sft(
     start_checkpoints(checked.record, ckpt_dir, checked.resume_from, state)
     start_deepspeed_comm(checked.engine, state)
     to_train = model_to_train(recipe, info, checked.cuda, state.local_process_index, checked.plan.load_dtype)
+    # Under ZeRO-3 the weights were loaded straight into their partitions (no process held the whole model).
+    partitioned = any(hasattr(p, "ds_id") for p in to_train.model.parameters())
     trainer = build_trainer(recipe, checked, sft_args, to_train, train, ckpt_dir)
     check_engaged(trainer, checked.engine)  # no silent fallback to DDP (mlan.train.engine)
     for callback in callbacks:
@@ -168,7 +170,7 @@ def run_sft(
         global_batch_size=checked.batch.global_size,
         gradient_accumulation_steps=checked.batch.accumulation,
         precision=checked.precision,
-        engine=checked.engine.to_json(),
+        engine={**checked.engine.to_json(), "created_partitioned": partitioned},
         precision_plan=checked.plan.to_json(checked.engine),
         memory_estimate=checked.memory,
         resumed_from=str(resume_from) if resume_from else None,
