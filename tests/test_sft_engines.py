@@ -292,8 +292,22 @@ def _tiny(tmp_path, tiny_llava_dir, engine_mixture, **training) -> Path:
             "accelerate launch --cpu with several processes starts only one",
         ),
         (["training.engine=zero3", "train.language_model=qlora"], {}, "train.language_model qlora: not with DeepSpeed"),
+        (
+            ["training.deepspeed_config=ds.json"],
+            {},
+            "training.deepspeed_config ds.json: used only by a DeepSpeed engine",
+        ),
     ],
-    ids=["fsdp-on-cpu", "kahan-fp32", "kahan-zero3", "recipe-vs-launcher", "fsdp1", "simple-launcher", "qlora-zero3"],
+    ids=[
+        "fsdp-on-cpu",
+        "kahan-fp32",
+        "kahan-zero3",
+        "recipe-vs-launcher",
+        "fsdp1",
+        "simple-launcher",
+        "qlora-zero3",
+        "ds-config-without-ds",
+    ],
 )
 def test_engine_and_plan_refusals(
     cli, one_line_error, tiny_llava_dir, engine_mixture, tmp_path, monkeypatch, overrides, env, expected

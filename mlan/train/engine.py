@@ -113,6 +113,11 @@ def resolve_engine(training: TrainingSection, processes: int, env: Mapping[str, 
             "(recipes/accelerate/deepspeed_zero2.yaml, deepspeed_zero3.yaml)"
         )
     file_from_launcher = env.get("ACCELERATE_DEEPSPEED_CONFIG_FILE") if launched else None
+    if training.deepspeed_config and not (asked.startswith("zero") or (asked == "auto" and launched)):
+        raise MlanError(
+            f"training.deepspeed_config {training.deepspeed_config}: used only by a DeepSpeed engine "
+            f"(training.engine is {asked}{'' if launched else ' and the launcher asks for none'}: set zero2 or zero3)"
+        )
     if asked == "auto":
         if launched is None:
             return Engine("ddp" if processes > 1 else "single")
