@@ -360,3 +360,30 @@ def test_start_makes_the_folder_with_its_parents(tmp_path):
     folder = tmp_path / "a" / "b" / "run.checkpoints"
     ck.start_checkpoints({"r": 1}, folder, None, _State())
     assert json.loads((folder / "run_record.json").read_text()) == {"r": 1}
+
+
+def test_start_checkpoints_compares_every_process_view(tmp_path, monkeypatch):
+    """With several processes, each one's view of the checkpoint folder is gathered and compared (one process
+    alone gathers nothing); the main process's record is what the others must see."""
+    import accelerate.utils
+
+    folder = tmp_path / "run.checkpoints"
+    gathered = []
+
+    def gather_object(objects):
+        gathered.append(objects)
+        return [*objects, (1, "node-b", seen["other"], "None")]
+
+    seen = {"other": True}
+    monkeypatch.setattr(accelerate.utils, "gather_object", gather_object)
+    state = _State()
+    ck.start_checkpoints({"r": 1}, folder, None, state)  # one process: nothing to gather
+    assert gathered == []
+    state.num_processes, state.process_index = 2, 0
+    ck.start_checkpoints({"r": 1}, folder, None, state)
+    [[(index, host, sees, resume)]] = gathered
+    assert (index, sees, resume) == (0, True, "None") and isinstance(host, str) and host
+    assert state.waited == 2 and json.loads((folder / "run_record.json").read_text()) == {"r": 1}
+    seen["other"] = False
+    with pytest.raises(MlanError, match=r"process 1 on node-b cannot see the run record the main process wrote"):
+        ck.start_checkpoints({"r": 1}, folder, None, state)

@@ -274,8 +274,8 @@ def test_report_to_needs_the_tracker_installed(monkeypatch):
     """A tracker that is not installed stops the run before any data or model is loaded."""
     from transformers.integrations import integration_utils
 
+    from mlan.config.recipe import check_report_to
     from mlan.errors import MlanError
-    from mlan.train.arguments import check_report_to
 
     monkeypatch.setattr(integration_utils, "is_wandb_available", lambda: False)
     with pytest.raises(MlanError, match=r"training.report_to wandb: not installed .*pip install wandb"):

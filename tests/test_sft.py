@@ -588,3 +588,64 @@ def test_process_state_starts_as_sftconfig_would(monkeypatch):
         {"backend": "nccl", "timeout": timedelta(seconds=60)},
         {"cpu": True, "backend": "gloo"},
     ]
+
+
+def test_global_batch_adapts_the_rows_per_device_by_hand(caplog):
+    """More processes than `per_device_train_batch_size` allows: the most rows per device that divide one
+    process's share, at most the recipe's, said in one line; a global batch the processes cannot share is one
+    line; accumulation fills the rest."""
+    import logging
+
+    from mlan.config.recipe import SFTRecipe
+    from mlan.errors import MlanError
+    from mlan.train.arguments import BatchShape, batch_shape
+
+    def shape(per_device, global_size, processes):
+        training = {"per_device_train_batch_size": per_device, "global_batch_size": global_size}
+        recipe = SFTRecipe.model_validate({"model": {"path": "m"}, "data": {"mixture": "x"}, "training": training})
+        return batch_shape(recipe.training, processes)
+
+    with caplog.at_level(logging.INFO, logger="mlan.train.arguments"):
+        assert shape(4, 24, 2) == BatchShape(4, 3, 2)  # 12 rows per process: 4 divides them
+        assert not caplog.records
+        assert shape(4, 64, 32) == BatchShape(2, 1, 32)  # 2 rows per process
+        assert caplog.messages == [
+            "training.global_batch_size 64 on 32 processes: 2 rows per device (per_device_train_batch_size 4 "
+            "does not divide 2 rows per process)"
+        ]
+        assert shape(4, 36, 4) == BatchShape(3, 3, 4)  # 9 rows per process: 3 x 3, not 1 x 9
+        assert shape(4, 20, 4) == BatchShape(1, 5, 4)  # 5 rows per process: a prime, 1 x 5
+        assert shape(6, 48, 2) == BatchShape(6, 4, 2)  # the recipe's own rows when they divide
+    with pytest.raises(MlanError) as e:
+        shape(4, 36, 8)
+    assert str(e.value) == (
+        "training.global_batch_size 36: not a multiple of the 8 processes (every process takes the same number "
+        "of rows per step)"
+    )
+
+
+def test_engine_fields_reach_sftconfig_by_hand(tmp_path):
+    """The engine's SFTConfig fields come from `training.engine` and pass unchanged; FSDP is never told to use
+    the CPU (accelerate would train plain DDP); without an engine they are unset."""
+    from mlan.config.recipe import SFTRecipe
+    from mlan.train.arguments import BatchShape, managed_args
+
+    recipe = SFTRecipe.model_validate({"model": {"path": "m"}, "data": {"mixture": "x"}})
+    batch = BatchShape(2, 3, 4)
+    ds = {"zero_optimization": {"stage": 3}}
+    fsdp = {"fsdp": "full_shard auto_wrap", "fsdp_config": {"version": 2}}
+    plain = managed_args(recipe, checkpoints=tmp_path, precision="fp32", cuda=False, batch=batch)
+    deepspeed = managed_args(
+        recipe, checkpoints=tmp_path, precision="fp32", cuda=False, batch=batch, engine_args={"deepspeed": ds}
+    )
+    sharded = managed_args(recipe, checkpoints=tmp_path, precision="bf16", cuda=False, batch=batch, engine_args=fsdp)
+    on_gpu = managed_args(recipe, checkpoints=tmp_path, precision="bf16", cuda=True, batch=batch, engine_args=fsdp)
+    for name in ("deepspeed", "fsdp", "fsdp_config"):
+        assert plain[name].value is None and plain[name].source == "training.engine"
+    assert deepspeed["deepspeed"].value is ds and deepspeed["fsdp"].value is None
+    assert (sharded["fsdp"].value, sharded["fsdp_config"].value) == ("full_shard auto_wrap", {"version": 2})
+    assert (plain["use_cpu"].value, deepspeed["use_cpu"].value, sharded["use_cpu"].value) == (True, True, False)
+    assert on_gpu["use_cpu"].value is False
+    assert plain["use_cpu"].source == "training.precision"
+    assert (plain["per_device_train_batch_size"].value, plain["per_device_eval_batch_size"].value) == (2, 2)
+    assert plain["gradient_accumulation_steps"].value == 3

@@ -13,6 +13,7 @@ from pydantic import Field, field_validator, model_validator
 
 from mlan.config.base import StrictModel
 from mlan.config.wings import WingsConfig
+from mlan.errors import MlanError
 
 # Experiment trackers the Trainer reports to (transformers' integrations; kept in step with
 # transformers.integrations.integration_utils.INTEGRATION_TO_CALLBACK by a test).
@@ -20,6 +21,22 @@ TRACKERS = (
     "azure_ml", "clearml", "codecarbon", "comet_ml", "dagshub", "dvclive", "flyte",
     "kubeflow", "mlflow", "neptune", "swanlab", "tensorboard", "trackio", "wandb",
 )  # fmt: skip
+
+
+def check_report_to(report_to: str | list[str]) -> None:
+    """Each tracker in `training.report_to` is installed (the Trainer would fail only once the model is loaded)."""
+    from transformers.integrations import integration_utils
+
+    # transformers' availability check and pip package per tracker, where the names differ from the tracker's.
+    checks = {"azure_ml": "azureml", "comet_ml": "comet", "flyte": "flytekit"}
+    packages = {"azure_ml": "azureml-core", "flyte": "flytekit"}
+    for name in [report_to] if isinstance(report_to, str) else report_to:
+        available = getattr(integration_utils, f"is_{checks.get(name, name)}_available", None)
+        if name not in ("none", "all") and available is not None and not available():
+            raise MlanError(
+                f"training.report_to {name}: not installed in this environment (pip install {packages.get(name, name)})"
+            )
+
 
 # The linear layers of a Llama/Mistral/Vicuna decoder; LoRA wraps them inside the language model only.
 DEFAULT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]

@@ -175,21 +175,6 @@ def sft_config_kwargs(recipe: SFTRecipe, managed: dict[str, Managed], run_name: 
     }
 
 
-def check_report_to(report_to: str | list[str]) -> None:
-    """Each tracker in `training.report_to` is installed (the Trainer would fail only once the model is loaded)."""
-    from transformers.integrations import integration_utils
-
-    # transformers' availability check and pip package per tracker, where the names differ from the tracker's.
-    checks = {"azure_ml": "azureml", "comet_ml": "comet", "flyte": "flytekit"}
-    packages = {"azure_ml": "azureml-core", "flyte": "flytekit"}
-    for name in [report_to] if isinstance(report_to, str) else report_to:
-        available = getattr(integration_utils, f"is_{checks.get(name, name)}_available", None)
-        if name not in ("none", "all") and available is not None and not available():
-            raise MlanError(
-                f"training.report_to {name}: not installed in this environment (pip install {packages.get(name, name)})"
-            )
-
-
 def process_state(extra: dict[str, Any], *, fsdp: bool = False):
     """accelerate's state of this process (index, count, main or not), started as SFTConfig would start it.
 

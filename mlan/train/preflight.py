@@ -22,7 +22,7 @@ from typing import Any
 from mlan import kinds
 from mlan.config.base import load_config
 from mlan.config.mixture import MixtureSpec
-from mlan.config.recipe import WINGS_ARCHITECTURE_FIELDS, SFTRecipe
+from mlan.config.recipe import WINGS_ARCHITECTURE_FIELDS, SFTRecipe, check_report_to
 from mlan.data.manifest import config_hash
 from mlan.data.mixture import build_mixture
 from mlan.errors import MlanError, first_line
@@ -34,7 +34,6 @@ from mlan.tiny import CHAT_TEMPLATE
 from mlan.train.arguments import (
     BatchShape,
     batch_shape,
-    check_report_to,
     managed_args,
     managed_sources,
     process_state,
