@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import re
 from pathlib import Path
 
 import pytest
@@ -156,10 +157,12 @@ def test_a_process_that_cannot_see_the_checkpoints_stops_the_run(tmp_path):
     folder = tmp_path / "run.checkpoints"
     same = [(0, "node-a", True, "None"), (1, "node-a", True, "None")]
     ck.check_shared_view(folder, same)
-    with pytest.raises(
-        MlanError, match=r"process 2 on node-b cannot see the run record .* a filesystem every node shares"
-    ):
+    with pytest.raises(MlanError) as e:
         ck.check_shared_view(folder, [*same, (2, "node-b", False, "None")])
+    assert str(e.value) == (
+        f"{folder}: process 2 on node-b cannot see the run record the main process wrote there; the output folder "
+        "must be on a filesystem every node shares (set output.dir to one)"
+    )
     with pytest.raises(MlanError, match="the processes found different checkpoints to resume from"):
         ck.check_shared_view(folder, [*same, (2, "node-b", True, str(folder / "checkpoint-4"))])
 
@@ -372,9 +375,9 @@ def test_start_checkpoints_compares_every_process_view(tmp_path, monkeypatch):
 
     def gather_object(objects):
         gathered.append(objects)
-        return [*objects, (1, "node-b", seen["other"], "None")]
+        return [*objects, (1, "node-b", seen["other"], other_resume["at"])]
 
-    seen = {"other": True}
+    seen, other_resume = {"other": True}, {"at": "None"}
     monkeypatch.setattr(accelerate.utils, "gather_object", gather_object)
     state = _State()
     ck.start_checkpoints({"r": 1}, folder, None, state)  # one process: nothing to gather
@@ -384,6 +387,10 @@ def test_start_checkpoints_compares_every_process_view(tmp_path, monkeypatch):
     [[(index, host, sees, resume)]] = gathered
     assert (index, sees, resume) == (0, True, "None") and isinstance(host, str) and host
     assert state.waited == 2 and json.loads((folder / "run_record.json").read_text()) == {"r": 1}
-    seen["other"] = False
-    with pytest.raises(MlanError, match=r"process 1 on node-b cannot see the run record the main process wrote"):
+    # Resuming: each process reports the checkpoint it resumes from, which must be the others'.
+    other_resume["at"] = str(folder / "checkpoint-4")
+    ck.start_checkpoints({"r": 1}, folder, folder / "checkpoint-4", state)
+    assert gathered[-1][0][3] == str(folder / "checkpoint-4")
+    seen["other"], other_resume["at"] = False, "None"
+    with pytest.raises(MlanError, match=rf"^{re.escape(str(folder))}: process 1 on node-b cannot see the run record"):
         ck.start_checkpoints({"r": 1}, folder, None, state)
