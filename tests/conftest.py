@@ -94,3 +94,14 @@ def _scratch_cwd(tmp_path, monkeypatch):
     pointer, default outputs) write there, never into the repository or beside another test's
     runs. A test that needs another working folder (a project folder) chdirs there itself."""
     monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_hub_answer():
+    """Whether the hub is reachable is cached for a command's lifetime (mlan.hub); a test that fakes the
+    network or the offline variables must not leave its answer to the next test."""
+    import mlan.hub
+
+    mlan.hub.hub_unreachable_reason.cache_clear()
+    yield
+    mlan.hub.hub_unreachable_reason.cache_clear()

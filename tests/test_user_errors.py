@@ -26,7 +26,9 @@ RECIPE = (REPO / "recipes" / "tiny.yaml").read_text()
 
 
 def _lines(stderr: str) -> list[str]:
-    return [x for x in stderr.splitlines() if x.strip()]
+    """What was said on stderr, one entry per message: rich wraps a long log line at the console's width
+    (80 columns off a terminal) and indents its continuation, which belongs to the line above."""
+    return [x for x in stderr.splitlines() if x.strip() and not x[0].isspace()]
 
 
 def _as_a_user_sees_it(result) -> str:
