@@ -21,7 +21,7 @@ import importlib.util
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,8 @@ class Engine:
     offload: bool = False
     source: str = "default"  # "recipe" (training.engine) | "launcher" (an accelerate config) | "default"
     config_file: str | None = None  # the DeepSpeed JSON used
+    # Its contents, read once when the engine is resolved: what the Trainer is handed (`deepspeed=`).
+    deepspeed_config: dict[str, Any] | None = field(default=None, compare=False, repr=False)
 
     @property
     def deepspeed(self) -> bool:
@@ -157,7 +159,7 @@ def resolve_engine(training: TrainingSection, processes: int, env: Mapping[str, 
     offload = any(
         (zero.get(k) or {}).get("device", "none") not in ("none", None) for k in ("offload_optimizer", "offload_param")
     )
-    return Engine("deepspeed", stage, offload, source, str(_deepspeed_path(path, name)))
+    return Engine("deepspeed", stage, offload, source, str(_deepspeed_path(path, name)), config)
 
 
 def _deepspeed_path(path: str | None, name: str) -> Path:
@@ -184,11 +186,6 @@ def _read_deepspeed_json(path: str | None, name: str) -> dict[str, Any]:
     if not isinstance(config, dict) or not isinstance(config.get("zero_optimization"), dict):
         raise MlanError(f"{where} {file}: no zero_optimization section")
     return config
-
-
-def deepspeed_config(engine: Engine) -> dict[str, Any]:
-    """The DeepSpeed JSON handed to the Trainer (`deepspeed=`), as read from its file."""
-    return _read_deepspeed_json(engine.config_file, f"zero{engine.zero_stage}")
 
 
 def layer_classes(model_class, config) -> list[str]:
@@ -234,7 +231,7 @@ def engine_args(engine: Engine, model_class, config) -> dict[str, Any]:
         # The launcher's DeepSpeed fields (zero_stage, offload, ...) are now expressed in the JSON handed to
         # the Trainer; accelerate refuses a JSON beside config fields it would ignore, so they are dropped.
         os.environ.pop("ACCELERATE_CONFIG_DS_FIELDS", None)
-        return {"deepspeed": deepspeed_config(engine)}
+        return {"deepspeed": engine.deepspeed_config}
     if engine.fsdp:
         return fsdp_args(model_class, config)
     return {}

@@ -137,16 +137,13 @@ def add_recipe_wings(model, recipe: SFTRecipe, info: ModelInfo) -> list[dict]:
     return wings_parameter_groups(model, recipe.wings.stage, config)
 
 
-def upcast_trainable(model) -> int:
+def upcast_trainable(model) -> None:
     """Cast every trainable 16-bit parameter to fp32 in place (the precision plan's fp32 masters on one
-    process or DDP; the forward runs under the Trainer's bf16/fp16 autocast); the number cast. Done once
-    the Trainer has added LoRA adapters (PEFT's `modules_to_save` copies load 16-bit) and before it makes
-    the optimizer, whose states then follow the parameters' fp32."""
+    process or DDP; the forward runs under the Trainer's bf16/fp16 autocast). Done once the Trainer has
+    added LoRA adapters (PEFT's `modules_to_save` copies load 16-bit) and before it makes the optimizer,
+    whose states then follow the parameters' fp32."""
     import torch
 
-    n = 0
     for p in model.parameters():
         if p.requires_grad and p.dtype in (torch.bfloat16, torch.float16):
             p.data = p.data.float()
-            n += p.numel()
-    return n

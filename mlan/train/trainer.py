@@ -150,11 +150,7 @@ class MlanSFTTrainer(SFTTrainer):
     def _decay_groups(self, opt_model) -> list[dict[str, Any]]:
         """The trainable parameters split by weight decay, as the Trainer splits them."""
         decay = set(self.get_decay_parameter_names(opt_model))
-        named = [(n, p) for n, p in opt_model.named_parameters() if p.requires_grad]
-        return [
-            {"params": [p for n, p in named if n in decay], "weight_decay": self.args.weight_decay},
-            {"params": [p for n, p in named if n not in decay], "weight_decay": 0.0},
-        ]
+        return self._split_by_decay([(n, p) for n, p in opt_model.named_parameters() if p.requires_grad], decay)
 
     def _wings_param_groups(self, opt_model) -> list[dict[str, Any]]:
         """The Wings groups over the (possibly wrapped) model's parameters, each split by weight decay."""
@@ -169,13 +165,20 @@ class MlanSFTTrainer(SFTTrainer):
                     "use_orig_params flattens parameters; use FSDP2, DeepSpeed or DDP)"
                 )
             own = [by_name[n] for n in sorted(g["params"])]
-            for suffix, weight_decay, decayed in (("", self.args.weight_decay, True), ("_no_decay", 0.0, False)):
-                params = [p for n, p in own if (n in decay) == decayed]
-                if params:
-                    groups.append(
-                        {"name": g["name"] + suffix, "params": params, "lr": g["lr"], "weight_decay": weight_decay}
-                    )
+            groups += self._split_by_decay(own, decay, name=g["name"], lr=g["lr"])
         return groups
+
+    def _split_by_decay(self, named, decay: set[str], **group) -> list[dict[str, Any]]:
+        """(name, parameter) pairs as an optimizer group with the Trainer's weight decay and one without (the
+        names in `decay` decay), each with `group`'s keys, a named group's second called `<name>_no_decay`;
+        empty groups left out."""
+        out = []
+        for suffix, weight_decay, decayed in (("", self.args.weight_decay, True), ("_no_decay", 0.0, False)):
+            params = [p for n, p in named if (n in decay) == decayed]
+            if params:
+                named_group = {"name": group["name"] + suffix} if "name" in group else {}
+                out.append({**group, **named_group, "params": params, "weight_decay": weight_decay})
+        return out
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         # A packed batch carries its counts, which are no model input: taken out here, summed for the summary.
