@@ -211,9 +211,9 @@ def resolve_precision(precision: str) -> tuple[str, bool]:
     if precision == "fp16" and not cuda:
         raise MlanError("training.precision fp16: needs a GPU (use bf16 or fp32 on a CPU)")
     wanted = "no" if precision == "fp32" else precision
-    if launcher != wanted and "ACCELERATE_MIXED_PRECISION" in os.environ:
-        log.warning("the launcher's mixed_precision %s is replaced by training.precision %s", launcher, precision)
     if "ACCELERATE_MIXED_PRECISION" in os.environ:
+        if launcher != wanted:
+            log.warning("the launcher's mixed_precision %s is replaced by training.precision %s", launcher, precision)
         os.environ["ACCELERATE_MIXED_PRECISION"] = wanted
     return precision, cuda
 
@@ -225,7 +225,7 @@ def count_parameters(recipe, info) -> ParameterCounts:
     import torch
     from accelerate import init_empty_weights
 
-    from mlan.train.freeze import apply_freeze, component_of
+    from mlan.train.freeze import apply_freeze, check_lora_targets, component_of, parameter_report
 
     with init_empty_weights():
         meta = info.model_class._from_config(info.config)
@@ -238,15 +238,10 @@ def count_parameters(recipe, info) -> ParameterCounts:
             add_wings(meta, config)
         wings_parameter_groups(meta, recipe.wings.stage, config)
     elif tr.language_model in ("lora", "qlora"):
-        import re
-
-        from mlan.train.freeze import lora_target_regex
-
-        pattern = re.compile(lora_target_regex(tr.lora.target_modules))
+        modules = dict(meta.named_modules())
         adapters = sum(
-            tr.lora.r * (m.in_features + m.out_features)
-            for n, m in meta.named_modules()
-            if isinstance(m, torch.nn.Linear) and pattern.fullmatch(n)
+            tr.lora.r * (modules[n].in_features + modules[n].out_features)
+            for n in check_lora_targets(meta, tr.lora.target_modules)
         )
         beside = {"projector": tr.projector, "vision_tower": tr.vision_tower}
         twice = sum(p.numel() for n, p in meta.named_parameters() if beside.get(component_of(n)))
@@ -261,5 +256,5 @@ def count_parameters(recipe, info) -> ParameterCounts:
         return ParameterCounts(adapters + twice, total, quantized)
     else:
         apply_freeze(meta, tr)
-    trainable = sum(p.numel() for p in meta.parameters() if p.requires_grad)
-    return ParameterCounts(trainable, sum(p.numel() for p in meta.parameters()) - trainable)
+    counted = parameter_report(meta)["all"]
+    return ParameterCounts(counted["trainable"], counted["total"] - counted["trainable"])
