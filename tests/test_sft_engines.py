@@ -404,3 +404,36 @@ def test_launches_that_would_fall_back_silently_are_refused(launch, expected, ti
     errors = [line for line in p.stderr.splitlines() if line.startswith("error: ")]
     assert errors and all(expected in line for line in errors), p.stderr[-3000:]
     assert not (tmp_path / "out").exists()
+
+
+def test_vicuna_7b_estimate_as_the_docs_quote_it():
+    """docs/training.md's figure: MLAN's Vicuna-7B LLaVA (Llama-2-7B shapes, CLIP ViT-L/14-336, 2-layer
+    projector) in full, loaded in bf16, under DDP with fp32 masters needs 101.3 GiB per GPU for weights,
+    gradients and AdamW states; on 80 GiB GPUs ZeRO-3 over 2 of them would need 50.6 GiB each."""
+    from accelerate import init_empty_weights
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+
+    from mlan.config.recipe import TrainSection
+    from mlan.train.engine import Engine
+    from mlan.train.freeze import apply_freeze, parameter_report
+    from mlan.train.precision import ParameterCounts, PrecisionPlan, estimate_memory, human_bytes, what_would_fit
+
+    text = LlamaConfig(
+        hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32, vocab_size=32064
+    )
+    vision = CLIPVisionConfig(
+        hidden_size=1024,
+        intermediate_size=4096,
+        num_hidden_layers=24,
+        num_attention_heads=16,
+        image_size=336,
+        patch_size=14,
+    )
+    with init_empty_weights():
+        model = LlavaForConditionalGeneration._from_config(LlavaConfig(text_config=text, vision_config=vision))
+    apply_freeze(model, TrainSection())
+    counted = parameter_report(model)["all"]
+    counts = ParameterCounts(counted["trainable"], counted["total"] - counted["trainable"])
+    plan = PrecisionPlan("bf16", "bfloat16", "fp32", upcast=True)
+    assert human_bytes(estimate_memory(counts, plan, Engine("ddp"), 8)["total"]) == "101.3 GiB"
+    assert what_would_fit(counts, plan, 80 << 30).startswith("DeepSpeed ZeRO-3 over 2 GPU(s) would need 50.6 GiB each")
