@@ -21,6 +21,8 @@ import mlan_teacher_prompts as oracle
 import pytest
 import yaml
 
+from mlan.rationales.teacher import BatchTeacher
+
 DATA = Path(__file__).resolve().parents[1] / "mlan" / "assets" / "data"
 
 # (source name, bundled file, adapter, rows drawn, the id field of the adapter)
@@ -258,9 +260,11 @@ def test_prompts_equal_mlans_code_byte_for_byte(cli, teachers, tmp_path):
     assert squad["settings"]["max_new_tokens"] == 8 and squad["new_tokens"] <= 8  # SQuAD's own limit (800 in MLAN)
 
 
-class ScriptedTeacher:
+class ScriptedTeacher(BatchTeacher):
     """A teacher whose outputs are known: each status of the cleaning, a rationale naming the answer, and
     the start of a next example that must be cut (a teacher that did not stop)."""
+
+    engine = "scripted"
 
     def __init__(self, name: str, vision: bool):
         self.name, self.vision, self.eos_token = name, vision, "</s>"

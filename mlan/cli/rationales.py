@@ -108,10 +108,12 @@ def _table(summary: dict):
 
     t = summary["teacher_tokens"]
     rate = summary["new_tokens_per_second"]
+    retries = summary.get("retries")
     table = Table(
         title="rationales in the store",
         caption=f"teacher tokens: {t['prompt']:,} prompt, {t['new']:,} generated"
-        + (f" ({rate:,.1f} tokens/s)" if rate else ""),
+        + (f" ({summary['rows_per_second']:,.2f} rows/s, {rate:,.1f} tokens/s)" if rate else "")
+        + (f"; {retries} requests retried" if retries else ""),
     )
     table.add_column("source", no_wrap=True)
     for col in ("rows", *STATUSES, "words (kept)"):

@@ -50,11 +50,31 @@ class RationaleSettings(StrictModel):
     """Keep a rationale only when its own conclusion names the gold answer (status `mismatch` otherwise).
     Off by default: MLAN kept every rationale."""
     batch_size: int = Field(8, gt=0)
-    """Prompts per generation batch (sorted by length so a batch pads little; MLAN used 4)."""
-    engine: Literal["transformers", "vllm"] = "transformers"
-    """transformers: batched `generate` on any device. vllm: vLLM on CUDA GPUs (`pip install mlan[vllm]`)."""
+    """Rows generated together by the transformers engine: text rows in a continuous batch (a row leaves when
+    it ends, the next takes its place), image rows in batches sorted by length (MLAN used 4)."""
+    engine: Literal["transformers", "vllm", "openai"] = "transformers"
+    """transformers: on any device. vllm: vLLM's offline engine on CUDA GPUs (`pip install mlan[vllm]`).
+    openai: any OpenAI-compatible server at `base_url` (vllm serve, SGLang, TGI, llama.cpp, transformers
+    serve, a hosted model), serving `teacher` / `vision_teacher` by that name."""
     tensor_parallel_size: int = Field(1, gt=0)
     """GPUs one vLLM teacher is split over (a 34B teacher in bf16 needs two 80 GB GPUs)."""
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+    """Share of each GPU's memory the vLLM engine takes for weights and its KV cache (vLLM's default)."""
+    base_url: str | None = None
+    """engine openai: the server's OpenAI API root, e.g. http://gpu-node:8000/v1."""
+    api_key_env: str | None = None
+    """engine openai: the environment variable holding the API key (the key itself is never in a spec, a
+    store or a log); None: no key sent (a local server)."""
+    endpoint: Literal["completions", "chat"] = "completions"
+    """engine openai: completions sends MLAN's raw prompt to /v1/completions, as MLAN's teacher saw it;
+    chat sends it as one user message to /v1/chat/completions, for hosted chat-only models (the server's
+    chat template then wraps it: recorded per row)."""
+    concurrency: int = Field(16, gt=0)
+    """engine openai: requests in flight at once (a server batches them continuously)."""
+    request_timeout: float = Field(600, gt=0)
+    """engine openai: seconds one request may take before it is retried."""
+    max_retries: int = Field(5, ge=0)
+    """engine openai: retries of a request that timed out or got 429 / 5xx, with exponential backoff."""
     device: str | None = None
     """Device of a transformers teacher (cpu, cuda, mps); None: the first GPU, else the CPU."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"

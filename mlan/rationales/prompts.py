@@ -243,10 +243,14 @@ def language_prompt(
     adapter: str, row: dict[str, Any], item: Item, ex: dict[str, Any], *, eos: str, instruction: str, wording: str
 ) -> str:
     """`format_input_with_cot_prompt` (evaluate_util.py:21-41)."""
-    return (
-        f"{instruction}\n{exemplar_block(adapter, ex, wording)}\nRationale: {_field(ex, 'rationale')}{eos}"
-        f"{instruction}\n{language_block(adapter, row, item, wording)}\nRationale:"
-    )
+    shot = language_shot(adapter, ex, eos=eos, instruction=instruction, wording=wording)
+    return f"{shot}{language_block(adapter, row, item, wording)}\nRationale:"
+
+
+def language_shot(adapter: str, ex: dict[str, Any], *, eos: str, instruction: str, wording: str) -> str:
+    """The start of a language prompt, the same in every row shown the same exemplar: the instruction, the
+    exemplar, and the instruction again (a teacher computes it once for all of them)."""
+    return f"{instruction}\n{exemplar_block(adapter, ex, wording)}\nRationale: {_field(ex, 'rationale')}{eos}{instruction}\n"
 
 
 def vision_prompt(

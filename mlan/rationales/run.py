@@ -6,8 +6,9 @@ its id in the mixture, and `targets: rationale` later joins them one to one. A r
 (`replace: true`) is explained once, as MLAN's rationale files hold one rationale per source row.
 
 Order of work: every check that can fail on user input (sources, exemplars, the store, the teachers'
-configs) before the rows are drawn; the rows before any weights load; then generation batch by batch,
-each batch appended to the store before the next starts.
+configs, or the server's answer to a first request) before the rows are drawn; the rows before any weights
+load; then generation, each answer recorded as it comes (in any order: a continuous batch or a server ends
+rows as they end), appended to the store at least every `_FLUSH_SECONDS`.
 """
 
 from __future__ import annotations
@@ -37,13 +38,17 @@ from mlan.rationales.store import (
     summarize,
     write_summary,
 )
-from mlan.rationales.teacher import Sampling, check_teacher, open_teacher
+from mlan.rationales.teacher import Ask, Generation, Sampling, Teacher, check_teacher, open_teacher
 from mlan.schemas import Item
 
 log = logging.getLogger(__name__)
 
 # progress(rows done, rows to do, new tokens so far)
 Progress = Callable[[int, int, int], None]
+
+# Records are appended in groups: every `batch_size` answers or this many seconds, whichever comes first
+# (a kill loses at most that much work; an fsync per row would cost more than a small model's row).
+_FLUSH_SECONDS = 10.0
 
 
 @dataclass
@@ -58,6 +63,7 @@ class Row:
     raw: dict[str, Any]  # the source row (language rows) as the dataset holds it, images left out
     image: Path | None = None  # an image row's picture, saved while the rows are drawn
     prompt: str = ""
+    shared: str = ""  # the prompt's start that rows shown the same exemplar share
     exemplar: int = 0
 
 
@@ -151,6 +157,7 @@ def build_prompts(spec: MixtureSpec, rows: list[Row], exemplars: dict[str, promp
             r.prompt = prompts.language_prompt(
                 r.adapter, r.raw, r.item, ex, eos=eos, instruction=instruction, wording=s.answer_wording
             )
+            r.shared = prompts.language_shot(r.adapter, ex, eos=eos, instruction=instruction, wording=s.answer_wording)
 
 
 def _instruction(spec: MixtureSpec, vision: bool) -> str:
@@ -158,19 +165,6 @@ def _instruction(spec: MixtureSpec, vision: bool) -> str:
     if spec.rationales.instruction is not None:
         return spec.rationales.instruction
     return prompts.VISION_INSTRUCTION if vision else prompts.INSTRUCTION
-
-
-def _batches(rows: list[Row], lengths: list[int], size: int) -> list[list[int]]:
-    """Row indices in batches of one kind (text or image), longest prompts first so a batch pads little;
-    fixed by the rows alone, so a resumed run forms the same batches and draws the same samples."""
-    order = sorted(range(len(rows)), key=lambda i: (rows[i].vision, -lengths[i], rows[i].id))
-    out: list[list[int]] = []
-    for i in order:
-        if out and len(out[-1]) < size and rows[out[-1][0]].vision == rows[i].vision:
-            out[-1].append(i)
-        else:
-            out.append([i])
-    return out
 
 
 def generate_rationales(
@@ -188,10 +182,15 @@ def generate_rationales(
     if not 0 <= shard[0] < shard[1]:
         raise MlanError(f"--shard {shard[0]}/{shard[1]}: expected i/N with 0 <= i < N")
     modalities = {src.modality for src in spec.sources}
-    if "language" in modalities:
-        check_teacher(s.teacher, vision=False)
-    if "vision" in modalities:
-        check_teacher(s.vision_teacher, vision=True)
+    if s.engine == "openai":  # the teachers are names a server serves: asked before the rows are drawn
+        from mlan.rationales.server import check_server
+
+        check_server(s, [s.teacher] * ("language" in modalities) + [s.vision_teacher] * ("vision" in modalities))
+    else:
+        if "language" in modalities:
+            check_teacher(s.teacher, vision=False)
+        if "vision" in modalities:
+            check_teacher(s.vision_teacher, vision=True)
     exemplars = {
         src.name: prompts.load_exemplars(src.name, src.adapter, s.exemplars.get(src.name)) for src in spec.sources
     }
@@ -225,12 +224,8 @@ def generate_rationales(
                 teachers.append(ref)
                 build_prompts(spec, part, exemplars, teacher.eos_token)
                 lengths = teacher.prompt_tokens([r.prompt for r in part])
-                for batch in _batches(part, lengths, s.batch_size):
-                    generated, tokens = _generate_batch(
-                        spec, teacher, [part[i] for i in batch], [lengths[i] for i in batch]
-                    )
-                    appender.write(generated)
-                    finished += len(batch)
+                for tokens in _ask(spec, teacher, part, lengths, appender):
+                    finished += 1
                     new_tokens += tokens
                     if progress:
                         progress(finished, len(todo), new_tokens)
@@ -251,52 +246,74 @@ def _sampling(spec: MixtureSpec, row: Row) -> Sampling:
     return Sampling(s.temperature, s.top_p, s.max_new_tokens_by_adapter.get(row.adapter, s.max_new_tokens))
 
 
-def _generate_batch(spec: MixtureSpec, teacher, rows: list[Row], lengths: list[int]) -> tuple[list[dict], int]:
-    """One batch through the teacher; its records and the tokens it wrote."""
-    s = spec.rationales
-    # One batch, one sampling: the batches hold one modality, and SQuAD's longer limit goes with its own rows.
-    by_sampling: dict[Sampling, list[int]] = {}
-    for i, r in enumerate(rows):
-        by_sampling.setdefault(_sampling(spec, r), []).append(i)
-    records: list[dict | None] = [None] * len(rows)
-    tokens = 0
-    for sampling, idx in by_sampling.items():
-        group = [rows[i] for i in idx]
-        images = None
-        if teacher.vision:
-            from PIL import Image
+def _seed(spec: MixtureSpec, row: Row) -> int:
+    """A row's seed: the spec's seed and the row's id, so a resumed or re-sharded run draws the same."""
+    return stable_int(f"{spec.seed}/{row.id}") % 2**31
 
-            images = [Image.open(r.image).convert("RGB") for r in group]
-        seed = stable_int(f"{spec.seed}/{group[0].id}") % 2**31
-        t = time.perf_counter()
-        gens = teacher.generate([r.prompt for r in group], images, sampling, seed)
-        seconds = (time.perf_counter() - t) / len(group)
-        # Where a teacher that did not stop starts another example, its rationale has ended.
-        stops = [teacher.eos_token, prompts.VISION_SEPARATOR, _instruction(spec, teacher.vision)[:40]]
-        for i, r, g in zip(idx, group, gens, strict=True):
-            rationale, finished = clean(g.text, g.finished, stops=stops)
-            tokens += g.new_tokens
-            records[i] = {
-                "id": r.id,
-                "source": r.source,
-                "modality": "vision" if r.vision else "language",
-                "teacher": teacher.name,
-                "settings": {
-                    "temperature": sampling.temperature,
-                    "top_p": sampling.top_p,
-                    "max_new_tokens": sampling.max_new_tokens,
-                    "seed": seed,
-                    "answer_wording": s.answer_wording,
-                    "check_answer": s.check_answer,
-                },
-                "exemplar": r.exemplar,
-                "prompt": r.prompt,
-                "gold": r.item.target(),
-                "raw": g.text,
-                "rationale": rationale,
-                "status": status_of(rationale, finished, r.item, s.check_answer),
-                "prompt_tokens": lengths[i],
-                "new_tokens": g.new_tokens,
-                "seconds": round(seconds, 4),
-            }
-    return [r for r in records if r is not None], tokens
+
+def _ask(spec: MixtureSpec, teacher: Teacher, rows: list[Row], lengths: list[int], appender: Appender):
+    """Every row through the teacher, longest prompts first (a batch pads little; fixed by the rows alone,
+    so a resumed run asks in the same order); each answer recorded as it comes. Yields its new tokens."""
+    s = spec.rationales
+    # Where a teacher that did not stop starts another example, its rationale has ended.
+    stops = (teacher.eos_token, prompts.VISION_SEPARATOR, _instruction(spec, teacher.vision)[:40])
+    order = sorted(range(len(rows)), key=lambda i: (-lengths[i], rows[i].id))
+    asks = [
+        Ask(
+            rows[i].prompt,
+            rows[i].image,
+            _sampling(spec, rows[i]),
+            _seed(spec, rows[i]),
+            tuple(x for x in stops if x),
+            rows[i].shared,
+        )
+        for i in order
+    ]
+    pending: list[dict] = []
+    last = flushed = time.perf_counter()
+    for k, g in teacher.stream(asks, s.batch_size):
+        now = time.perf_counter()
+        i = order[k]
+        # A row's seconds: the wall time since the previous answer, so they add up to the run's time however
+        # many rows were in flight.
+        pending.append(_record(spec, teacher, rows[i], asks[k], g, lengths[i], now - last))
+        last = now
+        if len(pending) >= s.batch_size or now - flushed >= _FLUSH_SECONDS:
+            appender.write(pending)
+            pending, flushed = [], now
+        yield g.new_tokens
+    appender.write(pending)
+
+
+def _record(
+    spec: MixtureSpec, teacher: Teacher, r: Row, ask: Ask, g: Generation, prompt_tokens: int, seconds: float
+) -> dict[str, Any]:
+    s = spec.rationales
+    rationale, finished = clean(g.text, g.finished, stops=list(ask.stop))
+    record = {
+        "id": r.id,
+        "source": r.source,
+        "modality": "vision" if r.vision else "language",
+        "teacher": teacher.name,
+        "engine": teacher.engine,
+        "settings": {
+            "temperature": ask.sampling.temperature,
+            "top_p": ask.sampling.top_p,
+            "max_new_tokens": ask.sampling.max_new_tokens,
+            "seed": ask.seed,
+            "answer_wording": s.answer_wording,
+            "check_answer": s.check_answer,
+        },
+        "exemplar": r.exemplar,
+        "prompt": r.prompt,
+        "gold": r.item.target(),
+        "raw": g.text,
+        "rationale": rationale,
+        "status": status_of(rationale, finished, r.item, s.check_answer),
+        "prompt_tokens": prompt_tokens,
+        "new_tokens": g.new_tokens,
+        "seconds": round(seconds, 4),
+    }
+    if g.model is not None:  # what a server says of itself and of the request
+        record["server"] = {"model": g.model, "prompt_tokens": g.prompt_tokens, "retries": g.retries}
+    return record

@@ -43,10 +43,14 @@ RECORD_FIELDS = (
     "id", "source", "modality", "teacher", "settings", "exemplar", "prompt", "gold",
     "raw", "rationale", "status", "prompt_tokens", "new_tokens", "seconds",
 )  # fmt: skip
+# and, in records written since, "engine"; from a server, "server": {model, prompt_tokens, retries}
 
 
 # Settings that do not change what a teacher writes: where and how fast it runs.
-RUN_ONLY_SETTINGS = ("device", "tensor_parallel_size", "store")
+RUN_ONLY_SETTINGS = (
+    "device", "tensor_parallel_size", "store", "gpu_memory_utilization", "base_url", "api_key_env",
+    "concurrency", "request_timeout", "max_retries",
+)  # fmt: skip
 
 
 def store_dir(spec: MixtureSpec) -> Path:
@@ -301,8 +305,12 @@ def summarize(records: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Rows per status per source, mean words of the kept rationales, teacher tokens, seconds."""
     per: dict[str, dict[str, Any]] = defaultdict(lambda: {"rows": 0, "status": Counter(), "words": 0})
     tokens = Counter()
+    engines: Counter = Counter()
+    retries = 0
     seconds = 0.0
     for r in records.values():
+        engines[r.get("engine", "transformers")] += 1  # records before engines were recorded: transformers or vllm
+        retries += (r.get("server") or {}).get("retries", 0)
         s = per[r["source"]]
         s["rows"] += 1
         s["status"][r["status"]] += 1
@@ -328,7 +336,10 @@ def summarize(records: dict[str, dict[str, Any]]) -> dict[str, Any]:
         "sources": sources,
         "teacher_tokens": {"prompt": tokens["prompt"], "new": tokens["new"]},
         "generation_seconds": round(seconds, 2),
+        "rows_per_second": round(len(records) / seconds, 3) if seconds else None,
         "new_tokens_per_second": round(tokens["new"] / seconds, 1) if seconds else None,
+        "engines": dict(sorted(engines.items())),
+        "retries": retries,
         "store_hash": store_hash(records),
     }
 
@@ -346,7 +357,12 @@ def summary_table(summary: dict[str, Any]) -> str:
     lines.append(
         f"{summary['rows']} rows; teacher tokens: {t['prompt']:,} prompt, {t['new']:,} generated; "
         f"{summary['generation_seconds']:.1f} s generating"
-        + (f" ({summary['new_tokens_per_second']:.1f} generated tokens/s)" if summary["new_tokens_per_second"] else "")
+        + (
+            f" ({summary['rows_per_second']:.2f} rows/s, {summary['new_tokens_per_second']:.1f} generated tokens/s)"
+            if summary["generation_seconds"]
+            else ""
+        )
+        + (f"; {summary['retries']} requests retried" if summary["retries"] else "")
     )
     return "\n".join(lines) + "\n"
 

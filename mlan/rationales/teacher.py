@@ -1,17 +1,26 @@
-"""Teachers: a model that continues a batch of raw prompts, sampled or greedy, and says how many tokens it
-wrote and whether it stopped on its own.
+"""Teachers: a model that continues raw prompts, sampled or greedy, and says how many tokens it wrote and
+whether it stopped on its own. A teacher streams: it is handed every row's request at once and yields each
+answer as it comes, in any order, so the store grows while the rest is still being written.
 
-- transformers (any device): the model loaded as every mlan stage loads it (mlan.models: a causal LM, or a
-  LLaVA / LLaVA-NeXT for image rows), batched `generate` with left padding, as MLAN's teacher ran (batch of
-  4, `padding=True`, IT_MLLM@af440a6 src/model_util.py:253-264); the random state is seeded per batch;
+- transformers (any device): the model loaded as every mlan stage loads it (mlan.models). Text rows go through
+  mlan.generation's continuous batching (a row leaves the batch when it ends and the next takes its place;
+  a prompt prefix shared by several rows, MLAN's instruction and exemplar, is computed once). Image rows
+  through batched `generate` with left padding, as MLAN's teacher ran (batch of 4, `padding=True`,
+  IT_MLLM@af440a6 src/model_util.py:253-264), the random state seeded per batch;
 - vllm (CUDA GPUs, `pip install mlan[vllm]`): the same prompts and settings through vLLM's offline `LLM`,
-  tensor-parallel for a 34B teacher; each prompt gets its own seed.
+  tensor-parallel for a 34B teacher; each prompt gets its own seed;
+- openai: any OpenAI-compatible server (mlan.rationales.server).
+
+Sampled rows use top_k 50 in every engine: MLAN's `generate` call set temperature and top_p only, so
+transformers' default top_k (GenerationConfig.top_k = 50) applied; vLLM's and servers' default is no top_k.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 from mlan import kinds
@@ -23,13 +32,23 @@ log = logging.getLogger(__name__)
 _GENERATIVE = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")
 
 
+# transformers' GenerationConfig default, which MLAN's sampled teacher ran with (see above).
+TOP_K = 50
+
+
 @dataclass
 class Generation:
-    """One continuation: its text (special tokens left out), new tokens, and whether it ended in EOS."""
+    """One continuation: its text (special tokens left out), new tokens, and whether it ended on its own (EOS
+    or a stop text). A server also says which model answered, how many prompt tokens it counted, how
+    many times the request was retried, and which endpoint took it (completions, or chat: templated)."""
 
     text: str
     new_tokens: int
     finished: bool
+    model: str | None = None
+    prompt_tokens: int | None = None
+    retries: int = 0
+    endpoint: str | None = None
 
 
 @dataclass(frozen=True)
@@ -45,15 +64,57 @@ class Sampling:
         return self.temperature == 0
 
 
+@dataclass(frozen=True)
+class Ask:
+    """One row's request: its prompt (and picture), sampling, seed, the texts after which its rationale has
+    ended (an engine that can stop there saves the tokens; mlan.rationales.clean cuts there anyway), and the
+    start of the prompt other rows share."""
+
+    prompt: str
+    image: Path | None
+    sampling: Sampling
+    seed: int
+    stop: tuple[str, ...] = ()
+    shared: str = ""  # the prompt's start that other rows share (an engine may compute it once)
+
+
 class Teacher(Protocol):
     name: str
+    engine: str
+    vision: bool
     eos_token: str
 
     def prompt_tokens(self, prompts: list[str]) -> list[int]: ...
 
-    def generate(
-        self, prompts: list[str], images: list[Any] | None, sampling: Sampling, seed: int
-    ) -> list[Generation]: ...
+    def stream(self, asks: list[Ask], batch_size: int) -> Iterator[tuple[int, Generation]]:
+        """(index into `asks`, its generation) for every ask, as each is done, in any order."""
+        ...
+
+
+class BatchTeacher:
+    """A teacher that answers a batch at a time (`generate`): `stream` cuts the asks into batches of
+    `batch_size` in the order given, each of one sampling, seeded by its first row's seed."""
+
+    vision: bool
+
+    def generate(self, prompts: list[str], images: list[Any] | None, sampling: Sampling, seed: int) -> list[Generation]:
+        raise NotImplementedError
+
+    def stream(self, asks: list[Ask], batch_size: int) -> Iterator[tuple[int, Generation]]:
+        batch: list[int] = []
+        for i in range(len(asks) + 1):
+            if batch and (i == len(asks) or len(batch) == batch_size or asks[i].sampling != asks[batch[0]].sampling):
+                images = None
+                if self.vision:
+                    from PIL import Image
+
+                    images = [Image.open(asks[j].image).convert("RGB") for j in batch]
+                first = asks[batch[0]]
+                gens = self.generate([asks[j].prompt for j in batch], images, first.sampling, first.seed)
+                yield from zip(batch, gens, strict=True)
+                batch = []
+            if i < len(asks):
+                batch.append(i)
 
 
 def check_teacher(ref: str, *, vision: bool) -> str:
@@ -71,8 +132,10 @@ def check_teacher(ref: str, *, vision: bool) -> str:
     return kind
 
 
-class TransformersTeacher:
-    """Batched `generate` with a model loaded by mlan.models."""
+class TransformersTeacher(BatchTeacher):
+    """A model loaded by mlan.models: continuous batching for text rows, batched `generate` for image rows."""
+
+    engine = "transformers"
 
     def __init__(self, ref: str, *, vision: bool, device: str | None, dtype: str):
         from mlan.models import load_model
@@ -88,6 +151,34 @@ class TransformersTeacher:
         if eos is None:
             eos = self.tokenizer.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos])
+
+    def stream(self, asks: list[Ask], batch_size: int) -> Iterator[tuple[int, Generation]]:
+        if self.vision:  # LLaVA's image rows: batched `generate`, as MLAN's vision teacher ran
+            yield from super().stream(asks, batch_size)
+            return
+        from mlan.generation import Request, generate
+
+        ids = self.tokenizer([a.prompt for a in asks])["input_ids"]  # MLAN's: the tokenizer's special tokens
+        shared = {a.shared: self.tokenizer(a.shared)["input_ids"] for a in asks if a.shared}
+        requests = [
+            Request(
+                tuple(x),
+                a.sampling.max_new_tokens,
+                temperature=a.sampling.temperature,
+                top_p=a.sampling.top_p,
+                top_k=0 if a.sampling.greedy else TOP_K,
+                seed=a.seed,
+                stop=a.stop,
+                # The tokens the prompt and its shared start agree on (a token may straddle the boundary).
+                prefix=_common(x, shared[a.shared]) if a.shared else 0,
+            )
+            for x, a in zip(ids, asks, strict=True)
+        ]
+        for i, out in generate(
+            self.loaded.model, self.tokenizer, requests, batch_size=batch_size, eos_ids=self.eos_ids
+        ):
+            kept = out.ids[:-1] if out.ids and out.ids[-1] in self.eos_ids else out.ids
+            yield i, Generation(self.tokenizer.decode(kept, skip_special_tokens=True), len(out.ids), out.finished)
 
     def _inputs(self, prompts: list[str], images: list[Any] | None):
         if self.vision:
@@ -107,7 +198,7 @@ class TransformersTeacher:
             inputs["pixel_values"] = inputs["pixel_values"].to(self.loaded.model.dtype)
         kwargs: dict[str, Any] = {"max_new_tokens": sampling.max_new_tokens, "do_sample": not sampling.greedy}
         if not sampling.greedy:
-            kwargs |= {"temperature": sampling.temperature, "top_p": sampling.top_p}
+            kwargs |= {"temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": TOP_K}
         torch.manual_seed(seed)  # the batch's draws depend on the spec's seed and the batch only
         with torch.inference_mode():
             out = self.loaded.model.generate(**inputs, **kwargs, pad_token_id=self.tokenizer.pad_token_id)
@@ -121,10 +212,12 @@ class TransformersTeacher:
         return gens
 
 
-class VllmTeacher:
+class VllmTeacher(BatchTeacher):
     """vLLM's offline engine: the same prompts and sampling, on CUDA GPUs, tensor-parallel if asked."""
 
-    def __init__(self, ref: str, *, vision: bool, dtype: str, tensor_parallel_size: int):
+    engine = "vllm"
+
+    def __init__(self, ref: str, *, vision: bool, dtype: str, tensor_parallel_size: int, gpu_memory_utilization: float):
         check_teacher(ref, vision=vision)
         try:
             import torch
@@ -136,7 +229,12 @@ class VllmTeacher:
         if not torch.cuda.is_available():
             raise MlanError("rationales.engine vllm: needs a CUDA GPU (use engine: transformers on this machine)")
         try:
-            self.llm = LLM(model=ref, dtype=dtype, tensor_parallel_size=tensor_parallel_size)
+            self.llm = LLM(
+                model=ref,
+                dtype=dtype,
+                tensor_parallel_size=tensor_parallel_size,
+                gpu_memory_utilization=gpu_memory_utilization,
+            )
         except Exception as e:  # an architecture vLLM does not serve, too little memory: one line
             raise MlanError(f"rationales.engine vllm: cannot load {ref} ({first_line(e)})") from None
         self.name = ref
@@ -147,33 +245,63 @@ class VllmTeacher:
     def prompt_tokens(self, prompts: list[str]) -> list[int]:
         return [len(ids) for ids in self.tokenizer(prompts)["input_ids"]]
 
-    def generate(self, prompts: list[str], images: list[Any] | None, sampling: Sampling, seed: int) -> list[Generation]:
+    def stream(self, asks: list[Ask], batch_size: int) -> Iterator[tuple[int, Generation]]:
+        """Every ask to vLLM at once, in chunks of `_VLLM_CHUNK` so the store grows while it runs: vLLM
+        batches continuously itself, so mlan's `batch_size` does not apply."""
         from vllm import SamplingParams
 
-        params = [
-            SamplingParams(
-                temperature=sampling.temperature,
-                top_p=1.0 if sampling.greedy else sampling.top_p,
-                max_tokens=sampling.max_new_tokens,
-                seed=seed + i,
-            )
-            for i in range(len(prompts))
-        ]
-        requests: list[Any] = prompts
-        if self.vision:
-            requests = [
-                {"prompt": p, "multi_modal_data": {"image": im}} for p, im in zip(prompts, images or [], strict=True)
+        for lo in range(0, len(asks), _VLLM_CHUNK):
+            chunk = asks[lo : lo + _VLLM_CHUNK]
+            params = [
+                SamplingParams(
+                    temperature=a.sampling.temperature,
+                    top_p=1.0 if a.sampling.greedy else a.sampling.top_p,
+                    top_k=-1 if a.sampling.greedy else TOP_K,  # -1: vLLM's "all tokens"
+                    max_tokens=a.sampling.max_new_tokens,
+                    stop=list(a.stop) or None,
+                    seed=a.seed,
+                )
+                for a in chunk
             ]
-        outs = self.llm.generate(requests, params, use_tqdm=False)
-        gens = []
-        for o in outs:
-            c = o.outputs[0]
-            gens.append(Generation(c.text, len(c.token_ids), c.finish_reason == "stop"))
-        return gens
+            requests: list[Any] = [a.prompt for a in chunk]
+            if self.vision:
+                from PIL import Image
+
+                requests = [
+                    {"prompt": a.prompt, "multi_modal_data": {"image": Image.open(a.image).convert("RGB")}}
+                    for a in chunk
+                ]
+            outs = self.llm.generate(requests, params, use_tqdm=False)
+            for i, o in enumerate(outs):
+                c = o.outputs[0]
+                yield lo + i, Generation(c.text, len(c.token_ids), c.finish_reason == "stop")
+
+
+# Asks handed to vLLM per call: large enough to keep its scheduler full, small enough that a kill loses little.
+_VLLM_CHUNK = 512
+
+
+def _common(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 def open_teacher(ref: str, *, vision: bool, settings) -> Teacher:
     """The teacher the settings ask for (`rationales.engine`)."""
     if settings.engine == "vllm":
-        return VllmTeacher(ref, vision=vision, dtype=settings.dtype, tensor_parallel_size=settings.tensor_parallel_size)
+        return VllmTeacher(
+            ref,
+            vision=vision,
+            dtype=settings.dtype,
+            tensor_parallel_size=settings.tensor_parallel_size,
+            gpu_memory_utilization=settings.gpu_memory_utilization,
+        )
+    if settings.engine == "openai":
+        from mlan.rationales.server import ServerTeacher
+
+        return ServerTeacher(ref, vision=vision, settings=settings)
     return TransformersTeacher(ref, vision=vision, device=settings.device, dtype=settings.dtype)

@@ -1,0 +1,241 @@
+"""Continuous batching for a Hugging Face causal LM, with shared prompt prefixes computed once.
+
+A padded `generate` batch runs until its longest row ends, and every row of it pays for its whole prompt.
+Here a row leaves the batch the step it ends (EOS, a stop text, its token budget) and the next request takes
+its place; and a prompt prefix that several requests share (MLAN's teacher prompts: the instruction and one
+of a few exemplars; an evaluation's few-shot examples) is run once, its keys and values kept and continued
+for each request. On a CPU the prompt is most of a small model's work, so the prefix is where the time goes.
+
+Why by hand: transformers' own continuous batching (`model.generate_batch`, paged attention) is built for
+CUDA. On a CPU it ran 2.3x slower than one request at a time (SmolLM2-135M, one thread, 8 prompts of 216
+tokens, 32 new tokens each: 54.2 s against 23.4 s, transformers 5.24), it shares no prefix, and its sampling
+draws from one global random state, so a row's sample depends on the rows beside it. Here each request
+samples from its own generator, seeded by the request: a row draws the same tokens whatever else runs.
+
+Greedy rows give the same tokens at any batch size up to floating-point ties: rows are left-padded in one
+key/value cache and a row's pad keys are masked out, as in a padded `generate` batch.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from collections.abc import Collection, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass(frozen=True)
+class Request:
+    """One prompt to continue.
+
+    `prefix`: how many leading tokens other requests share; their keys and values are computed once (one
+    forward of exactly those tokens, so a row's numbers never depend on which other rows came first) and
+    continued for each request. 0 shares nothing; at most len(ids) - 1 is used, since the last prompt token's
+    logits start the continuation."""
+
+    ids: tuple[int, ...]
+    max_new_tokens: int
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int = 0
+    stop: tuple[str, ...] = ()
+    prefix: int = 0
+
+
+@dataclass
+class Output:
+    """New token ids (the EOS included when the row ended on one), and whether the row ended on EOS or a stop
+    text rather than its budget."""
+
+    ids: list[int]
+    finished: bool
+
+
+@dataclass
+class _Row:
+    index: int
+    request: Request
+    length: int  # tokens in the cache for this row (prompt + generated so far), its next position
+    new: list[int] = field(default_factory=list)
+    generator: torch.Generator | None = None
+    warpers: list = field(default_factory=list)
+
+
+# Prefix key/value sets kept at once: a run's rows share a few exemplars or one few-shot block, and requests
+# are admitted grouped by prefix, so a handful is enough; each holds layers x prefix tokens of keys and values.
+_PREFIXES = 8
+
+
+def generate(
+    model,
+    tokenizer,
+    requests: Sequence[Request],
+    *,
+    batch_size: int = 8,
+    eos_ids: Collection[int] | None = None,
+) -> Iterator[tuple[int, Output]]:
+    """(index into `requests`, its output) for every request, as each ends. Requests are admitted grouped by
+    shared prefix, otherwise in the order given; at most `batch_size` run at once."""
+    if eos_ids is None:
+        eos = model.generation_config.eos_token_id
+        eos = tokenizer.eos_token_id if eos is None else eos
+        eos_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
+    yield from _Batcher(model, tokenizer, set(eos_ids), batch_size).run(requests)
+
+
+class _Batcher:
+    def __init__(self, model, tokenizer, eos_ids: set[int], batch_size: int):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.eos_ids = eos_ids
+        self.batch_size = max(1, batch_size)
+        self.device = model.device
+        self.prefixes: OrderedDict[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]] = OrderedDict()
+
+    @torch.inference_mode()
+    def run(self, requests: Sequence[Request]) -> Iterator[tuple[int, Output]]:
+        # Grouped by prefix (first seen first), so a prefix's rows run while its keys and values are kept.
+        first: dict[tuple[int, ...], int] = {}
+        for i, r in enumerate(requests):
+            first.setdefault(r.ids[: self._shared(r)], i)
+        waiting = deque(sorted(range(len(requests)), key=lambda i: first[requests[i].ids[: self._shared(requests[i])]]))
+        rows: list[_Row] = []
+        cache = None  # the running rows' keys and values, left-padded: DynamicCache
+        mask = torch.zeros(0, 0, dtype=torch.long, device=self.device)
+        logits = torch.zeros(0, 0, device=self.device)
+        while waiting or rows:
+            while waiting and len(rows) < self.batch_size:
+                i = waiting.popleft()
+                row, kv, last = self._prefill(i, requests[i])
+                cache, mask = self._join(cache, mask, kv)
+                rows.append(row)
+                logits = torch.cat([logits, last]) if logits.numel() else last
+            tokens = [self._pick(row, logits[b]) for b, row in enumerate(rows)]
+            keep = []
+            for b, (row, tok) in enumerate(zip(rows, tokens, strict=True)):
+                row.new.append(tok)
+                ended = self._ended(row)
+                if ended is None:
+                    keep.append(b)
+                else:
+                    yield row.index, Output(row.new, ended)
+            if len(keep) < len(rows):
+                rows = [rows[b] for b in keep]
+                tokens = [tokens[b] for b in keep]
+                if not rows:
+                    cache, mask, logits = None, mask[:0, :0], logits[:0]
+                    continue
+                cache, mask = self._select(cache, mask, keep)
+            # One step for every running row: its new token at its own position, its pads masked out.
+            ids = torch.tensor(tokens, device=self.device)[:, None]
+            positions = torch.tensor([row.length for row in rows], device=self.device)[:, None]
+            mask = torch.cat([mask, mask.new_ones(len(rows), 1)], dim=1)
+            out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True)
+            cache = out.cache
+            logits = out.logits[:, -1].float()
+            for row in rows:
+                row.length += 1
+
+    def _shared(self, r: Request) -> int:
+        return max(0, min(r.prefix, len(r.ids) - 1))
+
+    def _prefill(self, index: int, r: Request):
+        """The request's row, its keys and values (per layer, batch of one), and the logits of its first
+        new token: the shared prefix from the prefix store, the rest run here."""
+        from transformers import DynamicCache
+
+        p = self._shared(r)
+        past = DynamicCache(ddp_cache_data=self._prefix(r.ids[:p])) if p else None
+        ids = torch.tensor(r.ids[p:], device=self.device)[None]
+        positions = torch.arange(p, len(r.ids), device=self.device)[None]
+        out = self.model(input_ids=ids, position_ids=positions, cache=past, use_cache=True, logits_to_keep=1)
+        row = _Row(index, r, len(r.ids))
+        if r.temperature > 0:
+            from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+            row.generator = torch.Generator(device=self.device).manual_seed(r.seed)
+            # transformers' `generate` order: temperature, then top-k, then top-p.
+            row.warpers = [TemperatureLogitsWarper(r.temperature)]
+            if r.top_k:
+                row.warpers.append(TopKLogitsWarper(r.top_k))
+            if r.top_p < 1:
+                row.warpers.append(TopPLogitsWarper(r.top_p))
+        return row, _layers(out.cache), out.logits[:, -1].float()
+
+    def _prefix(self, ids: tuple[int, ...]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The keys and values of `ids` run alone, from the store or computed (and stored, oldest dropped)."""
+        if ids in self.prefixes:
+            self.prefixes.move_to_end(ids)
+            return self.prefixes[ids]
+        out = self.model(input_ids=torch.tensor(ids, device=self.device)[None], use_cache=True, logits_to_keep=1)
+        kv = _layers(out.cache)
+        self.prefixes[ids] = kv
+        if len(self.prefixes) > _PREFIXES:
+            self.prefixes.popitem(last=False)
+        return kv
+
+    def _join(self, cache, mask: torch.Tensor, kv: list[tuple[torch.Tensor, torch.Tensor]]):
+        """The running cache with one more row, the shorter side padded on the left (masked)."""
+        from transformers import DynamicCache
+
+        new_len = kv[0][0].shape[-2]
+        new_mask = mask.new_ones(1, new_len)
+        if cache is None:
+            return DynamicCache(ddp_cache_data=kv), new_mask
+        old = _layers(cache)
+        t = max(mask.shape[1], new_len)
+        joined = [
+            (torch.cat([_pad_left(k0, t), _pad_left(k1, t)]), torch.cat([_pad_left(v0, t), _pad_left(v1, t)]))
+            for (k0, v0), (k1, v1) in zip(old, kv, strict=True)
+        ]
+        mask = torch.cat([_pad_left(mask, t, dim=1), _pad_left(new_mask, t, dim=1)])
+        return DynamicCache(ddp_cache_data=joined), mask
+
+    def _select(self, cache, mask: torch.Tensor, keep: list[int]):
+        """The cache of the rows kept, without the columns that are padding in every one of them."""
+        from transformers import DynamicCache
+
+        idx = torch.tensor(keep, device=self.device)
+        mask = mask[idx]
+        start = int((mask.cumsum(1) == 0).sum(1).min())  # left pad shared by every kept row
+        kv = [(k[idx, :, start:], v[idx, :, start:]) for k, v in _layers(cache)]
+        return DynamicCache(ddp_cache_data=kv), mask[:, start:]
+
+    def _pick(self, row: _Row, logits: torch.Tensor) -> int:
+        if row.generator is None:
+            return int(logits.argmax())
+        scores = logits[None]
+        for warp in row.warpers:
+            scores = warp(None, scores)
+        probs = torch.softmax(scores, dim=-1)
+        return int(torch.multinomial(probs[0], 1, generator=row.generator))
+
+    def _ended(self, row: _Row) -> bool | None:
+        """None while the row goes on; True when it ended on EOS or a stop text, False on its budget."""
+        if row.new[-1] in self.eos_ids:
+            return True
+        stop = row.request.stop
+        if stop:
+            # A stop text of n characters spans at most n tokens; it is looked for when its last token comes.
+            window = max(map(len, stop)) + 8
+            tail = self.tokenizer.decode(row.new[-window:], skip_special_tokens=True)
+            if any(s in tail for s in stop):
+                return True
+        if len(row.new) >= row.request.max_new_tokens:
+            return False
+        return None
+
+
+def _layers(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return [(layer.keys, layer.values) for layer in cache.layers]
+
+
+def _pad_left(x: torch.Tensor, t: int, dim: int = -2) -> torch.Tensor:
+    missing = t - x.shape[dim]
+    if missing == 0:
+        return x
+    shape = list(x.shape)
+    shape[dim] = missing
+    return torch.cat([x.new_zeros(shape), x], dim=dim)
