@@ -338,3 +338,31 @@ def write_eval_data(d: Path, shared_data: Path = BUNDLED_DATA) -> Path:
     # ScienceQA (CC BY-NC-SA 4.0, not redistributable): rows written in its schema, with and without images.
     write_scienceqa(d / "scienceqa" / "test.jsonl", images)
     return d
+
+
+def write_standin_rows(d: Path, n: int = 100, shared_data: Path = BUNDLED_DATA) -> Path:
+    """`<dir>/race_high/test.jsonl` and `<dir>/hellaswag/validation.jsonl`: `n` questions each in those
+    datasets' schemas, made of the bundled CosmosQA rows (a passage, a question, four answers), since RACE and
+    HellaSwag have no redistributable slices. RACE: the passage as the article, its questions in file order (so
+    lm-eval's `race` puts the earlier ones, answered, in the context of the last); HellaSwag: the passage and the
+    question as the context, the answers as endings. Their shapes (a long shared context, several choices of
+    several tokens) are what the evaluation backends are measured on; their scores mean nothing."""
+    rows = [json.loads(x) for x in (shared_data / "cosmos_qa" / "validation.jsonl").read_text().splitlines()]
+    race, articles = [], []
+    for r in rows:
+        if r["context"] not in articles:
+            if len(articles) == n:
+                break
+            articles.append(r["context"])
+        options = [r[f"answer{k}"] for k in range(4)]
+        race.append({"example_id": f"cosmos{articles.index(r['context'])}", "article": r["context"],
+                     "question": r["question"], "options": options, "answer": "ABCD"[r["label"]]})  # fmt: skip
+    hellaswag = [
+        {"ind": i, "activity_label": "Blog", "ctx_a": r["context"], "ctx_b": r["question"],
+         "ctx": f"{r['context']} {r['question']}", "endings": [r[f"answer{k}"] for k in range(4)],
+         "source_id": r["id"], "split": "val", "split_type": "indomain", "label": str(r["label"])}
+        for i, r in enumerate(rows[:n])
+    ]  # fmt: skip
+    _write_jsonl(d / "race_high" / "test.jsonl", race)
+    _write_jsonl(d / "hellaswag" / "validation.jsonl", hellaswag)
+    return d

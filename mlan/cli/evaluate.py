@@ -99,6 +99,13 @@ def evaluate(
         str | None,
         typer.Option(help="Generation engine of the generate suites: transformers (default) or vllm (GPU)."),
     ] = None,
+    backend: Annotated[
+        str | None,
+        typer.Option(
+            help="Model backend of the eight-task (lm-eval) suite: mlan (default: lm-eval's HFLM, each shared "
+            "context computed once, generation batched continuously; same scores) or lm_eval (HFLM itself)."
+        ),
+    ] = None,
     fresh: Annotated[bool, typer.Option("--fresh", help="Ignore cached task results and recompute them.")] = False,
     overrides: Overrides = None,
 ) -> None:
@@ -114,7 +121,8 @@ def evaluate(
 
     Several processes (`accelerate launch -m mlan eval ...`, `torchrun -m mlan eval ...`) split every
     task's questions and write what one process writes; --device-map auto loads one model over the GPUs
-    of this machine; --engine vllm generates the generate suites with vLLM.
+    of this machine; --engine vllm generates the generate suites with vLLM. --backend lm_eval scores the eight-task
+    suite with lm-eval's own HFLM instead of mlan's faster backend (the same scores; results.json names the backend).
 
     Example: mlan eval runs/base-llm runs/mlan-tuned --reference runs/base-llm --unseen --limit 100
     """
@@ -135,6 +143,7 @@ def evaluate(
         "dtype": dtype,
         "device_map": device_map,
         "engine": engine,
+        "backend": backend,
         "fresh": fresh,
     }
     run = build_run(models, flags, overrides)

@@ -53,6 +53,11 @@ class EvalRun(StrictModel):
         "a GPU): same prompts, stops and greedy decoding.",
     )
     tensor_parallel_size: int = Field(1, gt=0, description="GPUs vLLM spreads one model over (`engine: vllm`).")
+    backend: Literal["mlan", "lm_eval"] = Field(
+        "mlan",
+        description="Model backend of the lm-eval suites: mlan's (lm-eval's HFLM with each multiple-choice context "
+        "computed once and generation batched continuously; the same scores) or lm_eval (HFLM itself, for comparison).",
+    )
     dtype: str = Field("auto", description="auto (the checkpoint's own), bfloat16, float16 or float32.")
     fresh: bool = Field(False, description="Ignore cached task results and recompute them.")
     suite_overrides: list[str] = Field(

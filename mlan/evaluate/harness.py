@@ -3,8 +3,9 @@
 Each task is lm-eval's own YAML (`lm_eval/tasks/<...>.yaml`) pulled in with lm-eval's
 `include:`; only the dataset location (and, when set, the few-shot count) is overridden, so
 prompts, choices, metrics and filters stay the ones papers report. The model is handed over as
-an object (`HFLM(pretrained=<model>)`): a LLaVA folder is evaluated through its extracted
-language model (logits equal to the LLaVA's on text) and a plain LLM the same way.
+an object (mlan's `SharedContextLM`, an lm-eval `HFLM` that computes each shared context once,
+mlan.evaluate.backend; or `HFLM(pretrained=<model>)` itself with `backend="lm_eval"`): a LLaVA folder is
+evaluated through its extracted language model (logits equal to the LLaVA's on text) and a plain LLM the same way.
 
 Two deliberate departures, both score-preserving at lm-eval's default 0-shot:
 - MMLU runs as one task over all subjects (hub `cais/mmlu` config `all`, or one local file)
@@ -128,10 +129,11 @@ def _race_by_article(rows: list[dict], path: Path) -> list[dict]:
     return [{"article": g["article"], "problems": repr(g["problems"])} for g in grouped.values()]
 
 
-def make_lm(loaded, batch_size: int | str = 8):
-    """An lm-eval `HFLM` around an already-loaded causal LM (a LLaVA is reduced to its language model)."""
-    from lm_eval.models.huggingface import HFLM
-
+def make_lm(loaded, batch_size: int | str = 8, backend: str = "mlan"):
+    """The lm-eval model object around an already-loaded causal LM (a LLaVA is reduced to its language model):
+    mlan's `SharedContextLM` (mlan.evaluate.backend; HFLM's results, each shared context computed once) or,
+    with `backend="lm_eval"`, lm-eval's own `HFLM`."""
+    from mlan.evaluate.backend import make_backend
     from mlan.models import extract_language_model
     from mlan.wings import get_runtime
 
@@ -140,14 +142,22 @@ def make_lm(loaded, batch_size: int | str = 8):
         # A Wings model's learners hook into the LLaVA forward (they take their side inputs there), so
         # the LLaVA itself serves as the causal LM: on text-only input it is one.
         model = loaded.model
-    return HFLM(pretrained=model, tokenizer=loaded.tokenizer, backend="causal", batch_size=batch_size)
+    return make_backend(backend, model, loaded.tokenizer, batch_size)
 
 
 def run_lm_eval_tasks(
-    lm, tasks: list[SuiteTask], *, data_dir=None, overrides=None, limit: int | None = None, seed: int = 1234
+    lm,
+    tasks: list[SuiteTask],
+    *,
+    data_dir=None,
+    overrides=None,
+    limit: int | None = None,
+    seed: int = 1234,
+    log_samples: bool = False,
 ) -> dict[str, dict] | None:
     """Evaluate tasks with lm-eval; returns {task name: {"metrics": {...}, "n": int, "source": str}} (None on
-    a process other than rank 0 of several, mlan.evaluate.parallel)."""
+    a process other than rank 0 of several, mlan.evaluate.parallel); with `log_samples`, also "samples":
+    lm-eval's per-document records (its requests' arguments, responses and per-document metrics)."""
     import lm_eval
     from lm_eval.tasks import TaskManager
 
@@ -166,7 +176,7 @@ def run_lm_eval_tasks(
                 tasks=[f"mlan_{t.name}" for t in tasks],
                 task_manager=tm,
                 limit=limit,
-                log_samples=False,
+                log_samples=log_samples,
                 random_seed=seed,
                 numpy_random_seed=seed,
                 torch_random_seed=seed,
@@ -180,6 +190,8 @@ def run_lm_eval_tasks(
         metrics = {k: v for k, v in raw.items() if k != "alias" and isinstance(v, (int, float))}
         n = res.get("n-samples", {}).get(key, {}).get("effective")
         out[t.name] = {"metrics": metrics, "n": n, "source": sources[t.name]}
+        if log_samples:
+            out[t.name]["samples"] = res["samples"][key]
     return out
 
 
@@ -199,9 +211,11 @@ def _quiet_lm_eval():
     import lm_eval.models.huggingface
     import transformers
 
+    from mlan.evaluate import backend
+
     patches = [(lm_eval.evaluator, "get_git_commit_hash", lambda: None)]
     if not transformers.utils.logging.is_progress_bar_enabled():
-        for module in (lm_eval.api.model, lm_eval.api.task, lm_eval.models.huggingface):
+        for module in (lm_eval.api.model, lm_eval.api.task, lm_eval.models.huggingface, backend):
             patches.append((module, "tqdm", _silent_tqdm))
     saved = [(module, name, getattr(module, name)) for module, name, _ in patches]
     try:

@@ -35,6 +35,11 @@ class TaskResult:
     prompt_style: str | None = None
     """The generate engine's prompt style when it is not the suite's: `chat` for a family whose images
     only its own chat template places (LLaVA-OneVision, Qwen2.5-VL on a vision suite)."""
+    backend: str = ""
+    """The model backend of an lm-eval task: `mlan` (mlan.evaluate.backend) or `lm_eval` (lm-eval's HFLM)."""
+    tokens: dict[str, int] = field(default_factory=dict)
+    """mlan backend: tokens run through the model over all processes (`computed`), those lm-eval's HFLM runs
+    for the same requests (`lm_eval`), and the `questions` they served."""
 
 
 @dataclass

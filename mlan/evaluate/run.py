@@ -272,6 +272,9 @@ def _task_key(entry: _Entry, suite: EvalSuite, task: SuiteTask, run: EvalRun) ->
             "dtype": run.dtype,
             # Only a non-default engine enters the key, so results cached before engines existed stay valid.
             **({"engine": run.engine} if run.engine != "transformers" and suite.engine == "generate" else {}),
+            # Likewise the backend: mlan's gives lm-eval's scores, so results cached before it existed stay valid,
+            # and `--backend lm_eval` (asked for to compare) computes its own.
+            **({"backend": run.backend} if run.backend != "mlan" and suite.engine == "lm_eval" else {}),
         }
     )
 
@@ -313,6 +316,7 @@ class _Runner:
             "processes": self.procs.world,
             "devices": None if all(d is None for d in devices) else devices,
             "engine": self.run.engine,
+            "backend": self.run.backend,
         }
 
     def lm_eval_task(self, suite: EvalSuite, t: SuiteTask, seen: bool) -> TaskResult:
@@ -320,18 +324,29 @@ class _Runner:
 
         run = self.run
         if self.lm is None:
-            self.lm = make_lm(self._model(), batch_size=run.batch_size)
+            self.lm = make_lm(self._model(), batch_size=run.batch_size, backend=run.backend)
             parallel.share_with_lm_eval(self.lm, self.procs)
+        calls = len(getattr(self.lm, "stats", []))
         raw = run_lm_eval_tasks(self.lm, [t], data_dir=run.data_dir, overrides=run.data or None, limit=run.limit)
         # lm-eval returns the results on rank 0 only.
         raw = self.procs.broadcast(raw)[t.name]
+        tokens = self._tokens(getattr(self.lm, "stats", [])[calls:])
         value, stderr = pick_metric(raw["metrics"], t.metric)
         extra = {m: float(pick_metric(raw["metrics"], m)[0]) for m in t.also_report}
         return TaskResult(
             task=t.name, suite=suite.name, metric=t.metric, value=float(value), stderr=stderr, n=int(raw["n"] or 0),
             modality=suite.modality, seen=seen, engine="lm_eval", source=raw["source"], metrics=raw["metrics"],
-            extraction="lm_eval", extra=extra,
+            extraction="lm_eval", extra=extra, backend=run.backend, tokens=tokens,
         )  # fmt: skip
+
+    def _tokens(self, stats) -> dict[str, int]:
+        """The mlan backend's token counts of one task, summed over the processes (each ran its share)."""
+        mine = [sum(getattr(s, k) for s in stats) for k in ("questions", "tokens", "tokens_lm_eval")]
+        per_process = self.procs.all_gather(mine)
+        if not any(any(p) for p in per_process):
+            return {}  # lm-eval's HFLM counts nothing
+        questions, computed, lm_eval = (sum(p[k] for p in per_process) for k in range(3))
+        return {"questions": questions, "computed": computed, "lm_eval": lm_eval}
 
     def generate_task(self, suite: EvalSuite, t: SuiteTask, seen: bool, on_batch) -> TaskResult:
         from mlan.evaluate.generate import HFGenerator, run_generate_task  # loads torch
