@@ -1,14 +1,23 @@
-"""Rationale generation: mlan's batched teacher against one-row-at-a-time `generate`, on the same rows.
+"""Rationale generation: one row at a time against mlan's engines, on the same rows.
 
-Both arms use the same loaded teacher, the same prompts (a spec's rows built as `mlan rationales` builds
-them, MLAN's prompt and exemplar per row) and greedy decoding, so they do the same work: the benchmark
-checks that they write the same tokens. mlan's arm is `mlan.rationales.run`'s own path: rows sorted by
-prompt length into batches of `--batch-size`, left-padded. Printed: rows/s and generated tokens/s of each,
-and the ratio. With `--engine vllm` on a CUDA GPU, vLLM's arm is timed against transformers' batches on the
-same rows (the GPU is named); it needs vLLM installed (`pip install mlan[vllm]`) and refuses otherwise.
+Every arm uses the same loaded teacher, the same prompts (a spec's rows built as `mlan rationales` builds
+them, MLAN's prompt and exemplar per row) and greedy decoding, so they do the same work: the benchmark checks
+that they write the same tokens. Arms:
+- one row at a time: transformers' `generate` on each prompt alone;
+- padded batches: `generate` on batches of `--batch-size` sorted by prompt length, left-padded (mlan's text
+  path before continuous batching; still its path for image rows);
+- continuous: mlan.generation as `mlan rationales` runs text rows: a row leaves the batch when it ends and
+  the next takes its place, the prompt start rows shown the same exemplar share computed once;
+- continuous + stops: the same, ending a row where it starts another example (as `mlan rationales` does:
+  its rationale ends there anyway), so it writes fewer tokens: not in the equality check;
+- server (`--serve`): `rationales.engine: openai` against a `transformers serve` of the same folder started
+  here (CPU, its continuous batching off: transformers' paged path is slower on a CPU), `--concurrency`
+  requests in flight.
+Printed: rows/s and generated tokens/s of each and the ratios to one row at a time. With `--engine vllm` on a
+CUDA GPU, vLLM's arm is timed on the same rows (the GPU is named); it needs vLLM (`pip install mlan[vllm]`).
 
     python benchmarks/rationales.py                         # a tiny LLM built from config, 24 rows
-    python benchmarks/rationales.py --model runs/teachers/smollm2-135m-instruct --rows 4 --max-new-tokens 96
+    python benchmarks/rationales.py --model runs/teachers/smollm2-135m-instruct --threads 1
 """
 
 from __future__ import annotations
@@ -71,6 +80,8 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--engine", choices=["transformers", "vllm"], default="transformers", help="vllm: add vLLM's arm")
+    ap.add_argument("--serve", action="store_true", help="add the server arm (the `serving` extra)")
+    ap.add_argument("--concurrency", type=int, default=8, help="server arm: requests in flight")
     args = ap.parse_args()
 
     import datasets
@@ -82,8 +93,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     from mlan.rationales import prompts
-    from mlan.rationales.run import _batches, build_prompts, draw_rows, select
-    from mlan.rationales.teacher import Sampling, TransformersTeacher
+    from mlan.rationales.run import build_prompts, draw_rows, select
+    from mlan.rationales.teacher import Ask, BatchTeacher, Sampling, TransformersTeacher
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -100,49 +111,97 @@ def main() -> None:
         }
         teacher = TransformersTeacher(model, vision=False, device=None, dtype="auto")
         build_prompts(spec, rows, exemplars, teacher.eos_token)
-        texts = [r.prompt for r in rows]
-        lengths = teacher.prompt_tokens(texts)
+        lengths = teacher.prompt_tokens([r.prompt for r in rows])
+        order = sorted(range(len(rows)), key=lambda i: (-lengths[i], rows[i].id))  # as mlan.rationales.run asks
+        rows = [rows[i] for i in order]
+        lengths = [lengths[i] for i in order]
         sampling = Sampling(0.0, 1.0, args.max_new_tokens)
+        stops = (teacher.eos_token, prompts.INSTRUCTION[:40])
+        asks = [Ask(r.prompt, None, sampling, 0, (), r.shared) for r in rows]
+        stopping = [Ask(r.prompt, None, sampling, 0, stops, r.shared) for r in rows]
         device = (
             torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU, {torch.get_num_threads()} threads"
         )
-        print(f"teacher {model} on {device}; {len(rows)} rows, prompts {min(lengths)}-{max(lengths)} tokens, "
-              f"greedy, max_new_tokens {args.max_new_tokens}")  # fmt: skip
-        teacher.generate(texts[:1], None, sampling, 0)  # warm-up
+        shared = sum(len(teacher.tokenizer(r.shared)["input_ids"]) for r in rows) / sum(lengths)
+        print(f"teacher {model} on {device}; {len(rows)} rows, prompts {min(lengths)}-{max(lengths)} tokens "
+              f"({shared:.0%} of them an exemplar's shared start), greedy, max_new_tokens {args.max_new_tokens}")  # fmt: skip
+        teacher.generate([rows[0].prompt], None, sampling, 0)  # warm-up
 
-        t = time.perf_counter()
-        single = [teacher.generate([p], None, sampling, 0)[0] for p in texts]
-        t_single = time.perf_counter() - t
-        batched = [None] * len(rows)
-        t = time.perf_counter()
-        for batch in _batches(rows, lengths, args.batch_size):
-            for i, g in zip(batch, teacher.generate([texts[i] for i in batch], None, sampling, 0), strict=True):
-                batched[i] = g
-        t_batched = time.perf_counter() - t
+        def timed(stream) -> tuple[list, float]:
+            out = [None] * len(rows)
+            t = time.perf_counter()
+            for i, g in stream:
+                out[i] = g
+            return out, time.perf_counter() - t
 
-        def line(name: str, gens, seconds: float) -> float:
+        single, t_single = timed((i, teacher.generate([r.prompt], None, sampling, 0)[0]) for i, r in enumerate(rows))
+        arms = {
+            f"padded batches of {args.batch_size}": timed(BatchTeacher.stream(teacher, asks, args.batch_size)),
+            f"continuous, {args.batch_size} at once": timed(teacher.stream(asks, args.batch_size)),
+            "continuous + stops": timed(teacher.stream(stopping, args.batch_size)),
+        }
+        if args.serve:
+            arms[f"server, {args.concurrency} in flight"] = timed(_served(model, asks, args))
+
+        def line(name: str, gens, seconds: float) -> None:
             tokens = sum(g.new_tokens for g in gens)
             print(
-                f"  {name:<28} {seconds:7.1f} s  {len(gens) / seconds:7.2f} rows/s  {tokens / seconds:8.1f} tokens/s  ({tokens} tokens)"
+                f"  {name:<28} {seconds:7.1f} s  {len(gens) / seconds:7.2f} rows/s  {tokens / seconds:8.1f} tokens/s"
+                f"  ({tokens} tokens)"
             )
-            return tokens / seconds
 
-        a = line("one row at a time", single, t_single)
-        b = line(f"mlan, batches of {args.batch_size}", batched, t_batched)
-        same = sum(x.text == y.text for x, y in zip(single, batched, strict=True))
-        print(f"  mlan vs one at a time: {b / a:.2f}x tokens/s, {t_single / t_batched:.2f}x rows/s; "
-              f"identical outputs {same}/{len(rows)} (left padding changes float sums a little)")  # fmt: skip
+        line("one row at a time", single, t_single)
+        for name, (gens, seconds) in arms.items():
+            line(name, gens, seconds)
+        for name, (gens, seconds) in arms.items():
+            same = sum(x.text == y.text for x, y in zip(single, gens, strict=True))
+            check = "" if "stops" in name else f"; identical outputs {same}/{len(rows)}"
+            print(f"  {name} vs one at a time: {t_single / seconds:.2f}x rows/s{check}")
         if args.engine == "vllm":
             from mlan.rationales.teacher import VllmTeacher
 
             del teacher
-            vllm = VllmTeacher(model, vision=False, dtype="auto", tensor_parallel_size=1)
-            vllm.generate(texts[:1], None, sampling, 0)
-            t = time.perf_counter()
-            gens = vllm.generate(texts, None, sampling, 0)
-            c = line("vLLM", gens, time.perf_counter() - t)
-            same = sum(x.text == y.text for x, y in zip(gens, batched, strict=True))
-            print(f"  vLLM vs mlan's transformers batches: {c / b:.2f}x tokens/s; identical outputs {same}/{len(rows)}")
+            vllm = VllmTeacher(model, vision=False, dtype="auto", tensor_parallel_size=1, gpu_memory_utilization=0.9)
+            list(vllm.stream(asks[:1], 1))
+            gens, seconds = timed(vllm.stream(asks, args.batch_size))
+            line("vLLM", gens, seconds)
+            same = sum(x.text == y.text for x, y in zip(gens, single, strict=True))
+            print(f"  vLLM vs one at a time: {t_single / seconds:.2f}x rows/s; identical outputs {same}/{len(rows)}")
+
+
+def _served(model: str, asks, args):
+    """The asks through mlan's server engine, against `transformers serve` of `model` on a free local port."""
+    import socket
+    import subprocess
+
+    from mlan.config.rationales import RationaleSettings
+    from mlan.rationales.server import ServerTeacher, check_server
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "transformers.cli.transformers", "serve", model, "--host", "127.0.0.1",
+           "--port", str(port), "--device", "cpu"]  # fmt: skip
+    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        settings = RationaleSettings(
+            engine="openai", teacher=model, base_url=f"http://127.0.0.1:{port}/v1", concurrency=args.concurrency
+        )
+        deadline = time.time() + 300
+        while True:
+            try:
+                check_server(settings, [model])
+                break
+            except Exception:
+                if time.time() > deadline or server.poll() is not None:
+                    raise
+                time.sleep(1)
+        teacher = ServerTeacher(model, vision=False, settings=settings)
+        list(teacher.stream(asks[:1], 1))  # warm-up: the server loads the model on its first request
+        yield from teacher.stream(asks, args.batch_size)
+    finally:
+        server.kill()
+        server.wait()
 
 
 if __name__ == "__main__":
