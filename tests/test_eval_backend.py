@@ -79,6 +79,56 @@ def test_loglikelihoods_equal_hflm(task_name, tiny_loaded, eval_data, standin_da
         assert stats.tokens < 0.7 * stats.tokens_lm_eval, stats
 
 
+def _gsm8k_requests(data_dir, tmp_path, limit: int) -> list:
+    """lm-eval's own GSM8K requests (5-shot prompts from the train split, its stop strings), as simple_evaluate
+    builds them from the task YAML mlan hands it."""
+    import yaml
+    from lm_eval.tasks import TaskManager, get_task_dict
+
+    from mlan.evaluate import load_suite
+    from mlan.evaluate.harness import task_yaml
+
+    cfg, _ = task_yaml(load_suite("eight_task").task("gsm8k"), data_dir, None, tmp_path)
+    (tmp_path / "mlan_gsm8k.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    task = get_task_dict(["mlan_gsm8k"], TaskManager(include_path=str(tmp_path), include_defaults=False))["mlan_gsm8k"]
+    task.set_fewshot_seed(1234)
+    task.build_all_requests(limit=limit, rank=0, world_size=1)
+    return task.instances
+
+
+def test_gsm8k_generations_equal_hflm(tiny_loaded, eval_data, tmp_path):
+    """GSM8K's requests, the same strings from HFLM's static batches and from continuous batching: lm-eval's
+    stop strings with a 24-token budget, and (half of them, a second generation-arguments group) stops the
+    tiny model does write, so texts end on the budget, on a stop string and on the EOS string's company."""
+    from mlan.evaluate.harness import make_lm
+
+    requests = _gsm8k_requests(eval_data, tmp_path, limit=16)
+    for k, r in enumerate(requests):
+        context, kwargs = r.arguments
+        stops = kwargs["until"] + ([" the", "."] if k % 2 else [])
+        r.arguments = (context, {**kwargs, "until": stops, "max_gen_toks": 24})
+    theirs = make_lm(tiny_loaded, batch_size=4, backend="lm_eval").generate_until(requests, disable_tqdm=True)
+    lm = make_lm(tiny_loaded, batch_size=4, backend="mlan")
+    ours = lm.generate_until(requests, disable_tqdm=True)
+    assert ours == theirs
+    assert any(t for t in ours) and len(set(ours)) > 8
+    [stats] = lm.stats
+    assert (stats.kind, stats.questions, stats.requests) == ("generate_until", 16, 16)
+    assert stats.tokens <= stats.tokens_lm_eval
+
+
+def test_gsm8k_task_equals_hflm(tiny_loaded, eval_data):
+    """GSM8K end to end through lm-eval (5-shot, its 256-token budget): the same generations, filtered answers,
+    per-question scores and metrics."""
+    theirs, ours = _both(tiny_loaded, "gsm8k", eval_data, limit=8)
+    for a, b in zip(theirs["samples"], ours["samples"], strict=True):
+        assert a["resps"] == b["resps"] and a["filtered_resps"] == b["filtered_resps"]
+        assert {k: a[k] for k in a if k.startswith("exact_match")} == {
+            k: b[k] for k in b if k.startswith("exact_match")
+        }
+    assert theirs["metrics"] == ours["metrics"] and ours["n"] == 8
+
+
 def test_plain_causal_lm_and_left_truncation(tiny_llava_dir, eval_data, tmp_path):
     """A plain causal LM loaded from its folder, with a window short enough that some (context, choice) pairs
     are cut from the left: those rows are HFLM's own, the others shared, and every number is HFLM's."""

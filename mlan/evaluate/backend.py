@@ -1,4 +1,4 @@
-"""mlan's lm-eval model: lm-eval's HFLM, with each shared context computed once.
+"""mlan's lm-eval model: lm-eval's HFLM, with each shared context computed once and generation batched continuously.
 
 `SharedContextLM` is a subclass of lm-eval's `HFLM` handed to `lm_eval.simple_evaluate` as the model object,
 as HFLM itself is: lm-eval keeps the task definitions, prompts, few-shot draws, filters and metrics, and
@@ -19,7 +19,12 @@ this class only answers its requests faster, with HFLM's results.
   left by its own amount, so rows share nothing), `loglikelihood_rolling`, a Wings model (its learners keep
   their own cache state per cache object, which picking rows would not carry), a seq2seq model, and
   `batch_size: auto`.
-- `generate_until` (GSM8K) is HFLM's for now.
+- `generate_until`: greedy requests go through `mlan.generation.generate` (continuous batching: a finished
+  sequence leaves the batch and the next takes its place, where HFLM's static batch runs until its longest
+  row stops); HFLM's context encoding and left truncation, stop strings (`until` plus the EOS string),
+  `max_gen_toks`, EOS ids (the model's generation config, as HF `generate` reads them) and post-processing
+  (decode, then cut at the first stop string) are reproduced, file:line at each step. Sampling, other
+  generation arguments and thinking models go to HFLM.
 
 Several processes: lm-eval deals each task's documents out by rank before any request reaches the model;
 HFLM's `rank`, `world_size`, gather and barrier are inherited unchanged (mlan.evaluate.parallel sets them),
@@ -40,12 +45,30 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from lm_eval.models.huggingface import HFLM
+from lm_eval.models.utils import handle_stop_sequences, has_bos_prefix, normalize_gen_kwargs, postprocess_generated_text
 from tqdm import tqdm
 
 log = logging.getLogger(__name__)
 
 BACKENDS = ("mlan", "lm_eval")
 """`mlan eval --backend`: mlan's SharedContextLM (the default), or lm-eval's own HFLM for comparison."""
+
+# Generation settings HF `generate` would apply from the model's generation config on top of greedy decoding
+# (transformers' logits processors); mlan.generation applies none of them, so such a model generates with HFLM.
+_PROCESSOR_SETTINGS = {
+    "repetition_penalty": 1.0,
+    "no_repeat_ngram_size": 0,
+    "encoder_no_repeat_ngram_size": 0,
+    "bad_words_ids": None,
+    "min_length": 0,
+    "min_new_tokens": None,
+    "suppress_tokens": None,
+    "begin_suppress_tokens": None,
+    "forced_bos_token_id": None,
+    "forced_eos_token_id": None,
+    "sequence_bias": None,
+    "exponential_decay_length_penalty": None,
+}
 
 
 @dataclass
@@ -60,7 +83,7 @@ class CallStats:
 
 
 class SharedContextLM(HFLM):
-    """HFLM with each context computed once per question (module doc)."""
+    """HFLM with each context computed once per question and continuous batching for generation (module doc)."""
 
     backend_name = "mlan"
 
@@ -209,6 +232,98 @@ class SharedContextLM(HFLM):
             scored = torch.cat([first[b : b + 1], logprobs[r, : len(cont) - 1]], dim=0)
             yield i, _answer(scored, cont)
 
+    # ------------------------------------------------------------------------------ generate_until
+
+    def _generates(self) -> bool:
+        """Whether greedy requests can go through mlan.generation (HFLM otherwise; see the module doc)."""
+        from mlan.wings import get_runtime
+
+        if self.backend != "causal" or not isinstance(self.batch_size, int) or self.think_end_token is not None:
+            return False
+        if get_runtime(self.model) is not None:
+            return False
+        config = getattr(self.model, "generation_config", None)
+        # transformers 5 leaves an unset field None; an older config may spell out the neutral value.
+        return config is None or all(
+            getattr(config, k, None) in (None, d, [], ()) for k, d in _PROCESSOR_SETTINGS.items()
+        )
+
+    def generate_until(self, requests, disable_tqdm: bool = False):
+        if not self._generates():
+            return super().generate_until(requests, disable_tqdm=disable_tqdm)
+        from mlan.generation import Request, generate
+
+        # HFLM adds the EOS string to every request's stop strings (huggingface.py:1627, 1636-1638).
+        eos = self.tok_decode(self.eot_token_id, skip_special_tokens=False)
+        results: list[str | None] = [None] * len(requests)
+        todo: list[int] = []
+        prepared: list[Request] = []
+        stops: list[list[str]] = []
+        hflm: list[int] = []
+        for i, req in enumerate(requests):
+            context, gen_kwargs = req.args
+            kwargs = normalize_gen_kwargs(gen_kwargs, self.max_gen_toks)  # huggingface.py:1636
+            until = handle_stop_sequences(kwargs.pop("until", None), eos=eos)
+            max_gen_toks = kwargs.pop("max_gen_toks")
+            greedy = kwargs.pop("do_sample", False) is False and kwargs.pop("temperature", 0.0) == 0.0
+            if not greedy or kwargs:  # sampling, or generation arguments mlan.generation does not take
+                hflm.append(i)
+                continue
+            # HFLM's room for the context: the model's length less the new tokens (huggingface.py:1640-1650).
+            max_ctx_len = self.max_length - max_gen_toks
+            assert max_ctx_len > 0, f"max_gen_toks ({max_gen_toks}) must be less than max_length ({self.max_length})"
+            ids = self._context_ids(context, max_ctx_len)
+            todo.append(i)
+            prepared.append(Request(ids=tuple(ids), max_new_tokens=max_gen_toks, stop=tuple(s for s in until if s)))
+            stops.append(until)
+        if hflm:
+            for i, text in zip(
+                hflm, super().generate_until([requests[i] for i in hflm], disable_tqdm=True), strict=True
+            ):
+                results[i] = text
+        pbar = tqdm(total=len(todo), disable=disable_tqdm or self.rank != 0, desc="Running generate_until requests")
+        new_tokens = [0] * len(todo)
+        # EOS ids left to mlan.generation: the model's generation config's (else the tokenizer's), the ones HF
+        # `generate` stops a row on in HFLM, which passes none of its own (huggingface.py:1182-1189).
+        for k, output in generate(self.model, self.tokenizer, prepared, batch_size=self.batch_size):
+            i = todo[k]
+            new_tokens[k] = len(output.ids)
+            # HFLM decodes the new tokens without special tokens and cuts at the first stop string
+            # (huggingface.py:1677-1707, postprocess_generated_text in lm_eval/models/utils.py:943-970).
+            text = postprocess_generated_text(self.tok_decode(output.ids), stop=stops[k], think_end_token=None)
+            results[i] = text
+            self.cache_hook.add_partial("generate_until", requests[i].args, text)
+            pbar.update(1)
+        pbar.close()
+        prompts = [len(r.ids) for r in prepared]
+        self.stats.append(
+            CallStats(
+                "generate_until",
+                questions=len({(r.task_name, r.doc_id) for r in requests}),
+                requests=len(requests),
+                tokens=sum(prompts) + sum(new_tokens),
+                tokens_lm_eval=_hflm_generate_tokens(
+                    [requests[i].args[0] for i in todo], prompts, new_tokens, self.batch_size
+                ),
+            )
+        )
+        return results
+
+    def _context_ids(self, context: str, max_ctx_len: int) -> list[int]:
+        """A context's token ids as HFLM's `tok_batch_encode` makes them (huggingface.py:1065-1106).
+
+        HFLM decides whether to add special tokens from the first string of each batch (a context that
+        already starts with the BOS string gets none); here each context decides for itself, which differs
+        only in a batch that mixes contexts with and without a written BOS."""
+        special = {}
+        if has_bos_prefix(context, getattr(self.tokenizer, "bos_token", None)):
+            special = {"add_special_tokens": False}
+        elif self.add_bos_token is not None:
+            special = {"add_special_tokens": self.add_bos_token}
+        ids = self.tokenizer(context, truncation=self.truncation, **special)["input_ids"]
+        # Left truncation of a left-padded batch keeps each row's last tokens (huggingface.py:1092-1104).
+        return ids[-max_ctx_len:]
+
 
 def make_backend(name: str, model, tokenizer, batch_size: int | str):
     """The lm-eval model object of `mlan eval --backend NAME` around an already-loaded causal LM."""
@@ -245,3 +360,16 @@ def _hflm_tokens(requests, max_length: int, logits_cache: bool) -> int:
         return sum(min(len(c) + len(k) - 1, max_length) for _, c, k in requests)
     keys = {tuple(c) + tuple(k[:-1]) for _, c, k in requests}
     return sum(min(len(key), max_length) for key in keys)
+
+
+def _hflm_generate_tokens(contexts: list[str], prompts: list[int], new: list[int], batch_size: int) -> int:
+    """Tokens HFLM's static batches run through the model for these generations, padding included: it sorts
+    the contexts longest first (huggingface.py:1579-1590), pads each batch to its longest prompt, and runs the
+    batch until its last row stops (taken as the row's own output length here; a row's tokens after its stop
+    are computed and then cut)."""
+    order = sorted(range(len(contexts)), key=lambda k: (-prompts[k], contexts[k]))
+    total = 0
+    for start in range(0, len(order), batch_size):
+        batch = order[start : start + batch_size]
+        total += len(batch) * (max(prompts[k] for k in batch) + max(new[k] for k in batch))
+    return total
