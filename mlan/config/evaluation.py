@@ -53,6 +53,13 @@ class EvalRun(StrictModel):
         "a GPU): same prompts, stops and greedy decoding.",
     )
     tensor_parallel_size: int = Field(1, gt=0, description="GPUs vLLM spreads one model over (`engine: vllm`).")
+    gpu_memory_utilization: float = Field(
+        0.9,
+        gt=0,
+        le=1,
+        description="Share of each GPU's memory vLLM takes for weights and its KV cache (`engine: vllm`; vLLM's "
+        "default). The transformers model of the lm-eval suites is freed before vLLM starts.",
+    )
     backend: Literal["mlan", "lm_eval"] = Field(
         "mlan",
         description="Model backend of the lm-eval suites: mlan's (lm-eval's HFLM with each multiple-choice context "

@@ -286,6 +286,7 @@ class _Runner:
     def __init__(self, entry: _Entry, run: EvalRun, out: Path, procs: parallel.Processes = parallel.ONE):
         self.entry, self.run, self.out, self.procs = entry, run, out, procs
         self.loaded = self.lm = self.generator = None
+        self.released: Any = None  # the transformers model's device(s), once freed for vLLM
 
     def device(self) -> str:
         device = self.run.device or kinds.default_device()
@@ -300,6 +301,22 @@ class _Runner:
             )
         return self.loaded
 
+    def release_transformers(self) -> None:
+        """Free the transformers model (the lm-eval suites', run first) before vLLM takes its share of the GPU:
+        vLLM reserves `gpu_memory_utilization` of the whole memory and would not find it free beside a
+        second copy of the weights."""
+        if self.loaded is None:
+            return
+        import gc
+
+        import torch
+
+        self.released = self.device() if self.run.device_map is None else _devices(self.loaded)
+        self.lm = self.loaded = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
     def info(self) -> dict[str, Any]:
         """Where this model's uncached tasks ran, for results.json: processes, the devices of each (None when
         every task came from the cache) and the generation engine."""
@@ -307,6 +324,8 @@ class _Runner:
             mine = self.device() if self.run.device_map is None else _devices(self.loaded)
         elif self.generator is not None and not self.entry.scripted:  # vLLM: its own GPUs
             mine = f"cuda x{self.run.tensor_parallel_size} (vLLM)"
+            if self.released is not None:
+                mine = f"{self.released}, then {mine}"
         elif self.entry.scripted:
             mine = "scripted"
         else:
@@ -359,6 +378,7 @@ class _Runner:
         elif self.generator is None and run.engine == "vllm":
             from mlan.evaluate.vllm_engine import VLLMGenerator
 
+            self.release_transformers()
             self.generator = VLLMGenerator(self.entry.model, run)
         elif self.generator is None:
             self.generator = HFGenerator(self._model(), batch_size=run.batch_size, processes=self.procs)
@@ -400,6 +420,8 @@ def _evaluate_model(
                 done[(suite.name, t.name)] = TaskResult(**hit)
             else:
                 todo.append((suite, t, key))
+    if run.engine == "vllm":  # the lm-eval suites (transformers) first, so vLLM starts on a freed GPU
+        todo.sort(key=lambda job: job[0].engine != "lm_eval")
     total = sum(len(ts) for _, ts in plan)
     report = progress or (lambda label, done, total: None)
     report(f"{entry.label}: {len(done)} cached", len(done), total)

@@ -51,7 +51,12 @@ class VLLMGenerator:
 
         dtype = "auto" if run.dtype == "auto" else run.dtype
         try:
-            self.llm = LLM(model=str(model), dtype=dtype, tensor_parallel_size=run.tensor_parallel_size)
+            self.llm = LLM(
+                model=str(model),
+                dtype=dtype,
+                tensor_parallel_size=run.tensor_parallel_size,
+                gpu_memory_utilization=run.gpu_memory_utilization,
+            )
         except Exception as e:  # an architecture vLLM does not serve, too little memory: one line
             raise MlanError(f"engine vllm: cannot load {model} ({first_line(e)})") from None
         self.multimodal = kind in kinds.MULTIMODAL_KINDS
