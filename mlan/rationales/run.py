@@ -271,18 +271,20 @@ def _ask(spec: MixtureSpec, teacher: Teacher, rows: list[Row], lengths: list[int
     ]
     pending: list[dict] = []
     last = flushed = time.perf_counter()
-    for k, g in teacher.stream(asks, s.batch_size):
-        now = time.perf_counter()
-        i = order[k]
-        # A row's seconds: the wall time since the previous answer, so they add up to the run's time however
-        # many rows were in flight.
-        pending.append(_record(spec, teacher, rows[i], asks[k], g, lengths[i], now - last))
-        last = now
-        if len(pending) >= s.batch_size or now - flushed >= _FLUSH_SECONDS:
-            appender.write(pending)
-            pending, flushed = [], now
-        yield g.new_tokens
-    appender.write(pending)
+    try:
+        for k, g in teacher.stream(asks, s.batch_size):
+            now = time.perf_counter()
+            i = order[k]
+            # A row's seconds: the wall time since the previous answer, so they add up to the run's time however
+            # many rows were in flight.
+            pending.append(_record(spec, teacher, rows[i], asks[k], g, lengths[i], now - last))
+            last = now
+            if len(pending) >= s.batch_size or now - flushed >= _FLUSH_SECONDS:
+                appender.write(pending)
+                pending, flushed = [], now
+            yield g.new_tokens
+    finally:  # answers already in hand are kept when the teacher fails (a server gone): a resume skips them
+        appender.write(pending)
 
 
 def _record(
@@ -315,5 +317,10 @@ def _record(
         "seconds": round(seconds, 4),
     }
     if g.model is not None:  # what a server says of itself and of the request
-        record["server"] = {"model": g.model, "prompt_tokens": g.prompt_tokens, "retries": g.retries}
+        record["server"] = {
+            "model": g.model,
+            "endpoint": g.endpoint,
+            "prompt_tokens": g.prompt_tokens,
+            "retries": g.retries,
+        }
     return record
