@@ -174,8 +174,17 @@ def extract_language_model(llava) -> Any:
 
 def save_language_model(llava_dir: str | Path, out: str | Path, *, overwrite: bool = False) -> Path:
     """Write the language model of a LLaVA folder as a plain causal-LM folder (weights + tokenizer)."""
+    import json
+
     loaded = load_model(llava_dir, device="cpu", text_only=True)
     with atomic_dir(out, overwrite=overwrite) as tmp:
         loaded.model.save_pretrained(tmp)
         loaded.tokenizer.save_pretrained(tmp)
+        # The LLaVA tokenizer's `processor_class` would make AutoProcessor (transformers serve, vLLM) look for
+        # an image processor in a folder that is a plain causal LM.
+        config = Path(tmp) / "tokenizer_config.json"
+        if config.is_file():
+            cfg = json.loads(config.read_text(encoding="utf-8"))
+            if cfg.pop("processor_class", None) is not None:
+                config.write_text(json.dumps(cfg, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return Path(out)

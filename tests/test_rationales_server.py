@@ -15,7 +15,6 @@ import http.server
 import io
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -109,17 +108,14 @@ def teachers(tiny_llava_dir, tmp_path_factory) -> tuple[Path, Path]:
 
 
 @pytest.fixture(scope="module")
-def served_lm(teachers, tmp_path_factory) -> Path:
-    """The tiny language teacher as `transformers serve` can load it. mlan's language-model folder keeps the
-    LLaVA tokenizer config's `processor_class`, for which the server's AutoProcessor then wants an image
-    processor; without it the tokenizer is the same (the transformers engine runs this folder too)."""
+def served_lm(teachers) -> Path:
+    """The tiny language teacher, which `transformers serve` loads as it is (mlan's language-model folder
+    carries no LLaVA `processor_class`, for which the server's AutoProcessor would want an image processor)."""
     from transformers.utils.import_utils import is_serve_available
 
     assert is_serve_available(), "`transformers serve` needs the serving extra (in dev): ./scripts/setup.sh"
-    folder = shutil.copytree(teachers[0], tmp_path_factory.mktemp("served") / "lm")
-    config = folder / "tokenizer_config.json"
-    config.write_text(json.dumps({k: v for k, v in json.loads(config.read_text()).items() if k != "processor_class"}))
-    return folder
+    assert "processor_class" not in json.loads((teachers[0] / "tokenizer_config.json").read_text())
+    return teachers[0]
 
 
 @pytest.fixture(scope="module")
