@@ -174,8 +174,6 @@ def extract_language_model(llava) -> Any:
 
 def save_language_model(llava_dir: str | Path, out: str | Path, *, overwrite: bool = False) -> Path:
     """Write the language model of a LLaVA folder as a plain causal-LM folder (weights + tokenizer)."""
-    import json
-
     loaded = load_model(llava_dir, device="cpu", text_only=True)
     with atomic_dir(out, overwrite=overwrite) as tmp:
         loaded.model.save_pretrained(tmp)
