@@ -20,11 +20,19 @@
    against vLLM on the unseen-language suite's BoolQ and OpenBookQA with a real model (~1B): questions
    per second, the ratio, and the share of identical answers, with the GPU named. Skipped with a note
    elsewhere.
+5. Suite (`--only suite`): the eight-task suite on a real small pretrained model (`--suite-model`, default
+   SmolLM2-135M-Instruct as scripts/gguf_teacher.py writes it), `--limit` questions per task (`--gsm8k` for
+   GSM8K's generation): per task, `python -m mlan eval` (mlan's backend) against `python -m lm_eval run
+   --model hf` on mlan's task YAML (--include_path), each a command; wall time per task and in all, every
+   metric compared, and the tokens run through the model per question by HFLM and by mlan's backend (from
+   results.json). RACE and HellaSwag have no redistributable rows: stand-ins in their schemas are made of the
+   bundled CosmosQA passages (tests/evaldata.py, `write_standin_rows`).
 
 Offline: a "small" tiny LLaVA (and its extracted language model) built locally, bundled data.
 
     python benchmarks/eval_throughput.py [--limit 100] [--vision 48] [--batch-size 16] [--size small]
     python benchmarks/eval_throughput.py --only processes,engines --vllm-model /models/Llama-3.2-1B-Instruct
+    python benchmarks/eval_throughput.py --only suite --limit 100 --gsm8k 50
 """
 
 from __future__ import annotations
@@ -307,6 +315,93 @@ def engines(model: str | None, limit: int, batch_size: int, work: Path) -> None:
     print(f"  vllm / transformers: {runs['transformers'][0] / runs['vllm'][0]:.2f}x; identical answers {same:.1%}")
 
 
+SUITE = ["gsm8k", "commonsense_qa", "arc_easy", "arc_challenge", "race_high", "hellaswag", "mmlu", "openbookqa"]
+
+
+def _suite_data(work: Path, gsm8k: int) -> Path:
+    """The eight tasks' local rows: the bundled slices (GSM8K's test split cut to `gsm8k` rows), RACE and
+    HellaSwag stand-ins made of the bundled CosmosQA rows."""
+    import shutil
+
+    from mlan.paths import BUNDLED_DATA_DIR
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from evaldata import write_standin_rows  # the tests' stand-in rows, so both measure the same shapes
+
+    d = work / "suite_data"
+    for task, split in [("commonsense_qa", "validation"), ("arc_easy", "test"), ("arc_challenge", "test"),
+                        ("mmlu", "test"), ("openbookqa", "test"), ("gsm8k", "train")]:  # fmt: skip
+        (d / task).mkdir(parents=True, exist_ok=True)
+        shutil.copy(BUNDLED_DATA_DIR / task / f"{split}.jsonl", d / task / f"{split}.jsonl")
+    rows = (BUNDLED_DATA_DIR / "gsm8k" / "test.jsonl").read_text().splitlines()[:gsm8k]
+    (d / "gsm8k" / "test.jsonl").write_text("".join(r + "\n" for r in rows))
+    return write_standin_rows(d, 200)
+
+
+def suite(model: Path, work: Path, limit: int, gsm8k: int, batch_size: int) -> None:
+    """mlan's backend against the lm_eval CLI on the eight-task suite with a real model (module doc, part 5)."""
+    import yaml
+
+    from mlan.evaluate import load_suite
+    from mlan.evaluate.harness import pick_metric, task_yaml
+
+    if not (model / "config.json").is_file():
+        raise SystemExit(
+            f"{model}: no model; build it with `MLAN_EXTRAS=gguf ./scripts/setup.sh && "
+            f".venv/bin/python scripts/gguf_teacher.py {model}` or pass --suite-model"
+        )
+    data = _suite_data(work, gsm8k)
+    eight = load_suite("eight_task")
+    inc = work / "suite_tasks"
+    inc.mkdir()
+    for name in SUITE:
+        cfg, _ = task_yaml(eight.task(name), data, None, inc)
+        (inc / f"{cfg['task']}.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+
+    def command(cmd: list[str]) -> float:
+        t0 = time.perf_counter()
+        p = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+        if p.returncode:
+            raise SystemExit(f"{' '.join(cmd[:5])} ... failed:\n{(p.stdout + p.stderr)[-3000:]}")
+        return time.perf_counter() - t0
+
+    print(f"suite: the eight tasks, model {model.name}, batch {batch_size}, CPU, {os.cpu_count()} cores; each task "
+          "one command per tool (start-up, imports, task set-up, model load, scoring), lm_eval's first")  # fmt: skip
+    print(f"    {'task':<15} {'n':>4} {'lm_eval s':>9} {'mlan s':>7} {'ratio':>6}   "
+          f"{'tokens/question lm_eval -> mlan':>31}   {'headline metric':<30} equal")  # fmt: skip
+    totals, all_equal = [0.0, 0.0], True
+    for name in SUITE:
+        out_theirs, out_ours = work / f"suite_lm_eval_{name}", work / f"suite_mlan_{name}"
+        theirs_s = command([
+            sys.executable, "-m", "lm_eval", "run", "--model", "hf", "--model_args", f"pretrained={model},dtype=float32",
+            "--tasks", f"mlan_{name}", "--include_path", str(inc), "--limit", str(limit),
+            "--batch_size", str(batch_size), "--device", "cpu", "--output_path", str(out_theirs),
+        ])  # fmt: skip
+        ours_s = command([
+            sys.executable, "-m", "mlan", "-q", "eval", str(model), "--tasks", name, "--limit", str(limit),
+            "--data-dir", str(data), "--out", str(out_ours), "--batch-size", str(batch_size), "--device", "cpu",
+            "--fresh",
+        ])  # fmt: skip
+        theirs = json.loads(next(out_theirs.rglob("results_*.json")).read_text())["results"][f"mlan_{name}"]
+        theirs = {k: v for k, v in theirs.items() if isinstance(v, (int, float)) and k != "alias"}
+        [ours] = json.loads(next(out_ours.rglob("results.json")).read_text())["results"]
+        assert ours["backend"] == "mlan", ours
+        equal = set(theirs) == set(ours["metrics"]) and all(abs(theirs[k] - ours["metrics"][k]) < 1e-12 for k in theirs)
+        all_equal &= equal
+        totals[0] += theirs_s
+        totals[1] += ours_s
+        tok = ours["tokens"]
+        before, after = tok["lm_eval"] / tok["questions"], tok["computed"] / tok["questions"]
+        headline = f"{ours['metric']} = {pick_metric(ours['metrics'], ours['metric'])[0]:.4f}"
+        print(f"    {name:<15} {ours['n']:>4} {theirs_s:9.1f} {ours_s:7.1f} {ours_s / theirs_s:5.2f}x   "
+              f"{before:13.0f} -> {after:5.0f} ({after / before:4.2f}x)   {headline:<30} {equal}", flush=True)  # fmt: skip
+    print(f"    {'total':<15} {'':>4} {totals[0]:9.1f} {totals[1]:7.1f} {totals[1] / totals[0]:5.2f}x")
+    print(f"  every metric of every task equal: {all_equal}")
+    if not all_equal:
+        raise SystemExit("mlan's backend and the lm_eval CLI scored differently")
+
+
 def _bundled(task: str) -> Path:
     from mlan.paths import BUNDLED_DATA_DIR
 
@@ -323,6 +418,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="timed runs of each language contender (median)")
     ap.add_argument("--only", default="language,vision,processes,engines", help="which parts, comma-separated")
     ap.add_argument("--vllm-model", help="a real model folder for the engines part (CUDA and the vllm extra)")
+    ap.add_argument("--suite-model", default="runs/teachers/smollm2-135m-instruct", help="real model of the suite part")
+    ap.add_argument("--gsm8k", type=int, default=100, help="GSM8K questions in the suite part (generation is slow)")
     args = ap.parse_args()
     parts = set(args.only.split(","))
 
@@ -344,6 +441,8 @@ def main() -> None:
             processes(llava, work, args.limit, args.batch_size)
         if "engines" in parts:
             engines(args.vllm_model, args.limit, args.batch_size, work)
+        if "suite" in parts:
+            suite(Path(args.suite_model).resolve(), work, args.limit, args.gsm8k, args.batch_size)
 
 
 if __name__ == "__main__":
