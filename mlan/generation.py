@@ -23,6 +23,8 @@ from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
+from transformers import Cache
+from transformers.cache_utils import DynamicLayer
 
 
 @dataclass(frozen=True)
@@ -178,12 +180,10 @@ class _Batcher:
 
     def _join(self, cache, mask: torch.Tensor, kv: list[tuple[torch.Tensor, torch.Tensor]]):
         """The running cache with one more row, the shorter side padded on the left (masked)."""
-        from transformers import DynamicCache
-
         new_len = kv[0][0].shape[-2]
         new_mask = mask.new_ones(1, new_len)
         if cache is None:
-            return DynamicCache(ddp_cache_data=kv), new_mask
+            return _roomy(kv), new_mask
         old = _layers(cache)
         t = max(mask.shape[1], new_len)
         joined = [
@@ -191,17 +191,15 @@ class _Batcher:
             for (k0, v0), (k1, v1) in zip(old, kv, strict=True)
         ]
         mask = torch.cat([_pad_left(mask, t, dim=1), _pad_left(new_mask, t, dim=1)])
-        return DynamicCache(ddp_cache_data=joined), mask
+        return _roomy(joined), mask
 
     def _select(self, cache, mask: torch.Tensor, keep: list[int]):
         """The cache of the rows kept, without the columns that are padding in every one of them."""
-        from transformers import DynamicCache
-
         idx = torch.tensor(keep, device=self.device)
         mask = mask[idx]
         start = int((mask.cumsum(1) == 0).sum(1).min())  # left pad shared by every kept row
         kv = [(k[idx, :, start:], v[idx, :, start:]) for k, v in _layers(cache)]
-        return DynamicCache(ddp_cache_data=kv), mask[:, start:]
+        return _roomy(kv), mask[:, start:]
 
     def _pick(self, row: _Row, logits: torch.Tensor) -> int:
         if row.generator is None:
@@ -226,6 +224,54 @@ class _Batcher:
         if len(row.new) >= row.request.max_new_tokens:
             return False
         return None
+
+
+def _roomy(kv: list[tuple[torch.Tensor, torch.Tensor]]) -> Cache:
+    """A transformers Cache of the running rows whose layers have room to grow (`_RoomyLayer`)."""
+    return Cache(layers=[_RoomyLayer(k, v) for k, v in kv])
+
+
+class _RoomyLayer(DynamicLayer):
+    """transformers' DynamicLayer, its keys and values views of buffers with room for more steps: a step writes
+    its column in place, where DynamicLayer copies the whole cache into a new tensor (torch.cat), which was half
+    of a decode step's time on a CPU (SmolLM2-135M, 16 rows of 1,000 tokens: 166 of 323 ms)."""
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor):
+        super().__init__()
+        self.lazy_initialization(keys, values)
+        self.length = 0
+        self._buffers = self._allot(keys, values)
+
+    def _allot(self, keys: torch.Tensor, values: torch.Tensor) -> list[torch.Tensor]:
+        """New buffers holding `keys` and `values` with room to spare; the layer's views set on them."""
+        n = keys.shape[-2]
+        room = n + max(_ROOM, n // 4)
+        bufs = []
+        for x in (keys, values):
+            buf = x.new_empty(*x.shape[:-2], room, x.shape[-1])
+            buf[..., :n, :] = x
+            bufs.append(buf)
+        self.length = n
+        self.keys, self.values = (buf[..., :n, :] for buf in bufs)
+        return bufs
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        n = key_states.shape[-2]
+        if self.length + n > self._buffers[0].shape[-2]:
+            self._buffers = self._allot(
+                torch.cat([self.keys, key_states], -2), torch.cat([self.values, value_states], -2)
+            )
+            return self.keys, self.values
+        end = self.length + n
+        self._buffers[0][..., self.length : end, :] = key_states
+        self._buffers[1][..., self.length : end, :] = value_states
+        self.length = end
+        self.keys, self.values = (buf[..., :end, :] for buf in self._buffers)
+        return self.keys, self.values
+
+
+# Steps a running cache grows by before its buffer is copied into a larger one (or a quarter of its length).
+_ROOM = 64
 
 
 def _layers(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
