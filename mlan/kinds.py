@@ -185,14 +185,19 @@ def model_class(kind: str):
 
     if kind == ORIGINAL_LLAVA:
         raise MlanError("an original-layout LLaVA checkpoint has no transformers class; run mlan convert first")
-    return {
-        LLAVA: transformers.LlavaForConditionalGeneration,
-        WINGS: transformers.LlavaForConditionalGeneration,
-        LLAVA_NEXT: transformers.LlavaNextForConditionalGeneration,
-        LLAVA_ONEVISION: transformers.LlavaOnevisionForConditionalGeneration,
-        QWEN2_5_VL: transformers.Qwen2_5_VLForConditionalGeneration,
-        CAUSAL_LM: transformers.AutoModelForCausalLM,
-    }[kind]
+    # By name: transformers imports a model's module when its class is first looked up, and a command that
+    # opens a plain causal LM should not pay for importing every LLaVA family's (seconds on a CPU).
+    return getattr(
+        transformers,
+        {
+            LLAVA: "LlavaForConditionalGeneration",
+            WINGS: "LlavaForConditionalGeneration",
+            LLAVA_NEXT: "LlavaNextForConditionalGeneration",
+            LLAVA_ONEVISION: "LlavaOnevisionForConditionalGeneration",
+            QWEN2_5_VL: "Qwen2_5_VLForConditionalGeneration",
+            CAUSAL_LM: "AutoModelForCausalLM",
+        }[kind],
+    )
 
 
 def check_model_dir(path: str | Path, *, need_processor: bool | None = None) -> None:
