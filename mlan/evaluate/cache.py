@@ -11,9 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mlan.io import atomic_write_json
+
+if TYPE_CHECKING:
+    from mlan.config.evaluation import EvalRun
+    from mlan.config.suite import EvalSuite, SuiteTask
 
 CACHE_VERSION = 1
 
@@ -53,3 +57,27 @@ def load_cached(cache_dir: Path, suite: str, task: str, key: str) -> dict | None
 def store(cache_dir: Path, suite: str, task: str, key: str, result: dict) -> None:
     """Record a finished task (atomically: an interruption never leaves half a file)."""
     atomic_write_json(cache_file(cache_dir, suite, task), {"key": key, "result": result})
+
+
+def task_key(model: dict[str, Any], suite: EvalSuite, task: SuiteTask, run: EvalRun) -> str:
+    """The cache key of one task of one model (`model`: its identity, `model_identity` or a scripted name)."""
+    from mlan.evaluate.tasks import data_fingerprint
+
+    # Averages change no task's score, so editing them keeps the cached tasks.
+    protocol = suite.model_dump(mode="json", exclude={"tasks", "description", "name", "averages"})
+    return cache_key(
+        {
+            "model": model,
+            "engine": suite.engine,
+            "protocol": protocol if suite.engine == "generate" else None,
+            "task": task.model_dump(mode="json"),
+            "data": data_fingerprint(task, run.data_dir, run.data or None),
+            "limit": run.limit,
+            "dtype": run.dtype,
+            # Only a non-default engine enters the key, so results cached before engines existed stay valid.
+            **({"engine": run.engine} if run.engine != "transformers" and suite.engine == "generate" else {}),
+            # Likewise the backend: mlan's gives lm-eval's scores, so results cached before it existed stay valid,
+            # and `--backend lm_eval` (asked for to compare) computes its own.
+            **({"backend": run.backend} if run.backend != "mlan" and suite.engine == "lm_eval" else {}),
+        }
+    )

@@ -21,6 +21,7 @@ import string
 from collections.abc import Callable
 from typing import Any
 
+from mlan import kinds
 from mlan.config.suite import EvalSuite, SuiteTask
 from mlan.schemas import LETTERS, Item
 
@@ -217,3 +218,15 @@ MLAN_TEXT: dict[str, Callable[[Item], tuple[str, bool]]] = {
     "realworldqa": _realworldqa,
     "scienceqa": _scienceqa,
 }
+
+
+def own_prompt(suite: EvalSuite, kind: str) -> EvalSuite | None:
+    """The suite in the model's own chat template, for a vision suite written in another one (MLAN's is
+    Vicuna-v1 with `<image>` first) asked of LLaVA-OneVision or Qwen2.5-VL: they were tuned in their
+    own template, and Qwen2.5-VL's image sits in its own tokens. A documented deviation from MLAN's prompt
+    (docs/evaluation.md), recorded per task as `prompt_style`. None when the suite stays as it is."""
+    if kind not in (kinds.LLAVA_ONEVISION, kinds.QWEN2_5_VL):
+        return None
+    if suite.modality != "vision" or suite.prompt.style == "chat":
+        return None
+    return suite.model_copy(update={"prompt": suite.prompt.model_copy(update={"style": "chat"})})

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -297,3 +299,16 @@ def plot_comparison(report: EvalReport, path: Path) -> Path:
     plt.close(fig)
     tmp.replace(path)
     return path
+
+
+def rate_label(label: str, done: int, total: int, t0: float) -> str:
+    """A generate task's progress: questions done over all processes, questions per second, time left."""
+    elapsed = time.perf_counter() - t0
+    if not done or elapsed <= 0:
+        return f"{label} ({done}/{total})"
+    rate = done / elapsed
+    return f"{label} ({done}/{total}, {rate:.1f} q/s, {(total - done) / rate:.0f} s left)"
+
+
+def write_samples(path: Path, samples: list[dict]) -> None:
+    atomic_write_text(path, "".join(json.dumps(s, ensure_ascii=False, default=str) + "\n" for s in samples))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import difflib
-import json
 import logging
 import re
 import time
@@ -19,16 +18,19 @@ from mlan.config.evaluation import DEFAULT_SUITE, UNSEEN_SUITES, EvalRun
 from mlan.config.suite import EvalSuite, SuiteTask
 from mlan.errors import MlanError
 from mlan.evaluate import cache, parallel
+from mlan.evaluate.prompts import own_prompt
 from mlan.evaluate.report import (
     EvalReport,
     ModelResults,
     TaskResult,
     compare,
     named_averages,
+    rate_label,
     write_comparison,
     write_model_results,
+    write_samples,
 )
-from mlan.evaluate.tasks import check_local_data, data_fingerprint, load_task_data, to_items
+from mlan.evaluate.tasks import check_local_data, load_task_data, to_items
 from mlan.hub import require_hub
 from mlan.io import atomic_write_text
 from mlan.models import load_model, read_mixture_manifest
@@ -259,24 +261,7 @@ def _task_key(entry: _Entry, suite: EvalSuite, task: SuiteTask, run: EvalRun) ->
     ident = (
         {"scripted": getattr(model, "name", type(model).__name__)} if entry.scripted else cache.model_identity(model)
     )
-    # Averages change no task's score, so editing them keeps the cached tasks.
-    protocol = suite.model_dump(mode="json", exclude={"tasks", "description", "name", "averages"})
-    return cache.cache_key(
-        {
-            "model": ident,
-            "engine": suite.engine,
-            "protocol": protocol if suite.engine == "generate" else None,
-            "task": task.model_dump(mode="json"),
-            "data": data_fingerprint(task, run.data_dir, run.data or None),
-            "limit": run.limit,
-            "dtype": run.dtype,
-            # Only a non-default engine enters the key, so results cached before engines existed stay valid.
-            **({"engine": run.engine} if run.engine != "transformers" and suite.engine == "generate" else {}),
-            # Likewise the backend: mlan's gives lm-eval's scores, so results cached before it existed stay valid,
-            # and `--backend lm_eval` (asked for to compare) computes its own.
-            **({"backend": run.backend} if run.backend != "mlan" and suite.engine == "lm_eval" else {}),
-        }
-    )
+    return cache.task_key(ident, suite, task, run)
 
 
 class _Runner:
@@ -371,7 +356,7 @@ class _Runner:
         from mlan.evaluate.generate import HFGenerator, run_generate_task  # loads torch
 
         run = self.run
-        own = _own_prompt(suite, self.entry)
+        own = own_prompt(suite, self.entry.kind)
         suite = own or suite
         if self.entry.scripted:
             self.generator = self.entry.model
@@ -395,7 +380,7 @@ class _Runner:
                     f"suite {suite.name}: task {t.name}: metric {m!r} not computed (has: {', '.join(metrics)})"
                 )
         if self.procs.main:
-            _write_samples(self.out / "samples" / f"{suite.name}__{t.name}.jsonl", samples)
+            write_samples(self.out / "samples" / f"{suite.name}__{t.name}.jsonl", samples)
         return TaskResult(
             task=t.name, suite=suite.name, metric=t.metric, value=float(metrics[t.metric]),
             stderr=metrics.get(f"{t.metric}_stderr"), n=len(items), modality=suite.modality, seen=seen,
@@ -436,7 +421,10 @@ def _evaluate_model(
             res = runner.lm_eval_task(suite, t, seen)
         else:
             res = runner.generate_task(
-                suite, t, seen, lambda k, n, _lt=label_task, _d=n_done, _t0=t0: report(_rate(_lt, k, n, _t0), _d, total)
+                suite,
+                t,
+                seen,
+                lambda k, n, _lt=label_task, _d=n_done, _t0=t0: report(rate_label(_lt, k, n, _t0), _d, total),
             )
         res.seconds = round(time.perf_counter() - t0, 2)
         if procs.main:
@@ -452,31 +440,6 @@ def _evaluate_model(
     )
 
 
-def _own_prompt(suite: EvalSuite, entry: _Entry) -> EvalSuite | None:
-    """The suite in the model's own chat template, for a vision suite written in another one (MLAN's is
-    Vicuna-v1 with `<image>` first) asked of LLaVA-OneVision or Qwen2.5-VL: they were tuned in their
-    own template, and Qwen2.5-VL's image sits in its own tokens. A documented deviation from MLAN's prompt
-    (docs/evaluation.md), recorded per task as `prompt_style`. None when the suite stays as it is."""
-    if entry.kind not in (kinds.LLAVA_ONEVISION, kinds.QWEN2_5_VL):
-        return None
-    if suite.modality != "vision" or suite.prompt.style == "chat":
-        return None
-    return suite.model_copy(update={"prompt": suite.prompt.model_copy(update={"style": "chat"})})
-
-
-def _rate(label: str, done: int, total: int, t0: float) -> str:
-    """A generate task's progress: questions done over all processes, questions per second, time left."""
-    elapsed = time.perf_counter() - t0
-    if not done or elapsed <= 0:
-        return f"{label} ({done}/{total})"
-    rate = done / elapsed
-    return f"{label} ({done}/{total}, {rate:.1f} q/s, {(total - done) / rate:.0f} s left)"
-
-
 def _devices(loaded) -> list[str]:
     """The devices a model spread with `device_map` sits on."""
     return sorted({str(d) for d in getattr(loaded.model, "hf_device_map", {}).values()}) or [str(loaded.device)]
-
-
-def _write_samples(path: Path, samples: list[dict]) -> None:
-    atomic_write_text(path, "".join(json.dumps(s, ensure_ascii=False, default=str) + "\n" for s in samples))

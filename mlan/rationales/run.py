@@ -38,7 +38,7 @@ from mlan.rationales.store import (
     summarize,
     write_summary,
 )
-from mlan.rationales.teacher import Ask, Generation, Sampling, Teacher, check_teacher, open_teacher
+from mlan.rationales.teacher import Ask, Generation, Sampling, Teacher, TransformersTeacher, VllmTeacher, check_teacher
 from mlan.schemas import Item
 
 log = logging.getLogger(__name__)
@@ -244,6 +244,23 @@ def _sampling(spec: MixtureSpec, row: Row) -> Sampling:
     if row.vision:  # MLAN's vision teacher decoded greedily (rationales.md section 3)
         return Sampling(0.0, 1.0, s.vision_max_new_tokens)
     return Sampling(s.temperature, s.top_p, s.max_new_tokens_by_adapter.get(row.adapter, s.max_new_tokens))
+
+
+def open_teacher(ref: str, *, vision: bool, settings) -> Teacher:
+    """The teacher the settings ask for (`rationales.engine`)."""
+    if settings.engine == "vllm":
+        return VllmTeacher(
+            ref,
+            vision=vision,
+            dtype=settings.dtype,
+            tensor_parallel_size=settings.tensor_parallel_size,
+            gpu_memory_utilization=settings.gpu_memory_utilization,
+        )
+    if settings.engine == "openai":
+        from mlan.rationales.server import ServerTeacher
+
+        return ServerTeacher(ref, vision=vision, settings=settings)
+    return TransformersTeacher(ref, vision=vision, device=settings.device, dtype=settings.dtype)
 
 
 def _seed(spec: MixtureSpec, row: Row) -> int:

@@ -288,20 +288,3 @@ def _common(a: list[int], b: list[int]) -> int:
             break
         n += 1
     return n
-
-
-def open_teacher(ref: str, *, vision: bool, settings) -> Teacher:
-    """The teacher the settings ask for (`rationales.engine`)."""
-    if settings.engine == "vllm":
-        return VllmTeacher(
-            ref,
-            vision=vision,
-            dtype=settings.dtype,
-            tensor_parallel_size=settings.tensor_parallel_size,
-            gpu_memory_utilization=settings.gpu_memory_utilization,
-        )
-    if settings.engine == "openai":
-        from mlan.rationales.server import ServerTeacher
-
-        return ServerTeacher(ref, vision=vision, settings=settings)
-    return TransformersTeacher(ref, vision=vision, device=settings.device, dtype=settings.dtype)
