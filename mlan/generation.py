@@ -23,7 +23,13 @@ from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
-from transformers import Cache
+from transformers import (
+    Cache,
+    DynamicCache,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
 from transformers.cache_utils import DynamicLayer
 
 
@@ -80,11 +86,16 @@ def generate(
 ) -> Iterator[tuple[int, Output]]:
     """(index into `requests`, its output) for every request, as each ends. Requests are admitted grouped by
     shared prefix, otherwise in the order given; at most `batch_size` run at once."""
-    if eos_ids is None:
-        eos = model.generation_config.eos_token_id
-        eos = tokenizer.eos_token_id if eos is None else eos
-        eos_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
-    yield from _Batcher(model, tokenizer, set(eos_ids), batch_size).run(requests)
+    eos = default_eos_ids(model, tokenizer) if eos_ids is None else set(eos_ids)
+    yield from _Batcher(model, tokenizer, eos, batch_size).run(requests)
+
+
+def default_eos_ids(model, tokenizer) -> set[int]:
+    """The token ids a row ends on, as `generate` reads them: the model's generation config's, else the
+    tokenizer's EOS."""
+    eos = model.generation_config.eos_token_id
+    eos = tokenizer.eos_token_id if eos is None else eos
+    return set(eos if isinstance(eos, list) else [eos]) - {None}
 
 
 class _Batcher:
@@ -99,21 +110,25 @@ class _Batcher:
     @torch.inference_mode()
     def run(self, requests: Sequence[Request]) -> Iterator[tuple[int, Output]]:
         # Grouped by prefix (first seen first), so a prefix's rows run while its keys and values are kept.
+        prefixes = [r.ids[: self._shared(r)] for r in requests]
         first: dict[tuple[int, ...], int] = {}
-        for i, r in enumerate(requests):
-            first.setdefault(r.ids[: self._shared(r)], i)
-        waiting = deque(sorted(range(len(requests)), key=lambda i: first[requests[i].ids[: self._shared(requests[i])]]))
+        for i, key in enumerate(prefixes):
+            first.setdefault(key, i)
+        waiting = deque(sorted(range(len(requests)), key=lambda i: first[prefixes[i]]))
         rows: list[_Row] = []
-        cache = None  # the running rows' keys and values, left-padded: DynamicCache
+        cache = None  # the running rows' keys and values, left-padded (a Cache of _RoomyLayer)
         mask = torch.zeros(0, 0, dtype=torch.long, device=self.device)
         logits = torch.zeros(0, 0, device=self.device)
         while waiting or rows:
+            joining = []
             while waiting and len(rows) < self.batch_size:
                 i = waiting.popleft()
                 row, kv, last = self._prefill(i, requests[i])
-                cache, mask = self._join(cache, mask, kv)
+                joining.append(kv)
                 rows.append(row)
                 logits = torch.cat([logits, last]) if logits.numel() else last
+            if joining:  # one new cache for all rows that join at this step, not one per row
+                cache, mask = self._join(cache, mask, joining)
             tokens = [self._pick(row, logits[b]) for b, row in enumerate(rows)]
             keep = []
             for b, (row, tok) in enumerate(zip(rows, tokens, strict=True)):
@@ -146,8 +161,6 @@ class _Batcher:
     def _prefill(self, index: int, r: Request):
         """The request's row, its keys and values (per layer, batch of one), and the logits of its first
         new token: the shared prefix from the prefix store, the rest run here."""
-        from transformers import DynamicCache
-
         p = self._shared(r)
         past = DynamicCache(ddp_cache_data=self._prefix(r.ids[:p])) if p else None
         ids = torch.tensor(r.ids[p:], device=self.device)[None]
@@ -155,8 +168,6 @@ class _Batcher:
         out = self.model(input_ids=ids, position_ids=positions, cache=past, use_cache=True, logits_to_keep=1)
         row = _Row(index, r, len(r.ids))
         if r.temperature > 0:
-            from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
-
             row.generator = torch.Generator(device=self.device).manual_seed(r.seed)
             # transformers' `generate` order: temperature, then top-k, then top-p.
             row.warpers = [TemperatureLogitsWarper(r.temperature)]
@@ -178,20 +189,20 @@ class _Batcher:
             self.prefixes.popitem(last=False)
         return kv
 
-    def _join(self, cache, mask: torch.Tensor, kv: list[tuple[torch.Tensor, torch.Tensor]]):
-        """The running cache with one more row, the shorter side padded on the left (masked)."""
-        new_len = kv[0][0].shape[-2]
-        new_mask = mask.new_ones(1, new_len)
-        if cache is None:
-            return _roomy(kv), new_mask
-        old = _layers(cache)
-        t = max(mask.shape[1], new_len)
-        joined = [
-            (torch.cat([_pad_left(k0, t), _pad_left(k1, t)]), torch.cat([_pad_left(v0, t), _pad_left(v1, t)]))
-            for (k0, v0), (k1, v1) in zip(old, kv, strict=True)
+    def _join(self, cache, mask: torch.Tensor, joining: list[list[tuple[torch.Tensor, torch.Tensor]]]):
+        """The running cache with the joining rows (each its per-layer keys and values, batch of one) below it,
+        every row padded on the left (masked) to the longest."""
+        parts = ([] if cache is None else [_layers(cache)]) + joining
+        masks = ([] if cache is None else [mask]) + [mask.new_ones(1, kv[0][0].shape[-2]) for kv in joining]
+        t = max(m.shape[1] for m in masks)
+        kv = [
+            (
+                torch.cat([_pad_left(p[layer][0], t) for p in parts]),
+                torch.cat([_pad_left(p[layer][1], t) for p in parts]),
+            )
+            for layer in range(len(parts[0]))
         ]
-        mask = torch.cat([_pad_left(mask, t, dim=1), _pad_left(new_mask, t, dim=1)])
-        return _roomy(joined), mask
+        return _roomy(kv), torch.cat([_pad_left(m, t, dim=1) for m in masks])
 
     def _select(self, cache, mask: torch.Tensor, keep: list[int]):
         """The cache of the rows kept, without the columns that are padding in every one of them."""

@@ -138,6 +138,7 @@ class TransformersTeacher(BatchTeacher):
     engine = "transformers"
 
     def __init__(self, ref: str, *, vision: bool, device: str | None, dtype: str):
+        from mlan.generation import default_eos_ids
         from mlan.models import load_model
 
         kind = check_teacher(ref, vision=vision)
@@ -147,10 +148,7 @@ class TransformersTeacher(BatchTeacher):
         self.tokenizer = self.loaded.tokenizer
         self.tokenizer.padding_side = "left"
         self.eos_token = self.tokenizer.eos_token or ""
-        eos = self.loaded.model.generation_config.eos_token_id
-        if eos is None:
-            eos = self.tokenizer.eos_token_id
-        self.eos_ids = set(eos if isinstance(eos, list) else [eos])
+        self.eos_ids = default_eos_ids(self.loaded.model, self.tokenizer)
 
     def stream(self, asks: list[Ask], batch_size: int) -> Iterator[tuple[int, Generation]]:
         if self.vision:  # LLaVA's image rows: batched `generate`, as MLAN's vision teacher ran
