@@ -93,7 +93,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     from mlan.rationales import prompts
-    from mlan.rationales.run import build_prompts, draw_rows, select
+    from mlan.rationales.run import build_prompts, draw_rows, select, stop_texts
     from mlan.rationales.teacher import Ask, BatchTeacher, Sampling, TransformersTeacher
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -116,7 +116,7 @@ def main() -> None:
         rows = [rows[i] for i in order]
         lengths = [lengths[i] for i in order]
         sampling = Sampling(0.0, 1.0, args.max_new_tokens)
-        stops = (teacher.eos_token, prompts.INSTRUCTION[:40])
+        stops = stop_texts(spec, False, teacher.eos_token)
         asks = [Ask(r.prompt, None, sampling, 0, (), r.shared) for r in rows]
         stopping = [Ask(r.prompt, None, sampling, 0, stops, r.shared) for r in rows]
         device = (

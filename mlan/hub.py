@@ -42,6 +42,12 @@ def _cached_model(ref: str) -> bool:
         return False
 
 
+def model_within_reach(ref: str) -> bool:
+    """Whether a model can be opened without waiting on an unreachable hub: a local path, a hub model already
+    in the local cache, or a hub that answers."""
+    return Path(ref).expanduser().exists() or _cached_model(ref) or hub_unreachable_reason() is None
+
+
 def require_hub(ref: str, what: str, fix: str, *, model: bool = False) -> None:
     """Raise one readable `MlanError` if `ref` needs the hub and the hub is out of reach.
 

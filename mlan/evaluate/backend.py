@@ -236,11 +236,7 @@ class SharedContextLM(HFLM):
 
     def _generates(self) -> bool:
         """Whether greedy requests can go through mlan.generation (HFLM otherwise; see the module doc)."""
-        from mlan.wings import get_runtime
-
-        if self.backend != "causal" or not isinstance(self.batch_size, int) or self.think_end_token is not None:
-            return False
-        if get_runtime(self.model) is not None:
+        if not self._shares() or self.think_end_token is not None:
             return False
         config = getattr(self.model, "generation_config", None)
         # transformers 5 leaves an unset field None; an older config may spell out the neutral value.

@@ -263,6 +263,12 @@ def open_teacher(ref: str, *, vision: bool, settings) -> Teacher:
     return TransformersTeacher(ref, vision=vision, device=settings.device, dtype=settings.dtype)
 
 
+def stop_texts(spec: MixtureSpec, vision: bool, eos_token: str) -> tuple[str, ...]:
+    """Where a teacher that did not stop starts another example, its rationale has ended: the EOS text, the
+    vision prompts' separator, the start of the instruction."""
+    return tuple(x for x in (eos_token, prompts.VISION_SEPARATOR, _instruction(spec, vision)[:40]) if x)
+
+
 def _seed(spec: MixtureSpec, row: Row) -> int:
     """A row's seed: the spec's seed and the row's id, so a resumed or re-sharded run draws the same."""
     return stable_int(f"{spec.seed}/{row.id}") % 2**31
@@ -272,8 +278,7 @@ def _ask(spec: MixtureSpec, teacher: Teacher, rows: list[Row], lengths: list[int
     """Every row through the teacher, longest prompts first (a batch pads little; fixed by the rows alone,
     so a resumed run asks in the same order); each answer recorded as it comes. Yields its new tokens."""
     s = spec.rationales
-    # Where a teacher that did not stop starts another example, its rationale has ended.
-    stops = (teacher.eos_token, prompts.VISION_SEPARATOR, _instruction(spec, teacher.vision)[:40])
+    stops = stop_texts(spec, teacher.vision, teacher.eos_token)
     order = sorted(range(len(rows)), key=lambda i: (-lengths[i], rows[i].id))
     asks = [
         Ask(
@@ -281,7 +286,7 @@ def _ask(spec: MixtureSpec, teacher: Teacher, rows: list[Row], lengths: list[int
             rows[i].image,
             _sampling(spec, rows[i]),
             _seed(spec, rows[i]),
-            tuple(x for x in stops if x),
+            stops,
             rows[i].shared,
         )
         for i in order

@@ -387,9 +387,9 @@ def _seconds(value: str | None) -> float | None:
 
 def _tokenizer(ref: str):
     """The teacher's tokenizer where it can be had without waiting on an unreachable hub; else None."""
-    from mlan.hub import _cached_model, hub_unreachable_reason
+    from mlan.hub import model_within_reach
 
-    if not Path(ref).expanduser().is_dir() and not _cached_model(ref) and hub_unreachable_reason():
+    if not model_within_reach(ref):
         return None
     try:
         from transformers import AutoTokenizer
